@@ -1,0 +1,195 @@
+"""The few transforms this bundle needs that MONAI lacks.
+
+* :class:`LabelToRegionsd` / :class:`RegionsToLabeld` convert between a BraTS label map and the three
+  overlapping region channels the network predicts, in the fixed order TC, WT, ET:
+
+  - TC (tumour core)     = necrotic/non-enhancing core + enhancing tumour
+  - WT (whole tumour)    = TC + peritumoral oedema
+  - ET (enhancing tumour)
+
+  The label values are configurable, ``(necrotic, oedema, enhancing)``: ``(1, 2, 4)`` for BraTS 2017-2020,
+  ``(1, 2, 3)`` for BraTS 2021 and later.
+* :class:`BrainNormalized` scales every channel to [0, 1] inside the brain (robust percentiles), keeping the
+  background at exactly 0.
+* :class:`BrainHistogramEqualized` equalises the histogram of every channel inside the brain only.
+
+The brain is the set of voxels where any channel is non-zero: BraTS-style images are skull-stripped, so the
+background is exactly 0 in every modality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+from monai.utils import convert_to_dst_type
+
+REGION_NAMES = ("TC", "WT", "ET")
+BRATS_2020_LABELS = (1, 2, 4)
+
+
+def _source_name(img) -> str:
+    """The file an image came from, for error messages (``'<unknown>'`` when it has no metadata)."""
+    meta = getattr(img, "meta", {}) or {}
+    name = meta.get("filename_or_obj", "<unknown>")
+    return str(name[0] if isinstance(name, (list, tuple)) and name else name)
+
+
+def brain_mask(img: torch.Tensor) -> torch.Tensor:
+    """Voxels where any channel is non-zero. ``img``: (C, *spatial) -> bool (*spatial)."""
+    return (img != 0).any(dim=0)
+
+
+def label_to_regions(label: torch.Tensor, labels: Sequence[int] = BRATS_2020_LABELS) -> torch.Tensor:
+    """BraTS label map (1, *spatial) -> float region channels (3, *spatial) in order TC, WT, ET.
+
+    Raises ``ValueError`` naming the source file when the map is not single-channel or holds values outside
+    ``{0} | labels``.
+    """
+    if label.shape[0] != 1:
+        raise ValueError(f"{_source_name(label)}: expected a single-channel label map, got shape {tuple(label.shape)}")
+    necrotic, oedema, enhancing = labels
+    lab = label[0]
+    values = torch.unique(lab).tolist()
+    unexpected = sorted(set(int(v) for v in values) - {0, *labels})
+    if unexpected:
+        raise ValueError(
+            f"{_source_name(label)}: label values {unexpected} are outside the expected set "
+            f"{[0, *labels]} (necrotic, oedema, enhancing = {list(labels)})"
+        )
+    tc = (lab == necrotic) | (lab == enhancing)
+    wt = tc | (lab == oedema)
+    et = lab == enhancing
+    return torch.stack([tc, wt, et]).float()
+
+
+def regions_to_label(regions: torch.Tensor, labels: Sequence[int] = BRATS_2020_LABELS) -> torch.Tensor:
+    """Binary region channels (3, *spatial) in order TC, WT, ET -> uint8 label map (1, *spatial).
+
+    The regions are nested the BraTS way: WT paints oedema, TC inside it paints the necrotic core, ET
+    inside it paints enhancing tumour, so ET outside TC or TC outside WT still gets a label.
+    """
+    if regions.shape[0] != 3:
+        raise ValueError(f"expected 3 region channels (TC, WT, ET), got shape {tuple(regions.shape)}")
+    necrotic, oedema, enhancing = labels
+    tc, wt, et = (regions[i] > 0.5 for i in range(3))
+    out = torch.zeros(regions.shape[1:], dtype=torch.uint8, device=regions.device)
+    out[wt] = oedema
+    out[tc] = necrotic
+    out[et] = enhancing
+    return out[None]
+
+
+class LabelToRegionsd(MapTransform):
+    """Dictionary transform: BraTS label map -> 3 region channels (TC, WT, ET), see :func:`label_to_regions`."""
+
+    def __init__(self, keys: KeysCollection, labels: Sequence[int] = BRATS_2020_LABELS, allow_missing_keys=False):
+        super().__init__(keys, allow_missing_keys)
+        self.labels = tuple(int(v) for v in labels)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            out = label_to_regions(torch.as_tensor(img), self.labels)
+            d[key], *_ = convert_to_dst_type(out, img, dtype=torch.float32)
+        return d
+
+
+class RegionsToLabeld(MapTransform):
+    """Dictionary transform: 3 binary region channels (TC, WT, ET) -> uint8 label map (1, *spatial)."""
+
+    def __init__(self, keys: KeysCollection, labels: Sequence[int] = BRATS_2020_LABELS, allow_missing_keys=False):
+        super().__init__(keys, allow_missing_keys)
+        self.labels = tuple(int(v) for v in labels)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            out = regions_to_label(torch.as_tensor(img), self.labels)
+            d[key], *_ = convert_to_dst_type(out, img, dtype=torch.uint8)
+        return d
+
+
+class BrainNormalized(MapTransform):
+    """Scale each channel to [0, 1] inside the brain; the background stays exactly 0.
+
+    Intensities are mapped linearly from the ``lower``/``upper`` percentiles of the channel's brain voxels to
+    [0, 1] and clipped, which makes the result robust to a few hot voxels. Input (C, *spatial) float.
+    """
+
+    def __init__(self, keys: KeysCollection, lower: float = 0.5, upper: float = 99.5, allow_missing_keys=False):
+        super().__init__(keys, allow_missing_keys)
+        self.lower, self.upper = lower, upper
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = torch.as_tensor(d[key]).float()
+            mask = brain_mask(img)
+            out = torch.zeros_like(img)
+            if mask.any():
+                for c in range(img.shape[0]):
+                    vals = img[c][mask]
+                    lo, hi = torch.quantile(_subsample(vals), torch.tensor([self.lower, self.upper]) / 100.0)
+                    scaled = ((img[c] - lo) / (hi - lo).clamp_min(1e-8)).clamp(0.0, 1.0)
+                    out[c] = torch.where(mask, scaled, torch.zeros_like(scaled))
+            d[key], *_ = convert_to_dst_type(out, d[key], dtype=torch.float32)
+        return d
+
+
+class BrainHistogramEqualized(MapTransform):
+    """Histogram equalisation of each channel inside the brain; the background stays exactly 0.
+
+    Each brain voxel is replaced by the fraction of brain voxels of its channel with a lower value (the
+    empirical CDF over ``num_bins`` bins), so every channel's brain intensities spread uniformly over (0, 1].
+    ``strength`` blends the equalised image with the input (1 = full equalisation, 0 = unchanged), which keeps
+    some of the original contrast when less than full equalisation is wanted. Input (C, *spatial) in [0, 1].
+    """
+
+    def __init__(self, keys: KeysCollection, num_bins: int = 256, strength: float = 1.0, allow_missing_keys=False):
+        super().__init__(keys, allow_missing_keys)
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        self.num_bins, self.strength = num_bins, strength
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = torch.as_tensor(d[key]).float()
+            mask = brain_mask(img)
+            out = img.clone()
+            if mask.any():
+                for c in range(img.shape[0]):
+                    vals = img[c][mask]
+                    lo, hi = vals.min(), vals.max()
+                    hist = torch.histc(vals, bins=self.num_bins, min=float(lo), max=float(hi))
+                    cdf = torch.cumsum(hist, 0) / vals.numel()
+                    idx = ((img[c] - lo) / (hi - lo).clamp_min(1e-8) * (self.num_bins - 1)).long()
+                    equalised = cdf[idx.clamp(0, self.num_bins - 1)]
+                    blended = self.strength * equalised + (1.0 - self.strength) * img[c]
+                    out[c] = torch.where(mask, blended, torch.zeros_like(blended))
+            d[key], *_ = convert_to_dst_type(out, d[key], dtype=torch.float32)
+        return d
+
+
+def _subsample(values: torch.Tensor, max_items: int = 200_000) -> torch.Tensor:
+    """``torch.quantile`` refuses inputs above 16M elements; a strided subsample is plenty for percentiles."""
+    step = max(1, values.numel() // max_items)
+    return values[::step]
+
+
+__all__ = [
+    "BRATS_2020_LABELS",
+    "REGION_NAMES",
+    "BrainHistogramEqualized",
+    "BrainNormalized",
+    "LabelToRegionsd",
+    "RegionsToLabeld",
+    "brain_mask",
+    "label_to_regions",
+    "regions_to_label",
+]
