@@ -1,0 +1,627 @@
+"""Deterministic generator of synthetic, BraTS-2020-like multi-modal brain-tumour cases.
+
+The bundle ships no data; every config can instead run on cases produced here. Each case is a
+skull-stripped "brain" (background exactly 0) with CSF (outer rim, sulci, interhemispheric fissure,
+two lateral ventricles), a cortical grey-matter ribbon, deep grey nuclei and white matter, plus one
+glioma-like tumour labelled with the BraTS 2020 convention:
+
+* 1 - necrotic / non-enhancing tumour core (NCR/NET)
+* 2 - peritumoral oedema (ED)
+* 4 - enhancing tumour (ET)
+
+Four modalities (T1, T1ce, T2, FLAIR) are rendered from the tissue map with MRI-like relative
+contrasts, per-case random global scaling (int16 "scanner" values of a few hundred to a few
+thousand), mild partial-volume smoothing, a smooth multiplicative bias field and Rician noise.
+
+Everything is derived from ``np.random.default_rng([seed, index])``: the same ``(index, seed,
+shape)`` always gives bit-identical arrays, a different index gives a different case. Generation
+takes well under a second per case at the default shape on one CPU core: all smooth random fields
+are built with separable Gaussian-kernel interpolation of a coarse random grid (three small matrix
+products) and the tumour is rendered inside its bounding box only.
+
+Arrays use the axis order (x, y, z) in RAS orientation with 1 mm isotropic voxels
+(x: left -> right, y: posterior -> anterior, z: inferior -> superior).
+
+Command line::
+
+    python -m scripts.data.synthetic --output_dir data/synthetic --num_cases 30 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import uuid
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = [
+    "CASE_PREFIX",
+    "MODALITIES",
+    "DEFAULT_SHAPE",
+    "SEG_LABELS",
+    "TISSUE_LABELS",
+    "generate_case",
+    "case_name",
+    "case_files",
+    "write_case",
+    "write_dataset",
+    "save_preview",
+    "main",
+]
+
+CASE_PREFIX = "BraTS20_Training_"
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+DEFAULT_SHAPE = (112, 128, 96)
+SEG_LABELS = {"necrotic_core": 1, "edema": 2, "enhancing": 4}
+
+# internal tissue classes (returned as ``tissue`` when ``return_tissue=True``)
+BG, CSF, GM, WM, DGM, VENT, NCR, ET, ED = range(9)
+TISSUE_LABELS = {
+    "background": BG,
+    "csf": CSF,
+    "grey_matter": GM,
+    "white_matter": WM,
+    "deep_grey": DGM,
+    "ventricle": VENT,
+    "necrosis": NCR,
+    "enhancing": ET,
+    "edema": ED,
+}
+_TISSUE_TO_SEG = np.array([0, 0, 0, 0, 0, 0, 1, 4, 2], dtype=np.uint8)
+
+# Relative intensities per tissue class [BG, CSF, GM, WM, DGM, VENT, NCR, ET, ED] (white matter ~0.6-0.9).
+_CONTRAST = {
+    "t1": (0.0, 0.30, 0.60, 0.88, 0.76, 0.28, 0.34, 0.72, 0.64),
+    "t1ce": (0.0, 0.32, 0.62, 0.86, 0.75, 0.30, 0.32, 1.60, 0.66),
+    "t2": (0.0, 1.70, 0.92, 0.60, 0.74, 1.75, 1.45, 1.02, 1.28),
+    "flair": (0.0, 0.18, 0.80, 0.60, 0.68, 0.15, 0.88, 1.05, 1.38),
+}
+_REF_SEMI_AXES = (0.5 * 0.85 * 112, 0.5 * 0.88 * 128, 0.5 * 0.88 * 96)  # brain semi-axes (mm) at the default shape
+_INT16_MAX = 32767.0
+
+
+# ----------------------------------------------------------------------------------------------
+# smooth random fields
+# ----------------------------------------------------------------------------------------------
+def _interp_matrix(n_out: int, spacing: float) -> np.ndarray:
+    """(n_out, n_ctrl) Gaussian-kernel interpolation weights, each row with unit L2 norm.
+
+    With i.i.d. N(0, 1) control values the interpolated field is N(0, 1) at every voxel and has a
+    correlation length of about ``spacing`` voxels.
+    """
+    spacing = float(max(spacing, 1.0))
+    n_ctrl = int(np.ceil((n_out - 1) / spacing)) + 5
+    ctrl = (np.arange(n_ctrl) - 0.5 * (n_ctrl - 1)) * spacing + 0.5 * (n_out - 1)
+    pos = np.arange(n_out, dtype=np.float64)
+    w = np.exp(-0.5 * ((pos[:, None] - ctrl[None, :]) / (0.8 * spacing)) ** 2)
+    w /= np.sqrt((w**2).sum(axis=1, keepdims=True))
+    return w.astype(np.float32)
+
+
+def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], spacing) -> np.ndarray:
+    """Unit-variance smooth 3D random field of ``shape`` (float32), correlation length ``spacing``."""
+    sp = np.broadcast_to(np.asarray(spacing, dtype=float), (3,))
+    wx, wy, wz = (_interp_matrix(int(n), s) for n, s in zip(shape, sp))
+    c = rng.standard_normal((wx.shape[1], wy.shape[1], wz.shape[1])).astype(np.float32)
+    # numpy's own einsum loops (not BLAS): results do not depend on the number of BLAS threads
+    t = np.einsum("abc,zc->abz", c, wz, optimize=False)
+    t = np.einsum("abz,yb->ayz", t, wy, optimize=False)
+    return np.einsum("ayz,xa->xyz", t, wx, optimize=False)
+
+
+def _smin(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
+    """Polynomial smooth minimum (rounded intersection of two distance-like fields)."""
+    h = np.clip(0.5 + 0.5 * (b - a) / k, 0.0, 1.0)
+    return b + (a - b) * h - k * h * (1.0 - h)
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    q = q * np.sign(np.diag(r))[None, :]
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def _box(center: Sequence[float], radius: float, shape: Sequence[int]) -> Tuple[slice, slice, slice]:
+    sl = []
+    for c, n in zip(center, shape):
+        lo = int(max(0, np.floor(c - radius)))
+        hi = int(min(n, np.ceil(c + radius) + 1))
+        sl.append(slice(lo, max(hi, lo + 1)))
+    return tuple(sl)
+
+
+# ----------------------------------------------------------------------------------------------
+# case generation
+# ----------------------------------------------------------------------------------------------
+def generate_case(
+    index: int, seed: int = 0, shape: Sequence[int] = DEFAULT_SHAPE, return_tissue: bool = False
+) -> Dict[str, np.ndarray]:
+    """Generate one synthetic BraTS-like case.
+
+    Args:
+        index: case index (any int); different indices give different cases.
+        seed: dataset seed; the generator is ``np.random.default_rng([seed, index])``.
+        shape: volume shape (x, y, z), 1 mm voxels, RAS axis order.
+        return_tissue: also return the internal tissue map (uint8, see ``TISSUE_LABELS``) as ``tissue``.
+
+    Returns:
+        dict with float32 ``t1``, ``t1ce``, ``t2``, ``flair`` (non-negative integer values that fit
+        int16, exactly 0 outside the brain) and uint8 ``seg`` (labels 0, 1, 2, 4).
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 16:
+        raise ValueError(f"shape must be 3 ints >= 16, got {shape}")
+    rng = np.random.default_rng([int(seed), int(index)])
+    X, Y, Z = shape
+    f32 = np.float32
+
+    # ---------------- per-case parameters (drawn in a fixed order) ----------------
+    ax = 0.5 * X * rng.uniform(0.82, 0.88)
+    ay = 0.5 * Y * rng.uniform(0.85, 0.91)
+    az = 0.5 * Z * rng.uniform(0.85, 0.91)
+    size = float(np.cbrt(ax * ay * az / np.prod(_REF_SEMI_AXES)))  # 1.0 at the default shape
+    cx = 0.5 * (X - 1) + rng.normal(0.0, 0.6)
+    cy = 0.5 * (Y - 1) + rng.normal(0.0, 0.8)
+    cz = 0.5 * (Z - 1) + 0.04 * az + rng.normal(0.0, 0.6)
+    post_widen = rng.uniform(0.04, 0.10)  # occipital part wider than frontal
+    floor_level = rng.uniform(0.8, 0.9)  # flattened base at cz - floor_level * az
+    atrophy = rng.uniform(0.0, 1.0)  # wider CSF spaces / ventricles
+    csf_w = 1.0 + 0.8 * atrophy  # outer CSF rim (mm)
+    sulc_w = 0.55 + 0.45 * atrophy  # half width of sulci (mm)
+    sulc_depth = rng.uniform(9.0, 14.0) * max(size, 0.6)
+    gm_th = rng.uniform(2.0, 2.7)
+    gyr_spacing = rng.uniform(0.07, 0.09)  # angular correlation length of the gyral pattern
+    gyr_jitter = rng.uniform(0.045, 0.07)
+    vent_scale = rng.uniform(0.75, 1.0) + 0.3 * atrophy
+    vent_asym = rng.uniform(0.9, 1.1, size=2)
+    vent_tilt = np.deg2rad(rng.uniform(20.0, 35.0))
+    fis_w = rng.uniform(0.35, 0.6)
+
+    # tumour
+    hemi = 1.0 if rng.random() < 0.5 else -1.0
+    r_core = rng.uniform(8.0, 17.0) * size
+    rim = rng.uniform(2.6, 4.2)  # voxels; kept >= ~2.5 voxels whatever the shape
+    ed_ratio = rng.uniform(0.2, 0.7)  # oedema extent beyond the core / core radius
+    ed_min = rng.uniform(1.5, 3.0)
+    core_lump = rng.uniform(0.8, 2.0)
+    finger_amp = rng.uniform(2.0, 4.5) * max(size, 0.5)
+    core_pert_amp = rng.uniform(0.15, 0.32)
+    ed_pert_amp = rng.uniform(0.10, 0.30)
+    n_harm = 5
+    harm_dirs = rng.standard_normal((2, n_harm, 3))
+    harm_dirs /= np.linalg.norm(harm_dirs, axis=-1, keepdims=True)
+    harm_freq = rng.uniform(1.5, 5.0, size=(2, n_harm))
+    harm_phase = rng.uniform(0.0, 2 * np.pi, size=(2, n_harm))
+    harm_w = rng.dirichlet(np.ones(n_harm), size=2)
+    nod_dir = rng.standard_normal(3)
+    nod_dir /= np.linalg.norm(nod_dir)
+    nod_amp = rng.uniform(0.0, 0.6)
+    r_core = max(r_core, rim * (1.0 + 0.5 * nod_amp) + 6.0)  # leave room for a necrotic centre
+    ed_extent = ed_ratio * r_core
+    rot = _random_rotation(rng)
+    axis_scale = rng.uniform(0.85, 1.2, size=3)
+    mass_effect = rng.uniform(0.0, 0.4)
+    cand = rng.uniform(size=(60, 3))
+
+    # intensities
+    jitter = {m: rng.uniform(0.96, 1.04, size=9) for m in MODALITIES}
+    for m in MODALITIES:
+        jitter[m][NCR:] = rng.uniform(0.9, 1.1, size=3)
+    scale = {m: float(np.exp(rng.uniform(np.log(350.0), np.log(2800.0)))) for m in MODALITIES}
+    noise_sd = {m: rng.uniform(0.015, 0.035) for m in MODALITIES}
+    bias_amp = {m: rng.uniform(0.05, 0.08) for m in MODALITIES}
+    pv_sigma = rng.uniform(0.5, 0.65)
+    tex_amp = rng.uniform(0.015, 0.03)
+    tum_tex_amp = rng.uniform(0.05, 0.10)
+
+    # ---------------- brain outline & cortical depth ----------------
+    xs = (np.arange(X, dtype=f32) - f32(cx)).reshape(-1, 1, 1)
+    ys = (np.arange(Y, dtype=f32) - f32(cy)).reshape(1, -1, 1)
+    zs = (np.arange(Z, dtype=f32) - f32(cz)).reshape(1, 1, -1)
+    yn = ys / f32(ay)
+    zn = zs / f32(az)
+    ax_y = f32(ax) * (1.0 - f32(post_widen) * yn)
+    xn = xs / ax_y  # (X, Y, 1)
+    r = np.sqrt(xn * xn + (yn * yn + zn * zn))  # (X, Y, Z)
+    r = np.maximum(r, f32(1e-3))
+    grad = np.sqrt((xn / ax_y) ** 2 + ((yn / f32(ay)) ** 2 + (zn / f32(az)) ** 2)) / r
+    outline = _smooth_noise(rng, shape, 22.0 * size)
+    depth = (f32(1.0) + f32(0.035) * outline - r) / np.maximum(grad, f32(1e-4))
+    floor_noise = _smooth_noise(rng, shape, 18.0 * size)
+    depth_floor = zs + f32(floor_level * az) + f32(2.0) * floor_noise + f32(0.12 * az) * yn * yn
+    depth = _smin(depth, depth_floor, 4.0).astype(f32)
+    mask = depth > 0
+
+    # ---------------- tumour placement (inside parenchyma, one hemisphere) ----------------
+    reach = r_core * (1.0 + core_pert_amp) * axis_scale.max()
+    center = None
+    for k in range(cand.shape[0]):
+        shrink = 1.0 - 0.3 * k / cand.shape[0]
+        u = cand[k]
+        cxn = hemi * (0.24 + 0.38 * u[0] * shrink)
+        cyn = (u[1] - 0.5) * 1.25 * shrink
+        czn = (u[2] - 0.4) * 0.9 * shrink
+        p = np.array([cx + cxn * ax, cy + cyn * ay, cz + czn * az])
+        ip = tuple(int(np.clip(round(v), 0, n - 1)) for v, n in zip(p, shape))
+        if depth[ip] >= reach + 4.0 * max(size, 0.6):
+            center = p
+            break
+    if center is None:  # fall back to a deep point of the hemisphere, shrink the tumour
+        center = np.array([cx + hemi * 0.3 * ax, cy, cz + 0.1 * az])
+        ip = tuple(int(np.clip(round(v), 0, n - 1)) for v, n in zip(center, shape))
+        f = max(0.3, min(1.0, (depth[ip] - 3.0) / (reach + 4.0)))
+        r_core = max(r_core * f, rim + 3.0)
+        ed_extent *= f
+        reach = r_core * (1.0 + core_pert_amp) * axis_scale.max()
+    tc = center
+
+    # ---------------- central structures (mass effect applies here) ----------------
+    half_x = 0.55 * ax
+    bx = (slice(int(max(0, np.floor(cx - half_x))), int(min(X, np.ceil(cx + half_x) + 1))), slice(0, Y), slice(0, Z))
+    xb = xs[bx[0]]
+    push = mass_effect * (r_core + 0.5 * ed_extent)
+    ex = xb - f32(tc[0] - cx)
+    ey = ys - f32(tc[1] - cy)
+    ez = zs - f32(tc[2] - cz)
+    dist = np.sqrt(ex * ex + (ey * ey + ez * ez)) + f32(1e-3)
+    lm = 1.6 * (r_core + ed_extent) + 6.0
+    fac = f32(push) * np.exp(-((dist / f32(lm)) ** 2)) / dist
+    xw = xb - ex * fac  # warped (source) coordinates relative to the brain centre
+    yw = ys - ey * fac
+    zw = zs - ez * fac
+    del ex, ey, ez, dist, fac
+
+    # interhemispheric fissure: a thin CSF sheet on the mid-sagittal plane above the corpus callosum
+    ywn = yw / f32(ay)
+    z_bottom = f32(az) * (f32(0.34) - f32(2.3) * np.maximum(np.abs(ywn) - f32(0.45), f32(0)))
+    fis_noise = _smooth_noise(rng, (xb.shape[0], Y, Z), 14.0 * size)
+    d_h = np.abs(xw - f32(1.2) * fis_noise)
+    d_v = np.maximum(z_bottom - zw, f32(0))
+    d_fis = np.sqrt(d_h * d_h + d_v * d_v) - f32(fis_w)
+    depth_med = depth.copy()
+    depth_med[bx] = np.minimum(depth[bx], d_fis)
+    del d_h, d_v, d_fis, fis_noise
+
+    # ---------------- sulci & cortical ribbon ----------------
+    # gyral pattern: a smooth random function of the (slightly jittered) direction from the brain
+    # centre; its zero level sets are sheets roughly perpendicular to the brain surface (sulci)
+    # that meander because of the jitter
+    n_grid = 72
+    half = 1.2
+    g_grid = _smooth_noise(rng, (n_grid, n_grid, n_grid), gyr_spacing * (n_grid - 1) / (2 * half))
+    inv_r = 1.0 / r
+    coords = np.empty((3,) + shape, dtype=f32)
+    s = f32((n_grid - 1) / (2 * half))
+    for k, comp in enumerate((xn, yn, zn)):
+        jit = _smooth_noise(rng, shape, 7.0 * max(size, 0.6))
+        coords[k] = (comp * inv_r + f32(gyr_jitter) * jit + f32(half)) * s
+    gyr = ndi.map_coordinates(g_grid, coords, order=1, prefilter=False, mode="nearest")
+    del coords, inv_r, jit
+    rmm = np.sqrt(xs * xs + (ys * ys + zs * zs)) + f32(5.0)
+    # |g| / |grad g| ~ distance (mm) to the zero sheet (mean gradient of the Gaussian-kernel field)
+    d_sheet = np.abs(gyr) * rmm * f32(gyr_spacing / 1.11)
+    sd = f32(sulc_depth) * (f32(1.0) + f32(0.3) * floor_noise)  # reuse: independent enough of the outline
+    excess = np.maximum(depth - sd, f32(0))
+    d_sulc = np.sqrt(d_sheet * d_sheet + excess * excess)
+    del d_sheet, excess, gyr, rmm
+    csf = (depth_med < f32(csf_w)) | (d_sulc < f32(sulc_w))
+    cortex = np.minimum(depth_med - f32(csf_w), d_sulc - f32(sulc_w)) < f32(gm_th) * (
+        f32(1.0) + f32(0.12) * outline
+    )
+
+    tissue = np.full(shape, WM, dtype=np.uint8)
+    tissue[cortex] = GM
+    tissue[csf] = CSF
+    del csf, cortex, d_sulc, depth_med
+
+    # deep grey nuclei (thalamus / basal ganglia) and lateral ventricles, in warped coordinates
+    xwn = xw / f32(ax)
+    zwn = zw / f32(az)
+    tb = tissue[bx]
+    q = ((np.abs(xwn) - f32(0.25)) / f32(0.09)) ** 2 + ((ywn + f32(0.08)) / f32(0.16)) ** 2
+    q = q + ((zwn + f32(0.04)) / f32(0.12)) ** 2
+    tb[(q < 1.0) & (tb == WM)] = DGM
+    cos_t, sin_t = np.cos(vent_tilt), np.sin(vent_tilt)
+    for i, side in enumerate((-1.0, 1.0)):
+        vs = vent_scale * vent_asym[i]
+        ra, rb = 7.0 * size * vs, 2.8 * size * vs  # "bat-wing" cross-section, tilted down laterally
+        u = (ywn + f32(0.08)) / f32(0.50)
+        up = np.maximum(-u, f32(0))  # posterior half: atrium / occipital horn diverge laterally
+        xc = f32(side) * (f32(1.1 * size + ra * cos_t) + f32(ax) * (f32(0.04) * u * u + f32(0.2) * up * up))
+        zc = f32(az) * (f32(0.16) - f32(0.22) * u * u - f32(0.12) * up)
+        dxv = (xw - xc) * f32(side)
+        dzv = zw - zc
+        along = dxv * f32(cos_t) - dzv * f32(sin_t)
+        across = dxv * f32(sin_t) + dzv * f32(cos_t)
+        q = (along / f32(ra)) ** 2 + (across / f32(rb)) ** 2 + u * u
+        vent = (q < 1.0) & (tb != CSF)
+        tb[vent] = VENT
+    tissue[bx] = tb
+    tissue[~mask] = BG
+    del xw, yw, zw, xwn, ywn, zwn, tb, q, z_bottom, dxv, dzv, along, across
+
+    # ---------------- tumour (rendered inside its bounding box) ----------------
+    box_r = (r_core + ed_extent) * (1.0 + max(core_pert_amp, ed_pert_amp)) * axis_scale.max() + 3.0 * finger_amp + 4.0
+    tbx = _box(tc, box_r, shape)
+    bshape = tuple(s_.stop - s_.start for s_ in tbx)
+    px = (np.arange(tbx[0].start, tbx[0].stop, dtype=f32) - f32(tc[0])).reshape(-1, 1, 1)
+    py = (np.arange(tbx[1].start, tbx[1].stop, dtype=f32) - f32(tc[1])).reshape(1, -1, 1)
+    pz = (np.arange(tbx[2].start, tbx[2].stop, dtype=f32) - f32(tc[2])).reshape(1, 1, -1)
+    m = (rot.T / axis_scale[:, None]).astype(f32)  # tumour frame, anisotropic
+    d0 = m[0, 0] * px + m[0, 1] * py + m[0, 2] * pz
+    d1 = m[1, 0] * px + m[1, 1] * py + m[1, 2] * pz
+    d2 = m[2, 0] * px + m[2, 1] * py + m[2, 2] * pz
+    rho = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2) + f32(1e-3)
+    u0, u1, u2 = d0 / rho, d1 / rho, d2 / rho
+    del d0, d1, d2
+
+    def harmonics(j: int) -> np.ndarray:
+        out = np.zeros(bshape, dtype=f32)
+        for k in range(n_harm):
+            v = harm_dirs[j, k]
+            proj = f32(v[0]) * u0 + f32(v[1]) * u1 + f32(v[2]) * u2
+            out += f32(harm_w[j, k]) * np.cos(f32(harm_freq[j, k]) * proj + f32(harm_phase[j, k]))
+        return out
+
+    pert_c = f32(1.0) + f32(core_pert_amp) * harmonics(0)
+    pert_e = f32(1.0) + f32(ed_pert_amp) * harmonics(1)
+    n_core = _smooth_noise(rng, bshape, 6.0 * max(size, 0.6))
+    n_fing = _smooth_noise(rng, bshape, 7.0 * max(size, 0.6))
+    n_tex = _smooth_noise(rng, bshape, 3.0)
+    brain_b = mask[tbx]
+    under = tissue[tbx].copy()
+
+    rho_c = rho / pert_c + f32(core_lump) * n_core
+    core = (rho_c < f32(r_core)) & brain_b
+    nod = f32(1.0) + f32(nod_amp) * np.maximum(
+        f32(nod_dir[0]) * u0 + f32(nod_dir[1]) * u1 + f32(nod_dir[2]) * u2, f32(0)
+    )
+    rim_local = f32(rim) * nod * (f32(1.0) + f32(0.12) * n_tex) / np.sqrt(pert_c)
+    # the erosion by a 5x5x5 cube guarantees an enhancing rim of >= 2 voxels in every direction
+    necro = (rho_c < f32(r_core) - rim_local) & ndi.binary_erosion(core, structure=np.ones((3, 3, 3), bool), iterations=2)
+    rho_e = rho / pert_e - f32(finger_amp) * n_fing
+    env = (rho_e < f32(r_core + ed_extent)) | (rho_c < f32(r_core + ed_min))
+    parench = (under == WM) | (under == DGM) | ((under == GM) & (rho_e < f32(r_core + ed_extent - 3.0)))
+    parench |= (under == GM) & (rho_c < f32(r_core + ed_min))
+    edema = env & parench & brain_b & ~core
+    lab, _ = ndi.label(edema | core)
+    keep = np.unique(lab[core])
+    keep = keep[keep > 0]
+    edema &= np.isin(lab, keep)
+    ed_w = np.clip(f32(0.62) + f32(0.38) * (f32(r_core + ed_extent) - rho_e) / f32(4.0), f32(0.62), f32(1.0))
+    ed_w = np.where(rho_c < f32(r_core + ed_min), f32(1.0), ed_w)
+    del lab, env, parench, rho, u0, u1, u2, nod, rim_local, pert_c, pert_e, n_fing
+
+    tb = under.copy()
+    tb[edema] = ED
+    tb[core] = ET
+    tb[necro] = NCR
+    tissue[tbx] = tb
+    tumour_b = tb >= NCR
+
+    seg = _TISSUE_TO_SEG[tissue]
+
+    # ---------------- image formation ----------------
+    tex = _smooth_noise(rng, shape, 3.0)
+    brain_idx = np.flatnonzero(mask)
+    out: Dict[str, np.ndarray] = {}
+    for mod in MODALITIES:
+        lut = (np.asarray(_CONTRAST[mod]) * jitter[mod]).astype(f32)
+        img = lut[tissue]
+        # oedema fades towards its border; tumour tissue is heterogeneous
+        ib = img[tbx]
+        ib[edema] = lut[under[edema]] * (f32(1.0) - ed_w[edema]) + lut[ED] * ed_w[edema]
+        ib[tumour_b] *= f32(1.0) + f32(tum_tex_amp) * n_tex[tumour_b]
+        img[tbx] = ib
+        img *= f32(1.0) + f32(tex_amp) * tex
+        img = ndi.gaussian_filter(img, pv_sigma, truncate=1.6, mode="constant")  # partial volume (3-tap)
+        bias = _smooth_noise(rng, shape, 45.0 * size)
+        flat = img.reshape(-1)[brain_idx] * np.exp(f32(bias_amp[mod]) * bias.reshape(-1)[brain_idx])
+        sd = f32(noise_sd[mod] * lut[WM])
+        n1 = rng.standard_normal(flat.shape[0], dtype=f32)
+        n2 = rng.standard_normal(flat.shape[0], dtype=f32)
+        flat = np.sqrt((flat + sd * n1) ** 2 + (sd * n2) ** 2) * f32(scale[mod] / max(lut[WM], 0.3))
+        vol = np.zeros(X * Y * Z, dtype=f32)
+        vol[brain_idx] = np.clip(np.rint(flat), 1.0, _INT16_MAX)
+        out[mod] = vol.reshape(shape)
+    out["seg"] = seg
+    if return_tissue:
+        out["tissue"] = tissue
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+# ----------------------------------------------------------------------------------------------
+def case_name(index: int, prefix: str = CASE_PREFIX) -> str:
+    """``BraTS20_Training_001`` for index 1."""
+    return f"{prefix}{int(index):03d}"
+
+
+def case_files(out_dir: str, index: int, prefix: str = CASE_PREFIX) -> Dict[str, str]:
+    """Paths of the five NIfTI files of one case (keys: the modalities and ``seg``)."""
+    name = case_name(index, prefix)
+    folder = os.path.join(str(out_dir), name)
+    return {k: os.path.join(folder, f"{name}_{k}.nii.gz") for k in (*MODALITIES, "seg")}
+
+
+def _save_nifti_atomic(array: np.ndarray, path: str, dtype) -> None:
+    import nibabel as nib
+
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    img = nib.Nifti1Image(np.asarray(array).astype(dtype), affine)
+    img.header.set_data_dtype(dtype)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    folder, fname = os.path.split(path)
+    # hidden temporary name in the same folder, ending in .nii.gz so that nibabel compresses it
+    tmp = os.path.join(folder, f".tmp_{fname[: -len('.nii.gz')]}_{os.getpid()}_{uuid.uuid4().hex[:8]}.nii.gz")
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_case(
+    out_dir: str,
+    index: int,
+    seed: int = 0,
+    shape: Sequence[int] = DEFAULT_SHAPE,
+    prefix: str = CASE_PREFIX,
+) -> Dict[str, str]:
+    """Generate case ``index`` and write it as ``out_dir/<prefix><index:03d>/<prefix><index:03d>_<key>.nii.gz``.
+
+    Images are int16, the segmentation uint8, affine = identity (1 mm, RAS). Each file is written to a
+    temporary name in the same folder and moved into place with ``os.replace`` (atomic).
+
+    Returns:
+        dict of file paths with keys ``t1``, ``t1ce``, ``t2``, ``flair``, ``seg``.
+    """
+    files = case_files(out_dir, index, prefix)
+    os.makedirs(os.path.dirname(files["seg"]), exist_ok=True)
+    case = generate_case(index, seed=seed, shape=shape)
+    for mod in MODALITIES:
+        _save_nifti_atomic(case[mod], files[mod], np.int16)
+    _save_nifti_atomic(case["seg"], files["seg"], np.uint8)
+    return files
+
+
+def write_dataset(
+    out_dir: str,
+    num_cases: int = 30,
+    seed: int = 0,
+    shape: Sequence[int] = DEFAULT_SHAPE,
+    progress: bool = True,
+) -> List[Dict[str, str]]:
+    """Write cases ``1..num_cases`` (skipping cases whose five files all exist); returns their file dicts."""
+    from tqdm.auto import tqdm
+
+    os.makedirs(str(out_dir), exist_ok=True)
+    results = []
+    for index in tqdm(range(1, int(num_cases) + 1), desc="synthetic BraTS", disable=not progress):
+        files = case_files(out_dir, index)
+        if not all(os.path.isfile(p) for p in files.values()):
+            files = write_case(out_dir, index, seed=seed, shape=shape)
+        results.append(files)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# preview
+# ----------------------------------------------------------------------------------------------
+def _load_case_dir(case_dir: str) -> Dict[str, np.ndarray]:
+    import glob
+
+    import nibabel as nib
+
+    out = {}
+    for key in (*MODALITIES, "seg"):
+        hits = sorted(glob.glob(os.path.join(case_dir, f"*_{key}.nii.gz")))
+        if not hits:
+            raise FileNotFoundError(f"no *_{key}.nii.gz in {case_dir}")
+        out[key] = np.asarray(nib.load(hits[0]).dataobj)
+    return out
+
+
+def save_preview(
+    case_dir_or_arrays: Union[str, os.PathLike, Mapping[str, np.ndarray]],
+    png_path: str,
+    plane: str = "axial",
+    slice_index: Optional[int] = None,
+    dpi: int = 80,
+) -> str:
+    """Save a PNG with one slice through the tumour centre: the four modalities and the label overlay.
+
+    Args:
+        case_dir_or_arrays: a case folder with ``*_{t1,t1ce,t2,flair,seg}.nii.gz`` or a dict of arrays
+            (e.g. the output of :func:`generate_case`).
+        png_path: output file.
+        plane: ``"axial"`` (default), ``"coronal"`` or ``"sagittal"``.
+        slice_index: slice to show; default: centre of mass of the tumour (of the brain if no tumour).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    if isinstance(case_dir_or_arrays, (str, os.PathLike)):
+        case = _load_case_dir(os.fspath(case_dir_or_arrays))
+    else:
+        case = dict(case_dir_or_arrays)
+    seg = np.asarray(case["seg"])
+    axis = {"sagittal": 0, "coronal": 1, "axial": 2}[plane]
+    if slice_index is None:
+        ref = seg > 0 if np.any(seg > 0) else np.asarray(case["t1"]) > 0
+        slice_index = int(round(ndi.center_of_mass(ref)[axis]))
+
+    def cut(a):
+        return np.take(np.asarray(a), slice_index, axis=axis).T  # rows: y (axial) or z, origin lower
+
+    titles = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
+    fig, axes = plt.subplots(1, 5, figsize=(12.5, 3.0))
+    for axh, mod in zip(axes, MODALITIES):
+        sl = cut(case[mod]).astype(np.float32)
+        vals = sl[sl > 0]
+        vmax = float(np.percentile(vals, 99.5)) if vals.size else 1.0
+        axh.imshow(sl, cmap="gray", origin="lower", vmin=0, vmax=vmax, interpolation="nearest")
+        axh.set_title(titles[mod], fontsize=10)
+    base = cut(case["flair"]).astype(np.float32)
+    vals = base[base > 0]
+    vmax = float(np.percentile(vals, 99.5)) if vals.size else 1.0
+    overlay = np.zeros(base.shape + (4,), dtype=np.float32)
+    s = cut(seg)
+    colours = {1: (0.9, 0.15, 0.15), 2: (0.2, 0.85, 0.2), 4: (1.0, 0.9, 0.1)}
+    for lab, col in colours.items():
+        overlay[s == lab] = (*col, 0.55)
+    axes[4].imshow(base, cmap="gray", origin="lower", vmin=0, vmax=vmax, interpolation="nearest")
+    axes[4].imshow(overlay, origin="lower", interpolation="nearest")
+    axes[4].set_title("labels on FLAIR", fontsize=10)
+    axes[4].legend(
+        handles=[Patch(color=colours[k], label=n) for k, n in ((1, "1 NCR"), (2, "2 ED"), (4, "4 ET"))],
+        loc="lower right",
+        fontsize=6,
+        framealpha=0.6,
+        handlelength=1.0,
+    )
+    for axh in axes:
+        axh.set_xticks([])
+        axh.set_yticks([])
+    fig.suptitle(f"synthetic BraTS-like case, {plane} slice {slice_index}", fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
+    fig.savefig(png_path, dpi=dpi)
+    plt.close(fig)
+    return png_path
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, str]]:
+    parser = argparse.ArgumentParser(description="Write synthetic BraTS-2020-like cases (NIfTI).")
+    parser.add_argument("--output_dir", required=True, help="dataset folder (one sub-folder per case)")
+    parser.add_argument("--num_cases", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shape", type=int, nargs=3, default=list(DEFAULT_SHAPE), metavar=("X", "Y", "Z"))
+    parser.add_argument("--preview", default=None, help="optional PNG preview of case 1")
+    parser.add_argument("--no_progress", action="store_true", help="disable the progress bar")
+    args = parser.parse_args(argv)
+    cases = write_dataset(args.output_dir, args.num_cases, seed=args.seed, shape=args.shape, progress=not args.no_progress)
+    if args.preview and cases:
+        save_preview(os.path.dirname(cases[0]["seg"]), args.preview)
+    print(f"{len(cases)} cases in {args.output_dir}")
+    return cases
+
+
+if __name__ == "__main__":
+    main()
