@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import uuid
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from scripts.data.layouts import MODALITIES
+from scripts.io import atomic_path
 
 __all__ = [
     "CASE_PREFIX",
@@ -53,7 +55,6 @@ __all__ = [
 ]
 
 CASE_PREFIX = "BraTS20_Training_"
-MODALITIES = ("t1", "t1ce", "t2", "flair")
 DEFAULT_SHAPE = (112, 128, 96)
 SEG_LABELS = {"necrotic_core": 1, "edema": 2, "enhancing": 4}
 
@@ -459,16 +460,8 @@ def _save_nifti_atomic(array: np.ndarray, path: str, dtype) -> None:
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    folder, fname = os.path.split(path)
-    # hidden temporary name in the same folder, ending in .nii.gz so that nibabel compresses it
-    tmp = os.path.join(folder, f".tmp_{fname[: -len('.nii.gz')]}_{os.getpid()}_{uuid.uuid4().hex[:8]}.nii.gz")
-    try:
+    with atomic_path(path) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def write_case(
