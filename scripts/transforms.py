@@ -83,33 +83,55 @@ def regions_to_label(regions: torch.Tensor, labels: Sequence[int] = BRATS_2020_L
 
 
 class LabelToRegionsd(MapTransform):
-    """Dictionary transform: BraTS label map -> 3 region channels (TC, WT, ET), see :func:`label_to_regions`."""
+    """Dictionary transform: BraTS label map -> 3 region channels (TC, WT, ET), see :func:`label_to_regions`.
 
-    def __init__(self, keys: KeysCollection, labels: Sequence[int] = BRATS_2020_LABELS, allow_missing_keys=False):
+    ``labels`` is the (necrotic, oedema, enhancing) convention; when ``labels_key`` is set and the item
+    carries that key (e.g. ``"labels": [2, 1, 3]`` for MSD Task01, ``[1, 2, 3]`` for BraTS 2023), the item's
+    own convention is used instead, so one config serves every dataset layout.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        labels: Sequence[int] = BRATS_2020_LABELS,
+        labels_key: str | None = None,
+        allow_missing_keys=False,
+    ):
         super().__init__(keys, allow_missing_keys)
         self.labels = tuple(int(v) for v in labels)
+        self.labels_key = labels_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
+        labels = _item_labels(d, self.labels_key, self.labels)
         for key in self.key_iterator(d):
             img = d[key]
-            out = label_to_regions(torch.as_tensor(img), self.labels)
+            out = label_to_regions(torch.as_tensor(img), labels)
             d[key], *_ = convert_to_dst_type(out, img, dtype=torch.float32)
         return d
 
 
 class RegionsToLabeld(MapTransform):
-    """Dictionary transform: 3 binary region channels (TC, WT, ET) -> uint8 label map (1, *spatial)."""
+    """Dictionary transform: 3 binary region channels (TC, WT, ET) -> uint8 label map (1, *spatial), in the
+    item's own label convention (``data[labels_key]``) when it carries one, ``labels`` otherwise."""
 
-    def __init__(self, keys: KeysCollection, labels: Sequence[int] = BRATS_2020_LABELS, allow_missing_keys=False):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        labels: Sequence[int] = BRATS_2020_LABELS,
+        labels_key: str | None = None,
+        allow_missing_keys=False,
+    ):
         super().__init__(keys, allow_missing_keys)
         self.labels = tuple(int(v) for v in labels)
+        self.labels_key = labels_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
+        labels = _item_labels(d, self.labels_key, self.labels)
         for key in self.key_iterator(d):
             img = d[key]
-            out = regions_to_label(torch.as_tensor(img), self.labels)
+            out = regions_to_label(torch.as_tensor(img), labels)
             d[key], *_ = convert_to_dst_type(out, img, dtype=torch.uint8)
         return d
 
@@ -182,6 +204,81 @@ def _subsample(values: torch.Tensor, max_items: int = 200_000) -> torch.Tensor:
     return values[::step]
 
 
+# ----------------------------------------------------------------------------------------------
+# per-case layout conventions carried by the datalist item (one config for every dataset layout)
+# ----------------------------------------------------------------------------------------------
+def _int_list(value, name: str) -> list[int]:
+    """A datalist field holding a list of ints -> ``list[int]``.
+
+    Accepts what a datalist item holds before and after a ``DataLoader`` round trip: a list/tuple of ints,
+    a 1D tensor/array, or a list of 0-d / 1-element tensors (what ``decollate_batch`` gives back for a list
+    field collated with batch size 1).
+    """
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"{name}: expected a list of integers, got {value!r}")
+    if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):
+        value = value.tolist()
+    out = []
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if hasattr(v, "tolist"):
+            v = v.tolist()
+        if isinstance(v, (list, tuple)):
+            if len(v) != 1:
+                raise ValueError(f"{name}: expected one integer per entry, got {v!r} (batched item not decollated?)")
+            v = v[0]
+        out.append(int(v))
+    return out
+
+
+def _item_labels(data: Mapping, labels_key: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
+    """The (necrotic, oedema, enhancing) label values of one item: ``data[labels_key]`` when present."""
+    if labels_key is None or data.get(labels_key) is None:
+        return default
+    labels = tuple(_int_list(data[labels_key], labels_key))
+    if len(labels) != 3:
+        raise ValueError(f"'{labels_key}' must hold 3 label values (necrotic, oedema, enhancing), got {list(labels)}")
+    return labels
+
+
+class SelectChannelsd(MapTransform):
+    """Reorder (or select) the channels of channel-first images, per item.
+
+    The channel indices come from ``data[order_key]`` when the item has that key (e.g. an MSD Task01 item
+    carries ``"channel_order": [1, 2, 3, 0]`` to turn FLAIR, T1w, T1gd, T2w into the bundle's T1, T1ce, T2,
+    FLAIR), otherwise from ``order``; with neither it is a no-op, so the same preprocessing serves every
+    dataset layout. Output channel ``i`` is input channel ``order[i]``; metadata (affine, applied
+    operations) is kept, so ``Invertd`` still works on predictions.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        order_key: str | None = "channel_order",
+        order: Sequence[int] | None = None,
+        allow_missing_keys=False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.order_key = order_key
+        self.order = None if order is None else [int(v) for v in order]
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        order = self.order
+        if self.order_key is not None and d.get(self.order_key) is not None:
+            order = _int_list(d[self.order_key], self.order_key)
+        if order is None:
+            return d
+        for key in self.key_iterator(d):
+            img = d[key]
+            n = img.shape[0]
+            if any(not -n <= c < n for c in order):
+                raise ValueError(f"{_source_name(img)}: channel order {order} is out of range for {n} channels")
+            if list(order) == list(range(n)):
+                continue
+            d[key] = img[list(order)]
+        return d
+
+
 __all__ = [
     "BRATS_2020_LABELS",
     "REGION_NAMES",
@@ -189,6 +286,7 @@ __all__ = [
     "BrainNormalized",
     "LabelToRegionsd",
     "RegionsToLabeld",
+    "SelectChannelsd",
     "brain_mask",
     "label_to_regions",
     "regions_to_label",

@@ -10,6 +10,27 @@ Every case becomes one datalist entry::
 The image list is always in the bundle's channel order T1, T1ce, T2, FLAIR (``MODALITIES``). A case can
 also be one 4D NIfTI holding the four channels in that order (``"image": "case.nii.gz"``), which is what
 MONAI Label hands a bundle.
+
+Supported layouts (``detect_layout`` tells them apart, ``LAYOUT_FINDERS`` maps each to its finder):
+
+* ``brats2020``: ``<id>_t1/_t1ce/_t2/_flair[/_seg].nii[.gz]``, labels 1/2/4 (BraTS 2017-2021 releases,
+  training and unlabelled validation data alike).
+* ``brats2021``: ``<id>-t1n/-t1c/-t2w/-t2f[-seg].nii.gz`` (BraTS 2023/2024 naming, e.g.
+  ``BraTS-GLI-00000-000``; also -MEN/-MET/-PED/-SSA), labels 1/2/3 with 3 = enhancing.
+* ``msd``: Medical Segmentation Decathlon Task01_BrainTumour, ``imagesTr/BRATS_001.nii.gz`` (one 4D file,
+  channels FLAIR, T1w, T1gd, T2w), ``labelsTr/`` (1 oedema, 2 non-enhancing, 3 enhancing), ``imagesTs/``.
+* ``dicom``: one DICOM series folder per modality (``case/t1/``, ``case/t1ce/``, ...), see
+  :mod:`scripts.data.dicom`; images only.
+* ``nifti4d``: a folder of 4D NIfTI files already in the bundle's channel order; images only.
+
+Items that need it carry their own conventions, so one preprocessing serves every layout:
+
+* ``"labels": [necrotic, oedema, enhancing]``: the label values of the item's segmentation (read by
+  ``scripts.transforms.LabelToRegionsd`` / ``RegionsToLabeld`` with ``labels_key="labels"``);
+* ``"channel_order": [1, 2, 3, 0]``: bundle channel ``i`` is the file's channel ``channel_order[i]`` (read
+  by ``scripts.transforms.SelectChannelsd``);
+* ``"reader": "ITKReader"``: the image is DICOM series folders (a hint; ``LoadImaged`` picks ITKReader for
+  folders by itself).
 """
 
 from __future__ import annotations
@@ -17,6 +38,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +47,40 @@ MODALITIES = ("t1", "t1ce", "t2", "flair")
 """BraTS 2020 file suffixes in the bundle's channel order (channel 0 T1, 1 T1ce, 2 T2, 3 FLAIR)."""
 LABEL_SUFFIX = "seg"
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+BRATS2020_LABELS = (1, 2, 4)
+"""(necrotic, oedema, enhancing) label values of BraTS 2017-2021."""
+BRATS2021_MODALITIES = ("t1n", "t1c", "t2w", "t2f")
+"""BraTS 2023+ file suffixes (``<id>-t1n.nii.gz``) in the bundle's channel order."""
+BRATS2021_LABELS = (1, 2, 3)
+MSD_CHANNEL_ORDER = (1, 2, 3, 0)
+"""MSD Task01 4D images hold FLAIR, T1w, T1gd, T2w: bundle channel i is MSD channel MSD_CHANNEL_ORDER[i]."""
+MSD_LABELS = (2, 1, 3)
+"""MSD Task01 labels: 1 oedema, 2 non-enhancing tumour (necrotic core), 3 enhancing tumour."""
+LAYOUTS = ("brats2020", "brats2021", "msd", "dicom", "nifti4d")
+
+MODALITY_ALIASES = {
+    "t1": "t1", "t1n": "t1", "t1w": "t1", "t1native": "t1", "t1pre": "t1",
+    "t1ce": "t1ce", "t1c": "t1ce", "t1gd": "t1ce", "t1wce": "t1ce", "t1post": "t1ce", "t1contrast": "t1ce",
+    "t2": "t2", "t2w": "t2",
+    "flair": "flair", "t2f": "flair", "t2flair": "flair",
+}  # fmt: skip
+"""Modality name (lower case, without ``-``, ``_``, spaces) -> bundle modality (``MODALITIES``)."""
+
+
+def modality_of(name: str) -> str | None:
+    """``"T1-Gd"`` -> ``"t1ce"``, ``"FLAIR"`` -> ``"flair"``, ``"T2w"`` -> ``"t2"``; ``None`` when unknown."""
+    key = str(name).lower().replace("-", "").replace("_", "").replace(" ", "")
+    return MODALITY_ALIASES.get(key)
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    """True for macOS/archive debris: any part below ``root`` starting with ``.`` or named ``__MACOSX``
+    (e.g. the ``._BRATS_001.nii.gz`` files that ship in the MSD archive)."""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        parts = (path.name,)
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
 
 
 def _strip_nifti(name: str) -> str | None:
@@ -35,22 +91,40 @@ def _strip_nifti(name: str) -> str | None:
 
 
 def case_id_from_path(path: str | os.PathLike) -> str:
-    """``.../BraTS20_Training_001_t1.nii.gz`` -> ``BraTS20_Training_001``; ``.../case.nii.gz`` -> ``case``."""
-    name = os.path.basename(str(path))
-    stem = _strip_nifti(name) or os.path.splitext(name)[0]
-    return re.sub(r"_(" + "|".join(MODALITIES + (LABEL_SUFFIX,)) + r")$", "", stem)
+    """``.../BraTS20_Training_001_t1.nii.gz`` -> ``BraTS20_Training_001``; ``.../case.nii.gz`` -> ``case``;
+    ``.../BraTS-GLI-00000-000-t1n.nii.gz`` -> ``BraTS-GLI-00000-000``; a DICOM series folder named after
+    its modality, ``.../case_007/t1``, -> ``case_007``."""
+    path = os.path.normpath(str(path))
+    name = os.path.basename(path)
+    stem = _strip_nifti(name)
+    if stem is None:
+        parent = os.path.basename(os.path.dirname(path))
+        if modality_of(name) is not None and parent:
+            return parent
+        stem = os.path.splitext(name)[0]
+    stem = re.sub(r"_(" + "|".join(MODALITIES + (LABEL_SUFFIX,)) + r")$", "", stem)
+    return re.sub(r"-(" + "|".join(BRATS2021_MODALITIES + (LABEL_SUFFIX,)) + r")$", "", stem)
 
 
 def find_brats2020_cases(root: str | os.PathLike) -> list[dict]:
     """All BraTS 2020-style cases under ``root`` (searched recursively), sorted by case id.
 
     A case is a set of ``<id>_t1``, ``<id>_t1ce``, ``<id>_t2``, ``<id>_flair`` NIfTI files in one folder,
-    plus ``<id>_seg`` when labelled. Raises ``FileNotFoundError`` naming the case and the missing file when
-    a case has some modalities but not all.
+    plus ``<id>_seg`` when labelled (training data; validation data have none and give items without
+    ``label``). Raises ``FileNotFoundError`` naming the case and the missing file when a case has some
+    modalities but not all. Items carry ``"labels": [1, 2, 4]``.
+
+    A case folder holding only one case and, instead of ``<id>_seg``, exactly one other NIfTI file with
+    ``seg`` in its name uses that file as label: BraTS 2020 ships ``BraTS20_Training_355`` with
+    ``W39_1998.09.19_Segm.nii``.
     """
     root = Path(root)
     cases = []
-    for anchor in sorted(root.rglob("*_t1ce.nii*")):
+    anchors = [a for a in sorted(root.rglob("*_t1ce.nii*")) if not _hidden(a, root)]
+    anchors_per_folder: dict[Path, int] = {}
+    for a in anchors:
+        anchors_per_folder[a.parent] = anchors_per_folder.get(a.parent, 0) + 1
+    for anchor in anchors:
         stem = _strip_nifti(anchor.name)
         if stem is None:
             continue
@@ -62,10 +136,220 @@ def find_brats2020_cases(root: str | os.PathLike) -> list[dict]:
             raise FileNotFoundError(f"case {prefix}: missing modality file(s) {missing}")
         item = {"case_id": prefix, "image": [str(p) for p in images]}
         label = anchor.parent / f"{prefix}_{LABEL_SUFFIX}{ext}"
+        if not label.is_file():
+            label = anchor.parent / f"{prefix}_{LABEL_SUFFIX}{'.nii' if ext == '.nii.gz' else '.nii.gz'}"
+        if not label.is_file() and anchors_per_folder[anchor.parent] == 1:
+            others = [
+                p
+                for p in anchor.parent.iterdir()
+                if p.is_file() and not p.name.startswith(".") and _strip_nifti(p.name) is not None
+                and p not in images and "seg" in p.name.lower()
+            ]
+            if len(others) == 1:
+                label = others[0]
         if label.is_file():
             item["label"] = str(label)
+        item["labels"] = list(BRATS2020_LABELS)
         cases.append(item)
     return sorted(cases, key=lambda c: c["case_id"])
+
+
+def find_brats2021_cases(root: str | os.PathLike) -> list[dict]:
+    """All BraTS 2023/2024-style cases under ``root`` (searched recursively), sorted by case id.
+
+    A case is ``<id>-t1n``, ``<id>-t1c``, ``<id>-t2w``, ``<id>-t2f`` NIfTI files in one folder (e.g.
+    ``BraTS-GLI-00000-000/BraTS-GLI-00000-000-t1n.nii.gz``), plus ``<id>-seg`` when labelled. The image list
+    maps t1n -> T1, t1c -> T1ce, t2w -> T2, t2f -> FLAIR; items carry ``"labels": [1, 2, 3]`` (3 =
+    enhancing). Raises ``FileNotFoundError`` naming the case and the missing file(s) for incomplete cases.
+    """
+    root = Path(root)
+    cases = []
+    for anchor in sorted(root.rglob("*-t1c.nii*")):
+        stem = _strip_nifti(anchor.name)
+        if stem is None or _hidden(anchor, root):
+            continue
+        prefix = stem[: -len("-t1c")]
+        ext = anchor.name[len(stem) :]
+        images = [anchor.parent / f"{prefix}-{m}{ext}" for m in BRATS2021_MODALITIES]
+        missing = [str(p) for p in images if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"case {prefix}: missing modality file(s) {missing}")
+        item = {"case_id": prefix, "image": [str(p) for p in images]}
+        label = anchor.parent / f"{prefix}-{LABEL_SUFFIX}{ext}"
+        if label.is_file():
+            item["label"] = str(label)
+        item["labels"] = list(BRATS2021_LABELS)
+        cases.append(item)
+    return sorted(cases, key=lambda c: c["case_id"])
+
+
+MSD_SUBSETS = ("imagesTr", "imagesTs")
+_MSD_NAME = re.compile(r"^BRATS_\d+\.nii(\.gz)?$")
+
+
+def _msd_root(root: Path) -> tuple[Path, tuple[str, ...]] | None:
+    """(task folder, image sub-folders to use) when ``root`` is an MSD task folder, one of its ``imagesTr`` /
+    ``imagesTs`` folders, or a folder holding exactly one task folder; else ``None``."""
+    if not root.is_dir():
+        return None
+    if any((root / s).is_dir() for s in MSD_SUBSETS):
+        return root, MSD_SUBSETS
+    if root.name in MSD_SUBSETS:
+        return root.parent, (root.name,)
+    tasks = [c for c in sorted(root.iterdir()) if c.is_dir() and not c.name.startswith(".") and (c / "imagesTr").is_dir()]
+    if len(tasks) == 1:
+        return tasks[0], MSD_SUBSETS
+    return None
+
+
+def _msd_conventions(task: Path) -> tuple[list[int], list[int]]:
+    """(channel_order, labels) from the task's ``dataset.json`` (``modality`` and ``labels`` maps), falling
+    back to the Task01_BrainTumour values when it is absent or does not name all four modalities / the three
+    tumour labels."""
+    order, labels = list(MSD_CHANNEL_ORDER), list(MSD_LABELS)
+    try:
+        meta = json.loads((task / "dataset.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return order, labels
+    modality = {modality_of(name): int(ch) for ch, name in (meta.get("modality") or {}).items()}
+    if all(m in modality for m in MODALITIES):
+        order = [modality[m] for m in MODALITIES]
+    found = {}
+    for value, name in (meta.get("labels") or {}).items():
+        n = str(name).lower().replace("_", " ").replace("-", " ")
+        if "non enhancing" in n or "necro" in n:
+            found["necrotic"] = int(value)
+        elif "enhancing" in n:
+            found["enhancing"] = int(value)
+        elif "edema" in n or "oedema" in n:
+            found["oedema"] = int(value)
+    if len(found) == 3:
+        labels = [found["necrotic"], found["oedema"], found["enhancing"]]
+    return order, labels
+
+
+def find_msd_cases(root: str | os.PathLike) -> list[dict]:
+    """Cases of a Medical Segmentation Decathlon Task01_BrainTumour folder, sorted by case id.
+
+    ``root`` is the task folder (``imagesTr/``, ``labelsTr/``, ``imagesTs/``, ``dataset.json``), one of its
+    image folders (only those cases), or a folder holding one task folder. Each case is one 4D NIfTI,
+    ``{"case_id": "BRATS_001", "image": ".../imagesTr/BRATS_001.nii.gz", "label": ".../labelsTr/BRATS_001.nii.gz",
+    "channel_order": [1, 2, 3, 0], "labels": [2, 1, 3]}`` (``label`` only where ``labelsTr`` has the file;
+    the conventions come from ``dataset.json`` when it names them). The ``._*`` files of the MSD archive
+    are skipped.
+    """
+    found = _msd_root(Path(root))
+    if found is None:
+        return []
+    task, subsets = found
+    order, labels = _msd_conventions(task)
+    cases = []
+    for subset in subsets:
+        folder = task / subset
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            stem = _strip_nifti(path.name)
+            if stem is None or path.name.startswith(".") or not path.is_file():
+                continue
+            item = {"case_id": stem, "image": str(path)}
+            label = task / "labelsTr" / path.name
+            if subset == "imagesTr" and label.is_file():
+                item["label"] = str(label)
+            item["channel_order"] = list(order)
+            item["labels"] = list(labels)
+            cases.append(item)
+    return sorted(cases, key=lambda c: c["case_id"])
+
+
+def find_nifti4d_cases(root: str | os.PathLike) -> list[dict]:
+    """The NIfTI files directly in ``root``, each one 4D case already in the bundle's channel order."""
+    root = Path(root)
+    if root.is_file():
+        return [{"case_id": case_id_from_path(root), "image": str(root)}] if _strip_nifti(root.name) else []
+    return [
+        {"case_id": case_id_from_path(p), "image": str(p)}
+        for p in sorted(root.iterdir())
+        if _strip_nifti(p.name) is not None and p.is_file() and not p.name.startswith(".")
+    ]
+
+
+def find_dicom_cases(root: str | os.PathLike) -> list[dict]:
+    """DICOM cases (one series folder per modality) at or under ``root``; see :mod:`scripts.data.dicom`."""
+    from scripts.data.dicom import find_dicom_cases as _find
+
+    return _find(root)
+
+
+LAYOUT_FINDERS = {
+    "brats2020": find_brats2020_cases,
+    "brats2021": find_brats2021_cases,
+    "msd": find_msd_cases,
+    "dicom": find_dicom_cases,
+    "nifti4d": find_nifti4d_cases,
+}
+"""Layout name -> finder (``root`` -> datalist items, sorted by case id)."""
+
+
+def detect_layout(root: str | os.PathLike) -> str | None:
+    """The layout of the data at ``root`` (one of ``LAYOUTS``), or ``None`` when nothing is recognised.
+
+    Checked in this order: an MSD task folder (``imagesTr``/``imagesTs``, or such a folder itself); BraTS
+    2023+ files (``*-t1c.nii*``) or BraTS 2020 files (``*_t1ce.nii*``) anywhere below (both at once is
+    ambiguous: ``ValueError``, pass the layout explicitly); DICOM case folders; NIfTI files directly in
+    ``root`` (4D cases; if they are all named like MSD's ``BRATS_001.nii.gz``, ``msd`` with a warning,
+    because their channels are in MSD order); a single NIfTI file (``nifti4d``).
+    """
+    root = Path(root)
+    if root.is_file():
+        return "nifti4d" if _strip_nifti(root.name) is not None else None
+    if not root.is_dir():
+        return None
+    if _msd_root(root) is not None:
+        return "msd"
+    found = [
+        layout
+        for layout, pattern in (("brats2021", "*-t1c.nii*"), ("brats2020", "*_t1ce.nii*"))
+        if any(not _hidden(p, root) for p in root.rglob(pattern))
+    ]
+    if len(found) > 1:
+        raise ValueError(f"{root}: holds both {' and '.join(found)} cases; choose one with layout=...")
+    if found:
+        return found[0]
+    if find_dicom_cases(root):
+        return "dicom"
+    niftis = find_nifti4d_cases(root)
+    if niftis:
+        if all(_MSD_NAME.match(Path(c["image"]).name) for c in niftis):
+            warnings.warn(
+                f"{root}: NIfTI files named like MSD Task01 (BRATS_xxx): reading their channels in MSD order "
+                "(FLAIR, T1w, T1gd, T2w); pass layout='nifti4d' if they are already T1, T1ce, T2, FLAIR"
+            )
+            return "msd"
+        return "nifti4d"
+    return None
+
+
+def find_cases(root: str | os.PathLike, layout: str = "auto") -> tuple[str, list[dict]]:
+    """(layout, datalist items) for the data at ``root``; ``layout="auto"`` detects it (see
+    :func:`detect_layout`). Raises ``FileNotFoundError`` when no case is found."""
+    root = Path(root)
+    if layout in (None, "auto"):
+        layout = detect_layout(root)
+        if layout is None:
+            raise FileNotFoundError(
+                f"{root}: no cases of a known layout ({', '.join(LAYOUTS)}): see scripts/data/layouts.py"
+            )
+    if layout not in LAYOUT_FINDERS:
+        raise ValueError(f"unknown layout {layout!r}; expected 'auto' or one of {list(LAYOUTS)}")
+    if layout == "msd" and _msd_root(root) is None:  # a plain folder of BRATS_xxx.nii.gz files
+        order, labels = _msd_conventions(root.parent)
+        cases = [dict(c, channel_order=order, labels=labels) for c in find_nifti4d_cases(root)]
+    else:
+        cases = LAYOUT_FINDERS[layout](root)
+    if not cases:
+        raise FileNotFoundError(f"{root}: no {layout} cases found")
+    return layout, cases
 
 
 def assign_folds(cases: list[dict], num_folds: int = 5, seed: int = 0) -> list[dict]:
@@ -131,32 +415,41 @@ def prepare_datalist(
     num_folds: int = 5,
     seed: int = 0,
     synthetic_cases: int = 30,
+    layout: str = "auto",
 ) -> dict:
     """The training datalist for ``dataset_dir``, with ``training`` and ``validation`` lists for ``fold``.
 
-    ``dataset_dir`` may be a datalist JSON, or a folder of BraTS 2020-style cases. A folder that does not
-    exist or holds no NIfTI file at all is filled with ``synthetic_cases`` generated BraTS-like cases first
-    (the embedded default data), so training needs no download.
+    ``dataset_dir`` may be a datalist JSON, or a folder in any of the layouts (``layout="auto"`` detects it,
+    see :func:`detect_layout`); its labelled cases are split into ``num_folds`` folds (unlabelled ones, e.g.
+    BraTS validation data or MSD ``imagesTs``, are left out). A folder that does not exist or holds neither
+    NIfTI files nor DICOM cases is filled with ``synthetic_cases`` generated BraTS-like cases first (the
+    embedded default data), so training needs no download.
     """
     dataset_dir = Path(dataset_dir)
     if dataset_dir.suffix == ".json":
         datalist = load_datalist(dataset_dir)
     else:
-        if not dataset_dir.exists() or not any(dataset_dir.rglob("*.nii*")):
+        if not dataset_dir.exists() or (not any(dataset_dir.rglob("*.nii*")) and not find_dicom_cases(dataset_dir)):
             from scripts.data.synthetic import write_dataset
 
             write_dataset(dataset_dir, num_cases=synthetic_cases, seed=seed)
-        cases = [c for c in find_brats2020_cases(dataset_dir) if "label" in c]
+        layout, found = find_cases(dataset_dir, layout)
+        cases = [c for c in found if "label" in c]
         if not cases:
-            raise FileNotFoundError(f"{dataset_dir}: no labelled BraTS cases (<id>_t1/_t1ce/_t2/_flair/_seg.nii.gz)")
+            raise FileNotFoundError(
+                f"{dataset_dir}: no labelled cases in its {layout} layout ({len(found)} unlabelled case(s); "
+                "training needs segmentations, e.g. <id>_seg.nii.gz, <id>-seg.nii.gz or labelsTr/)"
+            )
         datalist = {"training": assign_folds(cases, num_folds, seed)}
     training, validation = split_fold(datalist, fold)
     return {"training": training, "validation": validation}
 
 
-def find_inference_cases(source: str | os.PathLike, datalist_key: str = "testing") -> list[dict]:
-    """Cases to segment: a datalist JSON (its ``datalist_key`` list), a folder of BraTS-style cases
-    (searched recursively), a folder of 4D NIfTI files, or one 4D NIfTI file."""
+def find_inference_cases(source: str | os.PathLike, datalist_key: str = "testing", layout: str = "auto") -> list[dict]:
+    """Cases to segment: a datalist JSON (its ``datalist_key`` list), a folder in any of the layouts
+    (BraTS 2020 or 2023+ style cases, an MSD task or image folder, DICOM case folders, a folder of 4D NIfTI
+    files; ``layout="auto"`` detects it), or one 4D NIfTI file. Labels are dropped; the items keep their
+    ``labels`` / ``channel_order`` / ``reader`` fields."""
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"{source}: input does not exist")
@@ -165,17 +458,14 @@ def find_inference_cases(source: str | os.PathLike, datalist_key: str = "testing
         if datalist_key not in datalist:
             raise KeyError(f"{source}: no '{datalist_key}' list (keys: {sorted(datalist)})")
         return [dict(c, case_id=c.get("case_id") or case_id_from_path(_first(c["image"]))) for c in datalist[datalist_key]]
-    if source.is_file():
+    if source.is_file() and layout in (None, "auto", "nifti4d"):
         return [{"case_id": case_id_from_path(source), "image": str(source)}]
-    cases = find_brats2020_cases(source)
-    if not cases:
-        cases = [
-            {"case_id": case_id_from_path(p), "image": str(p)}
-            for p in sorted(source.iterdir())
-            if _strip_nifti(p.name) is not None and p.is_file()
-        ]
-    if not cases:
-        raise FileNotFoundError(f"{source}: no cases found (BraTS-style folders or 4D NIfTI files)")
+    try:
+        _, cases = find_cases(source, layout)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"{source}: no cases found (BraTS-style folders, an MSD task, DICOM case folders or 4D NIfTI files)"
+        ) from e
     return [{k: v for k, v in c.items() if k != "label"} for c in cases]
 
 
@@ -186,24 +476,39 @@ def _first(image):
 def main(argv=None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Write a k-fold datalist JSON for a BraTS 2020 training folder.")
-    parser.add_argument("--dataset_dir", required=True, help="folder of BraTS20_Training_xxx case folders")
+    parser = argparse.ArgumentParser(
+        description="Write a datalist JSON for a dataset folder: labelled cases in k folds ('training'), "
+        "unlabelled ones (BraTS validation data, MSD imagesTs, DICOM cases) as 'testing'."
+    )
+    parser.add_argument("--dataset_dir", required=True, help="dataset folder in any supported layout")
     parser.add_argument("--output", required=True, help="datalist JSON to write (paths stored relative to it)")
+    parser.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS, help="dataset layout (default: detect)")
     parser.add_argument("--num_folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    cases = find_brats2020_cases(args.dataset_dir)
+    try:
+        layout, cases = find_cases(args.dataset_dir, args.layout)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from e
     labelled = [c for c in cases if "label" in c]
-    if not labelled:
-        raise SystemExit(f"{args.dataset_dir}: no labelled BraTS cases found")
+    unlabelled = [c for c in cases if "label" not in c]
     out_dir = Path(args.output).resolve().parent
 
     def rel(p):
         return [rel(q) for q in p] if isinstance(p, list) else os.path.relpath(p, out_dir)
 
-    training = [dict(c, image=rel(c["image"]), label=rel(c["label"])) for c in assign_folds(labelled, args.num_folds, args.seed)]
-    write_json_atomic({"training": training}, args.output)
-    print(f"{args.output}: {len(training)} labelled cases in {args.num_folds} folds (seed {args.seed})")
+    def relative(c):
+        return dict(c, **{k: rel(c[k]) for k in ("image", "label") if k in c})
+
+    datalist = {}
+    if labelled:
+        datalist["training"] = [relative(c) for c in assign_folds(labelled, args.num_folds, args.seed)]
+    if unlabelled:
+        datalist["testing"] = [relative(c) for c in unlabelled]
+    write_json_atomic(datalist, args.output)
+    parts = [f"{len(labelled)} labelled cases in {args.num_folds} folds (seed {args.seed})"] if labelled else []
+    parts += [f"{len(unlabelled)} unlabelled cases for testing"] if unlabelled else []
+    print(f"{args.output}: {layout} layout, {', '.join(parts)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,560 @@
+"""Evaluation of BraTS segmentations against reference label maps.
+
+Per case and per region (ET enhancing tumour, TC tumour core, WT whole tumour, derived from a BraTS label map
+with :func:`scripts.transforms.label_to_regions` and a ``labels=(necrotic, oedema, enhancing)`` convention):
+
+* ``dice``            2 |P & R| / (|P| + |R|)
+* ``hd95``            95th-percentile Hausdorff distance in mm (voxel spacing from the NIfTI header), computed
+                      with MONAI's ``compute_hausdorff_distance(..., percentile=95, spacing=...)``: surface voxels
+                      by binary erosion, and the larger of the two directed 95th percentiles (pred -> ref,
+                      ref -> pred), as in MONAI's ``HausdorffDistanceMetric`` used during training and in the
+                      BraTS 2023+ evaluation (DeepMind ``compute_robust_hausdorff``). medpy's ``hd95`` instead
+                      takes the 95th percentile of both directions pooled, which is never larger and can be a
+                      few mm smaller on ragged whole-tumour outlines.
+* ``sensitivity``     TP / (TP + FN)
+* ``specificity``     TN / (TN + FP)
+* ``volume_diff_ml``  prediction volume - reference volume in mL (voxel volume from the header)
+
+plus ``<metric>_mean``, the mean over the three regions.
+
+Empty structures (``empty=``)
+-----------------------------
+``"brats"`` (default), the BraTS challenge convention; no metric is ever NaN:
+
+* both prediction and reference empty: Dice 1, HD95 0 mm;
+* exactly one of them empty: Dice 0, HD95 373.13 mm (the diagonal of the 240 x 240 x 155 mm BraTS volume);
+* sensitivity with an empty reference: 1 if the prediction is empty too, else 0;
+* specificity when the reference has no negative voxel (the region fills the volume): 1 if the prediction has
+  none either, else 0.
+
+``"nan"``: a metric that is undefined for the case is NaN and is left out of the region mean and of every
+summary statistic (each summary entry reports ``n``, the number of values it used): Dice when both are empty,
+HD95 when either is empty, sensitivity when the reference is empty, specificity when the reference has no
+negatives. Defined values stay as they are (a missed tumour still gets Dice 0, sensitivity 0). The volume
+difference is always defined.
+
+Use
+---
+``python -m scripts.evaluation --pred_dir P --ref_dir R --output_dir O [--labels 1 2 4] [--ref_labels 1 2 3]
+[--empty brats|nan] [--no_plot]`` writes ``metrics_per_case.csv``, ``metrics_summary.json``,
+``metrics_summary.md`` and ``metrics_boxplot.png`` into O (each atomically). Predictions are ``<case_id>.nii.gz``
+files (any NIfTI whose case id, :func:`scripts.data.layouts.case_id_from_path`, matches); references are
+``<case_id>_seg.nii.gz`` or ``<case_id>.nii.gz`` files anywhere under R (flat, or BraTS case folders). A case
+that cannot be evaluated (unreadable file, shape/affine mismatch, unexpected labels) is skipped with one line
+naming the case, the file and the problem; the others are finished. Exit code 1 when any case failed or a
+reference had no prediction, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from scripts.data.layouts import NIFTI_EXTENSIONS, case_id_from_path, write_json_atomic
+from scripts.io import atomic_path
+from scripts.transforms import BRATS_2020_LABELS, REGION_NAMES, label_to_regions
+
+logger = logging.getLogger(__name__)
+
+REGIONS = ("ET", "TC", "WT")
+"""Region order of every output (the order of ``label_to_regions`` channels is ``REGION_NAMES``: TC, WT, ET)."""
+METRICS = ("dice", "hd95", "sensitivity", "specificity", "volume_diff_ml")
+COLUMNS = tuple(f"{m}_{r}" for m in METRICS for r in (*REGIONS, "mean"))
+"""Per-case columns after ``case_id``: every metric x (ET, TC, WT, mean)."""
+EMPTY_CONVENTIONS = ("brats", "nan")
+BRATS_MAX_HD95 = 373.13
+"""HD95 (mm) when exactly one of prediction and reference is empty: diagonal of a 240 x 240 x 155 mm volume."""
+AFFINE_ATOL = 1e-4
+"""Tolerance (mm) when comparing prediction and reference affines (float32 headers round)."""
+
+_STATS = ("mean", "median", "std", "q1", "q3", "min", "max", "n")
+_MD_FORMAT = {"dice": ".3f", "hd95": ".2f", "sensitivity": ".3f", "specificity": ".4f", "volume_diff_ml": ".2f"}
+_MD_NAMES = {
+    "dice": "Dice",
+    "hd95": "HD95 (mm)",
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "volume_diff_ml": "Volume diff. (mL)",
+}
+
+
+class CaseError(ValueError):
+    """A case that cannot be evaluated; ``path`` is the file at fault, ``problem`` what is wrong with it."""
+
+    def __init__(self, path, problem: str):
+        self.path, self.problem = str(path), problem
+        super().__init__(f"{path}: {problem}")
+
+
+# --------------------------------------------------------------------------------------------------- metrics
+def _check_empty(empty: str) -> None:
+    if empty not in EMPTY_CONVENTIONS:
+        raise ValueError(f"empty must be one of {EMPTY_CONVENTIONS}, got {empty!r}")
+
+
+def _hd95_mm(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> float:
+    """HD95 (mm) of two non-empty boolean masks with MONAI, on their union's bounding box plus a 1-voxel margin
+    (exact: every surface voxel and every nearest surface voxel lie inside it; far faster on 240^2 x 155)."""
+    idx = np.argwhere(pred | ref)
+    lo = np.maximum(idx.min(0) - 1, 0)
+    hi = idx.max(0) + 2
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    from monai.metrics import compute_hausdorff_distance
+
+    with warnings.catch_warnings():  # MONAI warns about its own deprecated internal argument
+        warnings.simplefilter("ignore")
+        hd = compute_hausdorff_distance(
+            torch.from_numpy(np.ascontiguousarray(pred[box]))[None, None],
+            torch.from_numpy(np.ascontiguousarray(ref[box]))[None, None],
+            include_background=True,
+            percentile=95,
+            spacing=[float(s) for s in spacing],
+        )
+    return float(hd.item())
+
+
+def region_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], empty: str = "brats") -> dict:
+    """All metrics of one region: boolean masks of the same shape, voxel ``spacing`` in mm (one per axis)."""
+    _check_empty(empty)
+    pred, ref = np.asarray(pred, bool), np.asarray(ref, bool)
+    nan = empty == "nan"
+    n_pred, n_ref = int(pred.sum()), int(ref.sum())
+    tp = int(np.count_nonzero(pred & ref))
+    fp, fn = n_pred - tp, n_ref - tp
+    tn = pred.size - tp - fp - fn
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    out = {"volume_diff_ml": (n_pred - n_ref) * voxel_ml}
+
+    if n_pred == 0 and n_ref == 0:
+        out["dice"] = math.nan if nan else 1.0
+    else:
+        out["dice"] = 2.0 * tp / (n_pred + n_ref)
+
+    if n_pred and n_ref:
+        out["hd95"] = _hd95_mm(pred, ref, spacing)
+    elif nan:
+        out["hd95"] = math.nan
+    else:
+        out["hd95"] = 0.0 if n_pred == n_ref == 0 else BRATS_MAX_HD95
+
+    if n_ref:
+        out["sensitivity"] = tp / n_ref
+    else:
+        out["sensitivity"] = math.nan if nan else float(n_pred == 0)
+
+    ref_negatives, pred_negatives = pred.size - n_ref, pred.size - n_pred
+    if ref_negatives:
+        out["specificity"] = tn / ref_negatives
+    else:
+        out["specificity"] = math.nan if nan else float(pred_negatives == 0)
+    return out
+
+
+def _nanmean(values) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def label_map_metrics(
+    pred_label: np.ndarray,
+    ref_label: np.ndarray,
+    spacing: Sequence[float],
+    labels: Sequence[int] = BRATS_2020_LABELS,
+    ref_labels: Sequence[int] | None = None,
+    empty: str = "brats",
+    pred_name: str = "<prediction>",
+    ref_name: str = "<reference>",
+) -> dict:
+    """Flat dict of every ``COLUMNS`` entry for two 3D BraTS label maps of the same shape."""
+    _check_empty(empty)
+    labels = tuple(int(v) for v in labels)
+    ref_labels = labels if ref_labels is None else tuple(int(v) for v in ref_labels)
+    pred_regions = _regions(pred_label, labels, pred_name)
+    ref_regions = _regions(ref_label, ref_labels, ref_name)
+    row = {}
+    per_region = {r: region_metrics(pred_regions[r], ref_regions[r], spacing, empty) for r in REGIONS}
+    for m in METRICS:
+        for r in REGIONS:
+            row[f"{m}_{r}"] = float(per_region[r][m])
+        row[f"{m}_mean"] = _nanmean([row[f"{m}_{r}"] for r in REGIONS])
+    return row
+
+
+def _regions(label: np.ndarray, labels: tuple, name: str) -> dict:
+    """{ET, TC, WT: bool mask} from a label map; ``CaseError`` naming ``name`` on unexpected values."""
+    label = np.asarray(label)
+    if np.issubdtype(label.dtype, np.floating):
+        values = np.unique(label)
+        fractional = values[(values != np.round(values)) | ~np.isfinite(values)]
+        if fractional.size:
+            raise CaseError(
+                name, f"label values {fractional[:10].tolist()} are not integers (expected {[0, *labels]})"
+            )
+        label = label.astype(np.int64)
+    from monai.data import MetaTensor
+
+    try:
+        regions = label_to_regions(MetaTensor(torch.from_numpy(np.ascontiguousarray(label))[None], meta={"filename_or_obj": name}), labels)
+    except ValueError as e:
+        msg = str(e)
+        raise CaseError(name, msg[len(name) + 2 :] if msg.startswith(f"{name}: ") else msg) from e
+    masks = regions.numpy() > 0.5
+    return {r: masks[REGION_NAMES.index(r)] for r in REGIONS}
+
+
+# ------------------------------------------------------------------------------------------------ one case
+def _load_label_map(path) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """(data, affine, spacing) of a 3D NIfTI label map; ``CaseError`` naming the file when it cannot be read."""
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+        affine = np.asarray(img.affine, dtype=float)
+        spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    except Exception as e:  # nibabel, gzip, zlib and OS errors all mean "not a readable NIfTI"
+        raise CaseError(path, f"cannot read NIfTI ({type(e).__name__}: {e})") from e
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise CaseError(path, f"expected a 3D label map, got shape {tuple(data.shape)}")
+    return data, affine, spacing
+
+
+def evaluate_case(
+    pred_path,
+    ref_path,
+    labels: Sequence[int] = BRATS_2020_LABELS,
+    empty: str = "brats",
+    ref_labels: Sequence[int] | None = None,
+) -> dict:
+    """Metrics of one prediction NIfTI against its reference NIfTI: a flat dict with every ``COLUMNS`` entry.
+
+    ``labels`` is the prediction's (necrotic, oedema, enhancing) convention, ``ref_labels`` the reference's
+    (defaults to ``labels``). Raises ``ValueError`` (a :class:`CaseError`) naming the file(s) when a file cannot
+    be read, when shapes or affines differ, or when a label map holds values outside ``{0} | labels``.
+    """
+    _check_empty(empty)
+    pred, pred_affine, _ = _load_label_map(pred_path)
+    ref, ref_affine, spacing = _load_label_map(ref_path)
+    if pred.shape != ref.shape:
+        raise CaseError(
+            pred_path, f"shape {tuple(pred.shape)} does not match the reference {ref_path} shape {tuple(ref.shape)}"
+        )
+    if not np.allclose(pred_affine, ref_affine, rtol=0.0, atol=AFFINE_ATOL):
+        raise CaseError(
+            pred_path,
+            f"affine does not match the reference {ref_path} (largest difference "
+            f"{np.abs(pred_affine - ref_affine).max():.4g} mm; {_row_str(pred_affine)} vs {_row_str(ref_affine)})",
+        )
+    return label_map_metrics(pred, ref, spacing, labels, ref_labels, empty, str(pred_path), str(ref_path))
+
+
+def _row_str(affine: np.ndarray) -> str:
+    return "[" + "; ".join(" ".join(f"{v:.4g}" for v in row) for row in affine[:3]) + "]"
+
+
+# --------------------------------------------------------------------------------------------- a whole folder
+@dataclass
+class EvaluationResult:
+    rows: list = field(default_factory=list)
+    """One dict per evaluated case: ``case_id`` and every ``COLUMNS`` entry, sorted by case id."""
+    summary: dict = field(default_factory=dict)
+    """``{metric: {region: {mean, median, std, q1, q3, min, max, n}}}``, NaN left out (None when n == 0)."""
+    failed: list = field(default_factory=list)
+    """``{"case_id", "file", "problem"}`` for every matched case that could not be evaluated."""
+    missing_predictions: list = field(default_factory=list)
+    """``{"case_id", "file"}``: references with no prediction."""
+    unmatched_predictions: list = field(default_factory=list)
+    """``{"case_id", "file"}``: predictions with no reference (not evaluated)."""
+    outputs: dict = field(default_factory=dict)
+    """Written files: ``{"csv", "json", "md", "png"}`` -> path."""
+    markdown: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when every matched case was evaluated, every reference had a prediction and some case was
+        evaluated."""
+        return bool(self.rows) and not self.failed and not self.missing_predictions
+
+    def __getitem__(self, key):  # dict-style access too: result["rows"], result["failed"]
+        return getattr(self, key)
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.name.endswith(NIFTI_EXTENSIONS)
+
+
+def find_predictions(pred_dir) -> tuple[dict, list]:
+    """``({case_id: path}, problems)`` for the NIfTI files directly in ``pred_dir``; two files with the same
+    case id are a problem (``{"case_id", "file", "problem"}``), not a guess."""
+    found: dict[str, list[Path]] = {}
+    for p in sorted(Path(pred_dir).iterdir()):
+        if _is_nifti(p):
+            found.setdefault(case_id_from_path(p), []).append(p)
+    return _unique(found, "prediction")
+
+
+def find_references(ref_dir) -> tuple[dict, list]:
+    """``({case_id: path}, problems)`` for ``<case_id>_seg.nii[.gz]`` and ``<case_id>.nii[.gz]`` files anywhere
+    under ``ref_dir``; a ``_seg`` file wins over a plain one of the same case (which may be an image)."""
+    found: dict[str, list[Path]] = {}
+    for p in sorted(Path(ref_dir).rglob("*.nii*")):
+        if not _is_nifti(p):
+            continue
+        cid = case_id_from_path(p)
+        seg = any(p.name == f"{cid}_seg{ext}" for ext in NIFTI_EXTENSIONS)
+        plain = any(p.name == f"{cid}{ext}" for ext in NIFTI_EXTENSIONS)
+        if seg or plain:
+            found.setdefault(cid, []).append((0 if seg else 1, p))
+    best = {}
+    for cid, items in found.items():
+        rank = min(r for r, _ in items)
+        best[cid] = [p for r, p in items if r == rank]
+    return _unique(best, "reference")
+
+
+def _unique(found: dict, what: str) -> tuple[dict, list]:
+    chosen, problems = {}, []
+    for cid, paths in sorted(found.items()):
+        if len(paths) == 1:
+            chosen[cid] = paths[0]
+        else:
+            problems.append(
+                {"case_id": cid, "file": str(paths[0]), "problem": f"several {what} files: {[str(p) for p in paths]}"}
+            )
+    return chosen, problems
+
+
+def summarize(rows: list[dict]) -> dict:
+    """``{metric: {region|mean: {mean, median, std, q1, q3, min, max, n}}}`` over the rows, NaN left out.
+
+    ``std`` is the sample standard deviation (0 for a single value); statistics of an empty set are None, so
+    the JSON never holds NaN."""
+    summary = {}
+    for m in METRICS:
+        summary[m] = {}
+        for r in (*REGIONS, "mean"):
+            vals = np.array([row[f"{m}_{r}"] for row in rows], dtype=float)
+            vals = vals[np.isfinite(vals)]
+            if vals.size == 0:
+                summary[m][r] = {s: None for s in _STATS[:-1]} | {"n": 0}
+                continue
+            q1, median, q3 = np.percentile(vals, [25, 50, 75])
+            summary[m][r] = {
+                "mean": float(vals.mean()),
+                "median": float(median),
+                "std": float(vals.std(ddof=1)) if vals.size > 1 else 0.0,
+                "q1": float(q1),
+                "q3": float(q3),
+                "min": float(vals.min()),
+                "max": float(vals.max()),
+                "n": int(vals.size),
+            }
+    return summary
+
+
+def summary_markdown(summary: dict, n_cases: int | None = None, empty: str = "brats") -> str:
+    """Markdown table: rows = metric, columns = ET, TC, WT, mean; cells 'mean ± std (median m)'."""
+    cols = (*REGIONS, "mean")
+    lines = []
+    if n_cases is not None:
+        lines += [f"{n_cases} case(s); empty structures: {empty} convention; cells: mean ± std (median)", ""]
+    lines += ["| metric | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for m in METRICS:
+        fmt = _MD_FORMAT[m]
+        cells = []
+        for r in cols:
+            s = summary[m][r]
+            if not s["n"]:
+                cells.append("n/a")
+                continue
+            cell = f"{s['mean']:{fmt}} ± {s['std']:{fmt}} ({s['median']:{fmt}})"
+            if n_cases is not None and s["n"] != n_cases:
+                cell += f" n={s['n']}"
+            cells.append(cell)
+        lines.append(f"| {_MD_NAMES[m]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_csv(v) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else format(v, ".10g")
+    return str(v)
+
+
+def write_csv(rows: list[dict], path) -> str:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("case_id", *COLUMNS))
+        for row in rows:
+            writer.writerow([row["case_id"], *(_fmt_csv(row[c]) for c in COLUMNS)])
+    return str(path)
+
+
+def write_boxplot(rows: list[dict], path) -> str:
+    """Two panels, Dice and HD95, one box per region (NaN left out). Uses the Agg canvas directly, so it needs
+    no display and leaves pyplot's global state alone."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, (m, title) in enumerate((("dice", "Dice"), ("hd95", "HD95 (mm)"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        data = []
+        for r in REGIONS:
+            vals = np.array([row[f"{m}_{r}"] for row in rows], dtype=float)
+            data.append(vals[np.isfinite(vals)])
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(REGIONS) + 1), [f"{r}\n(n={len(d)})" for r, d in zip(REGIONS, data)])
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+        if m == "dice":
+            ax.set_ylim(-0.05, 1.05)
+    fig.suptitle(f"{len(rows)} case(s)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return str(path)
+
+
+def evaluate_folders(
+    pred_dir,
+    ref_dir,
+    output_dir,
+    labels: Sequence[int] = BRATS_2020_LABELS,
+    ref_labels: Sequence[int] | None = None,
+    empty: str = "brats",
+    plot: bool = True,
+) -> EvaluationResult:
+    """Evaluate every prediction in ``pred_dir`` that has a reference under ``ref_dir``; write the outputs.
+
+    Bad cases are skipped (one warning line each: case, file, problem) and listed in ``result.failed``;
+    references without a prediction and predictions without a reference are listed too. Writes
+    ``metrics_per_case.csv``, ``metrics_summary.json``, ``metrics_summary.md`` and (``plot``)
+    ``metrics_boxplot.png`` into ``output_dir``, each atomically, from the cases that were evaluated.
+    """
+    _check_empty(empty)
+    for d, what in ((pred_dir, "prediction"), (ref_dir, "reference")):
+        if not Path(d).is_dir():
+            raise FileNotFoundError(f"{d}: {what} folder does not exist")
+    labels = tuple(int(v) for v in labels)
+    ref_labels = labels if ref_labels is None else tuple(int(v) for v in ref_labels)
+    result = EvaluationResult()
+    preds, pred_problems = find_predictions(pred_dir)
+    refs, ref_problems = find_references(ref_dir)
+    for problem in pred_problems + ref_problems:
+        _fail(result, problem["case_id"], problem["file"], problem["problem"])
+    bad = {p["case_id"] for p in pred_problems + ref_problems}
+
+    for cid in sorted(set(refs) - set(preds) - bad):
+        result.missing_predictions.append({"case_id": cid, "file": str(refs[cid])})
+        logger.warning("%s: no prediction for reference %s", cid, refs[cid])
+    for cid in sorted(set(preds) - set(refs) - bad):
+        result.unmatched_predictions.append({"case_id": cid, "file": str(preds[cid])})
+        logger.warning("%s: no reference for prediction %s (not evaluated)", cid, preds[cid])
+
+    matched = sorted((set(preds) & set(refs)) - bad)
+    for i, cid in enumerate(matched, 1):
+        try:
+            row = evaluate_case(preds[cid], refs[cid], labels, empty, ref_labels)
+        except CaseError as e:
+            _fail(result, cid, e.path, e.problem)
+            continue
+        except Exception as e:  # anything else about one case must not stop the others
+            _fail(result, cid, str(preds[cid]), f"{type(e).__name__}: {e}")
+            continue
+        result.rows.append({"case_id": cid, **row})
+        logger.info("[%d/%d] %s: Dice ET/TC/WT %.3f/%.3f/%.3f", i, len(matched), cid,
+                    row["dice_ET"], row["dice_TC"], row["dice_WT"])
+
+    result.summary = summarize(result.rows)
+    result.markdown = summary_markdown(result.summary, len(result.rows), empty)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result.outputs["csv"] = write_csv(result.rows, out / "metrics_per_case.csv")
+    result.outputs["json"] = write_json_atomic(
+        {
+            "empty_convention": empty,
+            "labels": list(labels),
+            "ref_labels": list(ref_labels),
+            "n_cases": len(result.rows),
+            "metrics": result.summary,
+            "failed": result.failed,
+            "missing_predictions": result.missing_predictions,
+            "unmatched_predictions": result.unmatched_predictions,
+        },
+        out / "metrics_summary.json",
+    )
+    md_path = out / "metrics_summary.md"
+    with atomic_path(md_path) as tmp, open(tmp, "w") as f:
+        f.write("# Segmentation metrics\n\n" + result.markdown)
+    result.outputs["md"] = str(md_path)
+    if plot:
+        result.outputs["png"] = write_boxplot(result.rows, out / "metrics_boxplot.png")
+    return result
+
+
+def _fail(result: EvaluationResult, case_id: str, file, problem: str) -> None:
+    result.failed.append({"case_id": case_id, "file": str(file), "problem": problem})
+    logger.warning("case %s skipped: %s: %s", case_id, file, problem)
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.evaluation",
+        description="Dice, HD95, sensitivity, specificity and volume difference of BraTS segmentations (ET, TC, WT).",
+    )
+    parser.add_argument("--pred_dir", required=True, help="folder of <case_id>.nii.gz predictions")
+    parser.add_argument("--ref_dir", required=True, help="references: <case_id>_seg.nii.gz files or BraTS case folders")
+    parser.add_argument("--output_dir", required=True, help="where the CSV, JSON, markdown and box plot go")
+    parser.add_argument("--labels", type=int, nargs=3, default=list(BRATS_2020_LABELS), metavar=("NCR", "ED", "ET"),
+                        help="prediction labels (necrotic, oedema, enhancing); default 1 2 4")
+    parser.add_argument("--ref_labels", type=int, nargs=3, default=None, metavar=("NCR", "ED", "ET"),
+                        help="reference labels; default: --labels (use 1 2 3 for BraTS 2021+ references)")
+    parser.add_argument("--empty", choices=EMPTY_CONVENTIONS, default="brats",
+                        help="empty-structure convention (default brats: Dice 1/0, HD95 0/373.13 mm)")
+    parser.add_argument("--no_plot", action="store_true", help="skip the box plot")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+    try:
+        result = evaluate_folders(
+            args.pred_dir, args.ref_dir, args.output_dir, args.labels, args.ref_labels, args.empty, not args.no_plot
+        )
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print()
+    print(result.markdown, end="")
+    print(f"\nwritten: {', '.join(result.outputs.values())}")
+    if result.unmatched_predictions:
+        print(f"\n{len(result.unmatched_predictions)} prediction(s) without a reference (not evaluated):")
+        for m in result.unmatched_predictions:
+            print(f"  {m['case_id']}: {m['file']}")
+    if result.missing_predictions:
+        print(f"\n{len(result.missing_predictions)} reference(s) without a prediction:")
+        for m in result.missing_predictions:
+            print(f"  {m['case_id']}: {m['file']}")
+    if result.failed:
+        print(f"\n{len(result.failed)} case(s) FAILED:")
+        for f in result.failed:
+            print(f"  {f['case_id']}: {f['file']}: {f['problem']}")
+    if not result.rows:
+        print("\nno case was evaluated")
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
