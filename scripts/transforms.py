@@ -82,38 +82,14 @@ def regions_to_label(regions: torch.Tensor, labels: Sequence[int] = BRATS_2020_L
     return out[None]
 
 
-class LabelToRegionsd(MapTransform):
-    """Dictionary transform: BraTS label map -> 3 region channels (TC, WT, ET), see :func:`label_to_regions`.
+class _LabelConversiond(MapTransform):
+    """Base of the two label conversions: ``convert(img, labels)`` on every key, with the label convention
+    ``labels`` = (necrotic, oedema, enhancing), or the item's own one when ``labels_key`` is set and the item
+    carries that key (e.g. ``"labels": [2, 1, 3]`` for MSD Task01, ``[1, 2, 3]`` for BraTS 2023), so one config
+    serves every dataset layout."""
 
-    ``labels`` is the (necrotic, oedema, enhancing) convention; when ``labels_key`` is set and the item
-    carries that key (e.g. ``"labels": [2, 1, 3]`` for MSD Task01, ``[1, 2, 3]`` for BraTS 2023), the item's
-    own convention is used instead, so one config serves every dataset layout.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        labels: Sequence[int] = BRATS_2020_LABELS,
-        labels_key: str | None = None,
-        allow_missing_keys=False,
-    ):
-        super().__init__(keys, allow_missing_keys)
-        self.labels = tuple(int(v) for v in labels)
-        self.labels_key = labels_key
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
-        d = dict(data)
-        labels = _item_labels(d, self.labels_key, self.labels)
-        for key in self.key_iterator(d):
-            img = d[key]
-            out = label_to_regions(torch.as_tensor(img), labels)
-            d[key], *_ = convert_to_dst_type(out, img, dtype=torch.float32)
-        return d
-
-
-class RegionsToLabeld(MapTransform):
-    """Dictionary transform: 3 binary region channels (TC, WT, ET) -> uint8 label map (1, *spatial), in the
-    item's own label convention (``data[labels_key]``) when it carries one, ``labels`` otherwise."""
+    convert = staticmethod(label_to_regions)
+    dtype = torch.float32
 
     def __init__(
         self,
@@ -131,9 +107,24 @@ class RegionsToLabeld(MapTransform):
         labels = _item_labels(d, self.labels_key, self.labels)
         for key in self.key_iterator(d):
             img = d[key]
-            out = regions_to_label(torch.as_tensor(img), labels)
-            d[key], *_ = convert_to_dst_type(out, img, dtype=torch.uint8)
+            d[key], *_ = convert_to_dst_type(self.convert(torch.as_tensor(img), labels), img, dtype=self.dtype)
         return d
+
+
+class LabelToRegionsd(_LabelConversiond):
+    """Dictionary transform: BraTS label map -> 3 float region channels (TC, WT, ET), see
+    :func:`label_to_regions` and :class:`_LabelConversiond` for ``labels``/``labels_key``."""
+
+    convert = staticmethod(label_to_regions)
+    dtype = torch.float32
+
+
+class RegionsToLabeld(_LabelConversiond):
+    """Dictionary transform: 3 binary region channels (TC, WT, ET) -> uint8 label map (1, *spatial), see
+    :func:`regions_to_label` and :class:`_LabelConversiond` for ``labels``/``labels_key``."""
+
+    convert = staticmethod(regions_to_label)
+    dtype = torch.uint8
 
 
 class BrainNormalized(MapTransform):
