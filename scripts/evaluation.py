@@ -43,6 +43,10 @@ files (any NIfTI whose case id, :func:`scripts.data.layouts.case_id_from_path`, 
 that cannot be evaluated (unreadable file, shape/affine mismatch, unexpected labels) is skipped with one line
 naming the case, the file and the problem; the others are finished. Exit code 1 when any case failed or a
 reference had no prediction, 0 otherwise.
+
+:func:`evaluate_pairs` evaluates explicit (prediction, reference) pairs and :func:`evaluate_datalist` the
+predictions of datalist items against their ``label``, with the same outputs; ``configs/evaluate.json`` runs the
+model over the validation cases and then calls :func:`evaluate_datalist` and :func:`finish`.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from scripts.data.checks import CaseError, case_id_of, failure, format_failure
 from scripts.data.layouts import NIFTI_EXTENSIONS, case_id_from_path, write_json_atomic
 from scripts.io import atomic_path
 from scripts.transforms import BRATS_2020_LABELS, REGION_NAMES, label_to_regions
@@ -87,14 +92,6 @@ _MD_NAMES = {
     "specificity": "Specificity",
     "volume_diff_ml": "Volume diff. (mL)",
 }
-
-
-class CaseError(ValueError):
-    """A case that cannot be evaluated; ``path`` is the file at fault, ``problem`` what is wrong with it."""
-
-    def __init__(self, path, problem: str):
-        self.path, self.problem = str(path), problem
-        super().__init__(f"{path}: {problem}")
 
 
 # --------------------------------------------------------------------------------------------------- metrics
@@ -271,7 +268,8 @@ class EvaluationResult:
     summary: dict = field(default_factory=dict)
     """``{metric: {region: {mean, median, std, q1, q3, min, max, n}}}``, NaN left out (None when n == 0)."""
     failed: list = field(default_factory=list)
-    """``{"case_id", "file", "problem"}`` for every matched case that could not be evaluated."""
+    """``{"case_id", "file", "problem"}`` for every matched case that could not be evaluated (and, from
+    :func:`evaluate_pairs` ``failed=``, the cases that failed before, e.g. in inference)."""
     missing_predictions: list = field(default_factory=list)
     """``{"case_id", "file"}``: references with no prediction."""
     unmatched_predictions: list = field(default_factory=list)
@@ -464,19 +462,101 @@ def evaluate_folders(
         result.unmatched_predictions.append({"case_id": cid, "file": str(preds[cid])})
         logger.warning("%s: no reference for prediction %s (not evaluated)", cid, preds[cid])
 
-    matched = sorted((set(preds) & set(refs)) - bad)
-    for i, cid in enumerate(matched, 1):
+    pairs = [{"case_id": cid, "pred": preds[cid], "ref": refs[cid]} for cid in sorted((set(preds) & set(refs)) - bad)]
+    return _evaluate_and_write(result, pairs, output_dir, labels, ref_labels, empty, plot)
+
+
+def evaluate_pairs(
+    pairs: Sequence[dict],
+    output_dir,
+    labels: Sequence[int] = BRATS_2020_LABELS,
+    ref_labels: Sequence[int] | None = None,
+    empty: str = "brats",
+    plot: bool = True,
+    failed: Sequence[dict] = (),
+) -> EvaluationResult:
+    """Evaluate explicit (prediction, reference) pairs and write the same outputs as :func:`evaluate_folders`.
+
+    ``pairs``: dicts ``{"case_id", "pred", "ref"}``, optionally with the pair's own ``labels`` / ``ref_labels``
+    convention (e.g. a datalist item's ``"labels": [1, 2, 3]``). A prediction file that does not exist is
+    listed in ``missing_predictions``; a pair that cannot be evaluated is skipped with one line (case, file,
+    problem) and listed in ``failed``. ``failed`` are failures recorded before (e.g. cases the inference
+    skipped): they are listed in the outputs and make ``result.ok`` false.
+    """
+    _check_empty(empty)
+    labels = tuple(int(v) for v in labels)
+    ref_labels = labels if ref_labels is None else tuple(int(v) for v in ref_labels)
+    result = EvaluationResult(failed=[dict(f) for f in failed])
+    present = []
+    for pair in pairs:
+        if Path(pair["pred"]).is_file():
+            present.append(pair)
+        else:
+            result.missing_predictions.append({"case_id": pair["case_id"], "file": str(pair["ref"])})
+            logger.warning("%s: no prediction %s for reference %s", pair["case_id"], pair["pred"], pair["ref"])
+    return _evaluate_and_write(result, present, output_dir, labels, ref_labels, empty, plot)
+
+
+def evaluate_datalist(
+    items: Sequence[dict],
+    pred_dir,
+    output_dir,
+    labels: Sequence[int] = BRATS_2020_LABELS,
+    empty: str = "brats",
+    plot: bool = True,
+    failed: Sequence[dict] = (),
+    image_key: str = "image",
+    label_key: str = "label",
+) -> EvaluationResult:
+    """Evaluate the predictions the inference config wrote into ``pred_dir`` for datalist ``items`` against the
+    items' ``label`` files (see :func:`evaluate_pairs`).
+
+    The prediction of an item is ``pred_dir/<case id of its first image file>.nii.gz`` (the name
+    ``scripts.io.case_name_formatter`` gives it); prediction and reference use the item's ``labels``
+    convention when it has one, ``labels`` otherwise. Items whose case is in ``failed`` (e.g. skipped by the
+    inference) are not evaluated; items without a label are failures.
+    """
+    failed = [dict(f) for f in failed]
+    skip = {f["case_id"] for f in failed}
+    pairs = []
+    for item in items:
+        cid = case_id_of(item, image_key)
+        if cid in skip:
+            continue
+        files = item.get(image_key)
+        first = files[0] if isinstance(files, (list, tuple)) else files
+        if not item.get(label_key):
+            record = failure(cid, first, f"no '{label_key}' (reference segmentation) in the datalist entry")
+            failed.append(record)
+            logger.warning("case skipped: %s", format_failure(record))
+            continue
+        pair = {"case_id": cid, "pred": str(Path(pred_dir) / f"{case_id_from_path(first)}.nii.gz"), "ref": str(item[label_key])}
+        if item.get("labels") is not None:
+            pair["labels"] = pair["ref_labels"] = [int(v) for v in item["labels"]]
+        pairs.append(pair)
+    return evaluate_pairs(pairs, output_dir, labels, None, empty, plot, failed)
+
+
+def _evaluate_and_write(
+    result: EvaluationResult, pairs: Sequence[dict], output_dir, labels: tuple, ref_labels: tuple, empty: str, plot: bool
+) -> EvaluationResult:
+    """Evaluate ``pairs`` into ``result`` (rows and failures) and write the CSV, JSON, markdown and box plot."""
+    for i, pair in enumerate(pairs, 1):
+        cid = pair["case_id"]
         try:
-            row = evaluate_case(preds[cid], refs[cid], labels, empty, ref_labels)
+            row = evaluate_case(
+                pair["pred"], pair["ref"], pair.get("labels", labels), empty, pair.get("ref_labels", ref_labels)
+            )
         except CaseError as e:
             _fail(result, cid, e.path, e.problem)
             continue
         except Exception as e:  # anything else about one case must not stop the others
-            _fail(result, cid, str(preds[cid]), f"{type(e).__name__}: {e}")
+            _fail(result, cid, str(pair["pred"]), f"{type(e).__name__}: {e}")
             continue
         result.rows.append({"case_id": cid, **row})
-        logger.info("[%d/%d] %s: Dice ET/TC/WT %.3f/%.3f/%.3f", i, len(matched), cid,
+        logger.info("[%d/%d] %s: Dice ET/TC/WT %.3f/%.3f/%.3f", i, len(pairs), cid,
                     row["dice_ET"], row["dice_TC"], row["dice_WT"])
+    result.rows.sort(key=lambda r: r["case_id"])
 
     result.summary = summarize(result.rows)
     result.markdown = summary_markdown(result.summary, len(result.rows), empty)
@@ -510,6 +590,39 @@ def _fail(result: EvaluationResult, case_id: str, file, problem: str) -> None:
     logger.warning("case %s skipped: %s: %s", case_id, file, problem)
 
 
+# --------------------------------------------------------------------------------------------------- report
+def print_report(result: EvaluationResult) -> None:
+    """The metrics table, the written files, predictions/references without a partner and one line per failed
+    case (``case: file: problem``), on stdout."""
+    print()
+    print(result.markdown, end="")
+    print(f"\nwritten: {', '.join(result.outputs.values())}")
+    if result.unmatched_predictions:
+        print(f"\n{len(result.unmatched_predictions)} prediction(s) without a reference (not evaluated):")
+        for m in result.unmatched_predictions:
+            print(f"  {m['case_id']}: {m['file']}")
+    if result.missing_predictions:
+        print(f"\n{len(result.missing_predictions)} reference(s) without a prediction:")
+        for m in result.missing_predictions:
+            print(f"  {m['case_id']}: {m['file']}")
+    if result.failed:
+        print(f"\n{len(result.failed)} case(s) FAILED:")
+        for f in result.failed:
+            print(f"  {format_failure(f)}")
+    if not result.rows:
+        print("\nno case was evaluated")
+    sys.stdout.flush()
+
+
+def finish(result: EvaluationResult) -> EvaluationResult:
+    """End of the evaluate config: :func:`print_report`, then ``SystemExit(1)`` unless ``result.ok`` (every case
+    evaluated), so ``python -m monai.bundle run evaluating`` exits non-zero when a case was bad."""
+    print_report(result)
+    if not result.ok:
+        raise SystemExit(1)
+    return result
+
+
 # --------------------------------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
@@ -536,23 +649,7 @@ def main(argv=None) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print()
-    print(result.markdown, end="")
-    print(f"\nwritten: {', '.join(result.outputs.values())}")
-    if result.unmatched_predictions:
-        print(f"\n{len(result.unmatched_predictions)} prediction(s) without a reference (not evaluated):")
-        for m in result.unmatched_predictions:
-            print(f"  {m['case_id']}: {m['file']}")
-    if result.missing_predictions:
-        print(f"\n{len(result.missing_predictions)} reference(s) without a prediction:")
-        for m in result.missing_predictions:
-            print(f"  {m['case_id']}: {m['file']}")
-    if result.failed:
-        print(f"\n{len(result.failed)} case(s) FAILED:")
-        for f in result.failed:
-            print(f"  {f['case_id']}: {f['file']}: {f['problem']}")
-    if not result.rows:
-        print("\nno case was evaluated")
+    print_report(result)
     return 0 if result.ok else 1
 
 

@@ -1,13 +1,26 @@
-"""Ignite handlers the bundle declares in its configs on top of MONAI's own."""
+"""Ignite handlers the bundle declares in its configs on top of MONAI's own.
+
+Checkpoints are written atomically (temporary name + rename, :func:`scripts.io.atomic_path`), so a killed
+job leaves either the previous or the new complete file, never a truncated one, and everything in them
+loads with ``torch.load(..., weights_only=True)`` (tensors, dicts, lists, numbers).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import logging
 import os
+import random
 import re
+import warnings
 
+import numpy as np
+import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
+
+from scripts.io import atomic_path
 
 
 class LossProgressBar(ProgressBar):
@@ -31,38 +44,299 @@ def _loss_of_first_sample(output) -> dict:
     return {"loss": float(first["loss"])}
 
 
-def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint") -> str | None:
-    """Path of the newest ``<prefix>_epoch=N.pt`` full checkpoint in ``ckpt_dir`` (highest N), or None."""
+def _is_main_process() -> bool:
+    """Rank 0 of a distributed run, or the only process: the one that writes files."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
+
+
+def _unwrap(obj):
+    """The module inside ``DataParallel`` / ``DistributedDataParallel`` (plain state_dict keys)."""
+    return obj.module if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else obj
+
+
+def save_atomic(obj, path: str) -> None:
+    """``torch.save`` to ``path`` through a temporary file that is flushed to disk and then renamed."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def remove_stale_temporaries(folder: str, pattern: str) -> list[str]:
+    """Remove temporary files ``.<name>.<pid>.tmp<ext>`` (see :func:`scripts.io.atomic_path`) matching
+    ``pattern`` in ``folder`` that a killed process left behind; files of a live process are kept."""
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(folder), pattern)):
+        m = re.search(r"\.(\d+)\.tmp[^/]*$", path)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        if pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+                continue  # still running: not ours to remove
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+            removed.append(path)
+    return removed
+
+
+def _epoch_checkpoints(ckpt_dir: str, prefix: str = "checkpoint") -> list[tuple[int, str]]:
     found = []
-    for path in glob.glob(os.path.join(ckpt_dir, f"{prefix}_epoch=*.pt")):
+    for path in glob.glob(os.path.join(glob.escape(ckpt_dir), f"{prefix}_epoch=*.pt")):
         m = re.search(r"_epoch=(\d+)\.pt$", path)
         if m:
             found.append((int(m.group(1)), path))
-    return max(found)[1] if found else None
+    return sorted(found)
+
+
+def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint") -> str | None:
+    """Path of the newest ``<prefix>_epoch=N.pt`` full checkpoint in ``ckpt_dir`` (highest N), or None."""
+    found = _epoch_checkpoints(ckpt_dir, prefix)
+    return found[-1][1] if found else None
+
+
+# --- random states as weights_only-loadable values --------------------------------------------------------
+
+
+def _numpy_state(state) -> dict:
+    """``np.random.RandomState.get_state()`` (legacy tuple) as tensors and numbers."""
+    name, keys, pos, has_gauss, cached_gaussian = state
+    if name != "MT19937":
+        raise ValueError(f"unsupported numpy bit generator {name}")
+    return {
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached_gaussian),
+    }
+
+
+def _numpy_state_tuple(d: dict) -> tuple:
+    keys = d["keys"].cpu().numpy().astype(np.uint32)
+    return ("MT19937", keys, int(d["pos"]), int(d["has_gauss"]), float(d["cached_gaussian"]))
+
+
+def find_random_states(root) -> list[np.random.RandomState]:
+    """The ``np.random.RandomState`` of every MONAI ``Randomizable`` reachable from ``root`` (a dataset, a
+    ``Compose`` or a list of transforms), in a fixed order and each once.
+
+    MONAI's random transforms draw from their own ``R``, not from the global generators: with
+    ``num_workers=0`` the ``DataLoader`` seeds them once and they run on in the main process across epochs,
+    so resuming reproducibly needs their states too. (With workers they are re-seeded every epoch from the
+    torch generator of the main process, which the checkpoint also holds.) The search descends into
+    ``root``, lists, tuples, dicts and MONAI transforms only, so it stays small (tensors and arrays are
+    skipped).
+    """
+    from monai.transforms import Randomizable, Transform
+
+    found: list[np.random.RandomState] = []
+    seen: set[int] = set()
+
+    def visit(obj, descend: bool) -> None:
+        if id(obj) in seen or isinstance(obj, (torch.Tensor, np.ndarray, str, bytes, int, float, type(None))):
+            return
+        seen.add(id(obj))
+        if isinstance(obj, np.random.RandomState):
+            found.append(obj)
+            return
+        if isinstance(obj, Randomizable):
+            visit(obj.R, False)  # may be the class-level default when set_random_state was never called
+        if isinstance(obj, (list, tuple)):
+            for item in obj:
+                visit(item, isinstance(item, (list, tuple, dict)))
+        elif isinstance(obj, dict):
+            for item in obj.values():
+                visit(item, isinstance(item, (list, tuple, dict)))
+        elif (descend or isinstance(obj, (Transform, Randomizable))) and hasattr(obj, "__dict__"):
+            for item in vars(obj).values():
+                visit(item, isinstance(item, (list, tuple, dict)))
+
+    visit(root, True)
+    return found
+
+
+def get_random_state(randomizable=None) -> dict:
+    """Python ``random``, numpy, torch CPU (and current CUDA device) generator states, plus the states of
+    the MONAI random transforms found from ``randomizable`` (see :func:`find_random_states`)."""
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+        "numpy": _numpy_state(np.random.get_state(legacy=True)),
+        "torch": torch.get_rng_state(),
+        "transforms": [_numpy_state(r.get_state(legacy=True)) for r in find_random_states(randomizable)]
+        if randomizable is not None
+        else [],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_random_state(state: dict, randomizable=None) -> None:
+    """Restore what :func:`get_random_state` returned (tensors may come back on any device)."""
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+    np.random.set_state(_numpy_state_tuple(state["numpy"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())
+    if randomizable is not None:
+        targets, saved = find_random_states(randomizable), state.get("transforms", [])
+        if len(targets) != len(saved):
+            warnings.warn(
+                f"checkpoint holds {len(saved)} random transform states but the pipeline has {len(targets)}; "
+                "their random states are not restored (the transforms changed since it was saved)"
+            )
+            return
+        for r, s in zip(targets, saved):
+            r.set_state(_numpy_state_tuple(s))
+
+
+# --- checkpoint handlers ------------------------------------------------------------------------------------
 
 
 class TrainingCheckpoint:
-    """Full training state for resuming: saved after every epoch, optionally restored before training.
+    """Full training state for resuming: saved atomically after every epoch, optionally restored before
+    training.
 
     ``save_dict`` maps names to objects with ``state_dict``/``load_state_dict`` (network, optimiser,
-    scheduler, the trainer itself for epoch and iteration). It holds the trainer, so this is attached from
-    the config's ``run`` list rather than passed in the trainer's own handler list (which would be a
-    circular reference). With ``resume=True`` the newest ``checkpoint_epoch=N.pt`` in ``ckpt_dir`` is
-    loaded when the trainer starts, and a missing checkpoint is a clear error instead of a silent restart.
+    scheduler, the trainer itself for epoch and iteration). The checkpoint also holds ``best_metrics``: the
+    best key metric and its epoch of the trainer and of ``validator`` (so after a resume the best-model saver
+    does not replace ``model.pt`` with a model worse than the best before the interruption), ``rng``:
+    the random states (:func:`get_random_state`, with the random transforms found from ``randomizable``,
+    e.g. the training dataset) and, with AMP, the trainer's grad ``scaler``. It is saved at the end of every
+    epoch, after validation and the scheduler step, and only the newest ``n_saved`` ``checkpoint_epoch=N.pt``
+    are kept (older ones, also those of an earlier run, are deleted after a successful save).
+
+    It holds the trainer, so it is attached from the config's ``run`` list rather than passed in the
+    trainer's own handler list (which would be a circular reference), and so its epoch-end handler runs
+    after all of the trainer's. With ``resume=True`` the newest ``checkpoint_epoch=N.pt`` in ``ckpt_dir`` is
+    loaded when the trainer starts (``weights_only=True``), and a missing checkpoint is a clear error
+    instead of a silent restart. Only rank 0 writes files; every rank loads.
     """
 
-    def __init__(self, ckpt_dir: str, save_dict: dict, resume: bool = False, map_location=None, n_saved: int = 1):
+    def __init__(
+        self,
+        ckpt_dir: str,
+        save_dict: dict,
+        resume: bool = False,
+        map_location=None,
+        n_saved: int = 1,
+        validator=None,
+        randomizable=None,
+        prefix: str = "checkpoint",
+    ):
+        if n_saved < 1:
+            raise ValueError("n_saved must be at least 1")
         self.ckpt_dir, self.save_dict, self.resume = ckpt_dir, save_dict, resume
         self.map_location, self.n_saved = map_location, n_saved
+        self.validator, self.randomizable, self.prefix = validator, randomizable, prefix
+        self.load_path: str | None = None
+        self._saved: list[str] = []
+        self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
-        from monai.handlers import CheckpointLoader, CheckpointSaver
-
+        self.logger = engine.logger
+        if _is_main_process():
+            remove_stale_temporaries(self.ckpt_dir, f".{self.prefix}_epoch=*.pt.*.tmp*")
         if self.resume:
-            path = latest_checkpoint(self.ckpt_dir)
-            if path is None:
-                raise FileNotFoundError(f"resume requested but {self.ckpt_dir} holds no checkpoint_epoch=N.pt")
-            CheckpointLoader(load_path=path, load_dict=self.save_dict, map_location=self.map_location).attach(engine)
-        CheckpointSaver(
-            save_dir=self.ckpt_dir, save_dict=self.save_dict, save_interval=1, n_saved=self.n_saved, epoch_level=True
-        ).attach(engine)
+            self.load_path = latest_checkpoint(self.ckpt_dir, self.prefix)
+            if self.load_path is None:
+                raise FileNotFoundError(f"resume requested but {self.ckpt_dir} holds no {self.prefix}_epoch=N.pt")
+            self._saved = [self.load_path]
+            engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+
+    def state_dict(self, engine: Engine) -> dict:
+        state = {name: _unwrap(obj).state_dict() for name, obj in self.save_dict.items()}
+        state["best_metrics"] = {
+            role: {"best_metric": float(e.state.best_metric), "best_metric_epoch": int(e.state.best_metric_epoch)}
+            for role, e in self._workflows(engine).items()
+        }
+        state["rng"] = get_random_state(self.randomizable)
+        if getattr(engine, "scaler", None) is not None:
+            state["scaler"] = engine.scaler.state_dict()
+        return state
+
+    def _workflows(self, engine: Engine) -> dict:
+        """The MONAI workflows whose key-metric bookkeeping (best value and epoch) is checkpointed."""
+        found = {"trainer": engine, "validator": self.validator}
+        return {k: e for k, e in found.items() if e is not None and hasattr(e.state, "best_metric_epoch")}
+
+    def save(self, engine: Engine) -> None:
+        if not _is_main_process():
+            return
+        os.makedirs(self.ckpt_dir, exist_ok=True)
+        path = os.path.join(self.ckpt_dir, f"{self.prefix}_epoch={engine.state.epoch}.pt")
+        save_atomic(self.state_dict(engine), path)
+        self._saved = [p for p in self._saved if p != path] + [path]
+        keep = set(self._saved[-self.n_saved :])
+        for _, old in _epoch_checkpoints(self.ckpt_dir, self.prefix):
+            if old not in keep:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(old)
+        self._saved = [p for p in self._saved if p in keep]
+
+    def load(self, engine: Engine) -> None:
+        from ignite.handlers import Checkpoint
+
+        checkpoint = torch.load(self.load_path, map_location=self.map_location, weights_only=True)
+        prior_max_epochs = engine.state.max_epochs
+        Checkpoint.load_objects(to_load=self.save_dict, checkpoint=checkpoint)
+        if prior_max_epochs is not None and engine.state.epoch > prior_max_epochs:
+            raise ValueError(
+                f"checkpoint {self.load_path} is at epoch {engine.state.epoch}, past max_epochs {prior_max_epochs}"
+            )
+        engine.state.max_epochs = prior_max_epochs
+        best = ""
+        for role, e in self._workflows(engine).items():
+            saved = checkpoint.get("best_metrics", {}).get(role)
+            if saved is not None:
+                e.state.best_metric = float(saved["best_metric"])
+                e.state.best_metric_epoch = int(saved["best_metric_epoch"])
+                best += f", best {e.state.key_metric_name}={e.state.best_metric!r} at epoch {e.state.best_metric_epoch}"
+        if "scaler" in checkpoint and getattr(engine, "scaler", None) is not None:
+            engine.scaler.load_state_dict(checkpoint["scaler"])
+        if "rng" in checkpoint:
+            set_random_state(checkpoint["rng"], self.randomizable)
+        self.logger.info(f"Restored all variables from {self.load_path} (epoch {engine.state.epoch}{best})")
+
+
+class BestModelSaver:
+    """Saves the network's plain ``state_dict`` to ``save_path`` (``models/model.pt``) atomically each time
+    the evaluator's key metric improves: MONAI's ``CheckpointSaver(save_key_metric=True)`` without the
+    non-atomic write.
+
+    It relies on the evaluator's own bookkeeping (``state.best_metric`` / ``best_metric_epoch``, updated
+    before handlers run, greater-is-better by default), which :class:`TrainingCheckpoint` saves and restores,
+    so after a resume a model worse than the best before the kill does not replace ``model.pt``.
+    """
+
+    def __init__(self, network, save_path: str):
+        self.network, self.save_path = network, save_path
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine: Engine) -> None:
+        self.logger = engine.logger
+        if _is_main_process():
+            folder, name = os.path.split(os.path.abspath(self.save_path))
+            remove_stale_temporaries(folder, f".{glob.escape(name)}.*.tmp*")
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if engine.state.best_metric_epoch != engine.state.epoch or not _is_main_process():
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(self.save_path)), exist_ok=True)
+        save_atomic(_unwrap(self.network).state_dict(), self.save_path)
+        self.logger.info(
+            f"Saved best model ({engine.state.key_metric_name}={engine.state.best_metric:.4f}, epoch "
+            f"{engine.state.epoch}) to {self.save_path}"
+        )

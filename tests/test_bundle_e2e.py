@@ -6,6 +6,7 @@ the validation fold and exports to TorchScript.
 """
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def test_training_writes_best_model_and_full_checkpoint(trained):
     model = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert any(k.startswith("encoder.0") for k in model)
     ckpt = torch.load(root / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
-    assert set(ckpt) == {"model", "optimizer", "lr_scheduler", "trainer"}
+    assert set(ckpt) == {"model", "optimizer", "lr_scheduler", "trainer", "best_metrics", "rng"}
     assert ckpt["trainer"]["iteration"] == 2 * ckpt["trainer"]["epoch_length"]  # ignite stores epochs as iterations
     assert list((root / "eval").glob("events.out.tfevents*")), "no TensorBoard log"
 
@@ -104,12 +105,25 @@ def test_inference_on_real_case_keeps_input_geometry(trained, tmp_path):
 def test_evaluate_writes_per_case_and_summary_metrics(trained, tmp_path):
     root, common, _ = trained
     out = tmp_path / "metrics"
-    log = run(bundle("run", "evaluating", *common, "--output_dir", str(out), config=("train.json", "evaluate.json")))
-    assert "val_mean_dice" in log
-    with open(out / "val_mean_dice_raw.csv") as f:
-        rows = list(csv.reader(f, delimiter="\t"))
-    assert len(rows) == 1 + 2  # header + the 2 validation cases of fold 0 (6 cases, 3 folds)
-    assert (out / "metrics.csv").exists() and (out / "val_hd95_wt_summary.csv").exists()
+    log = run(bundle("run", "evaluating", *common, "--output_dir", str(out),
+                     config=("train.json", "inference.json", "evaluate.json")))
+    assert "| Dice |" in log and "| HD95 (mm) |" in log  # the markdown table is printed
+    with open(out / "metrics_per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2  # the 2 validation cases of fold 0 (6 cases, 3 folds)
+    metrics = ("dice", "hd95", "sensitivity", "specificity", "volume_diff_ml")
+    assert {f"{m}_{r}" for m in metrics for r in ("ET", "TC", "WT", "mean")} <= set(rows[0])
+    summary = json.loads((out / "metrics_summary.json").read_text())
+    assert summary["n_cases"] == 2 and summary["failed"] == [] and summary["missing_predictions"] == []
+    assert all(summary["metrics"][m][r]["n"] == 2 for m in metrics for r in ("ET", "TC", "WT", "mean"))
+    assert "| Dice |" in (out / "metrics_summary.md").read_text()
+    assert (out / "metrics_boxplot.png").read_bytes()[:4] == b"\x89PNG"
+    preds = sorted((out / "predictions").iterdir())
+    assert [p.name for p in preds] == sorted(f"{r['case_id']}.nii.gz" for r in rows)
+    for p in preds:  # label maps in the geometry of the case's images
+        ref = nib.load(root / "data" / p.name[: -len(".nii.gz")] / p.name.replace(".nii.gz", "_seg.nii.gz"))
+        pred = nib.load(p)
+        assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine, atol=1e-4)
 
 
 def test_torchscript_export_runs(trained, tmp_path):

@@ -14,7 +14,7 @@ META = CONFIGS / "metadata.json"
 COMBINATIONS = {
     "train": ["train.json"],
     "inference": ["train.json", "inference.json"],
-    "evaluate": ["train.json", "evaluate.json"],
+    "evaluate": ["train.json", "inference.json", "evaluate.json"],
     "step_lr": ["train.json", "step_lr.json"],
     "multi_gpu_train": ["train.json", "multi_gpu_train.json"],
 }
@@ -47,7 +47,7 @@ def test_components_instantiate(name):
     if name in ("train", "step_lr", "evaluate"):
         assert parser.get_parsed_content("train#preprocessing") is not None
         assert parser.get_parsed_content("validate#postprocessing") is not None
-    if name == "inference":
+    if name in ("inference", "evaluate"):
         assert parser.get_parsed_content("postprocessing") is not None
         assert parser.get_parsed_content("inferer") is not None
 

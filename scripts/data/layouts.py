@@ -39,6 +39,7 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,29 @@ def case_id_from_path(path: str | os.PathLike) -> str:
     return re.sub(r"-(" + "|".join(BRATS2021_MODALITIES + (LABEL_SUFFIX,)) + r")$", "", stem)
 
 
-def find_brats2020_cases(root: str | os.PathLike) -> list[dict]:
+INCOMPLETE_MODES = ("raise", "keep")
+
+
+def _check_incomplete(incomplete: str) -> None:
+    if incomplete not in INCOMPLETE_MODES:
+        raise ValueError(f"incomplete must be one of {INCOMPLETE_MODES}, got {incomplete!r}")
+
+
+def _case_anchors(root: Path, suffixes: Sequence[str], sep: str) -> list[tuple[Path, str, str]]:
+    """``(folder, case prefix, extension)`` of every case with at least one ``<prefix><sep><suffix>.nii[.gz]``
+    file under ``root`` (hidden files left out), in sorted order, each case once."""
+    found = {}
+    for suffix in suffixes:
+        for path in root.rglob(f"*{sep}{suffix}.nii*"):
+            stem = _strip_nifti(path.name)
+            if stem is None or _hidden(path, root) or not stem.endswith(f"{sep}{suffix}"):
+                continue
+            prefix = stem[: -len(sep + suffix)]
+            found.setdefault((path.parent, prefix), path.name[len(stem) :])
+    return sorted((folder, prefix, ext) for (folder, prefix), ext in found.items())
+
+
+def find_brats2020_cases(root: str | os.PathLike, incomplete: str = "raise") -> list[dict]:
     """All BraTS 2020-style cases under ``root`` (searched recursively), sorted by case id.
 
     A case is a set of ``<id>_t1``, ``<id>_t1ce``, ``<id>_t2``, ``<id>_flair`` NIfTI files in one folder,
@@ -114,34 +137,34 @@ def find_brats2020_cases(root: str | os.PathLike) -> list[dict]:
     ``label``). Raises ``FileNotFoundError`` naming the case and the missing file when a case has some
     modalities but not all. Items carry ``"labels": [1, 2, 4]``.
 
+    ``incomplete="keep"`` (batch inference and evaluation) keeps such a case instead, its image list naming
+    the missing file(s), so the per-case checks of :mod:`scripts.data.checks` report it and the other cases
+    go on; cases are then found from any of their modality files, not only ``_t1ce``.
+
     A case folder holding only one case and, instead of ``<id>_seg``, exactly one other NIfTI file with
     ``seg`` in its name uses that file as label: BraTS 2020 ships ``BraTS20_Training_355`` with
     ``W39_1998.09.19_Segm.nii``.
     """
+    _check_incomplete(incomplete)
     root = Path(root)
     cases = []
-    anchors = [a for a in sorted(root.rglob("*_t1ce.nii*")) if not _hidden(a, root)]
+    anchors = _case_anchors(root, MODALITIES if incomplete == "keep" else ("t1ce",), "_")
     anchors_per_folder: dict[Path, int] = {}
-    for a in anchors:
-        anchors_per_folder[a.parent] = anchors_per_folder.get(a.parent, 0) + 1
-    for anchor in anchors:
-        stem = _strip_nifti(anchor.name)
-        if stem is None:
-            continue
-        prefix = stem[: -len("_t1ce")]
-        ext = anchor.name[len(stem) :]
-        images = [anchor.parent / f"{prefix}_{m}{ext}" for m in MODALITIES]
+    for folder, _, _ in anchors:
+        anchors_per_folder[folder] = anchors_per_folder.get(folder, 0) + 1
+    for folder, prefix, ext in anchors:
+        images = [folder / f"{prefix}_{m}{ext}" for m in MODALITIES]
         missing = [str(p) for p in images if not p.is_file()]
-        if missing:
+        if missing and incomplete == "raise":
             raise FileNotFoundError(f"case {prefix}: missing modality file(s) {missing}")
         item = {"case_id": prefix, "image": [str(p) for p in images]}
-        label = anchor.parent / f"{prefix}_{LABEL_SUFFIX}{ext}"
+        label = folder / f"{prefix}_{LABEL_SUFFIX}{ext}"
         if not label.is_file():
-            label = anchor.parent / f"{prefix}_{LABEL_SUFFIX}{'.nii' if ext == '.nii.gz' else '.nii.gz'}"
-        if not label.is_file() and anchors_per_folder[anchor.parent] == 1:
+            label = folder / f"{prefix}_{LABEL_SUFFIX}{'.nii' if ext == '.nii.gz' else '.nii.gz'}"
+        if not label.is_file() and anchors_per_folder[folder] == 1:
             others = [
                 p
-                for p in anchor.parent.iterdir()
+                for p in folder.iterdir()
                 if p.is_file() and not p.name.startswith(".") and _strip_nifti(p.name) is not None
                 and p not in images and "seg" in p.name.lower()
             ]
@@ -154,28 +177,25 @@ def find_brats2020_cases(root: str | os.PathLike) -> list[dict]:
     return sorted(cases, key=lambda c: c["case_id"])
 
 
-def find_brats2021_cases(root: str | os.PathLike) -> list[dict]:
+def find_brats2021_cases(root: str | os.PathLike, incomplete: str = "raise") -> list[dict]:
     """All BraTS 2023/2024-style cases under ``root`` (searched recursively), sorted by case id.
 
     A case is ``<id>-t1n``, ``<id>-t1c``, ``<id>-t2w``, ``<id>-t2f`` NIfTI files in one folder (e.g.
     ``BraTS-GLI-00000-000/BraTS-GLI-00000-000-t1n.nii.gz``), plus ``<id>-seg`` when labelled. The image list
     maps t1n -> T1, t1c -> T1ce, t2w -> T2, t2f -> FLAIR; items carry ``"labels": [1, 2, 3]`` (3 =
-    enhancing). Raises ``FileNotFoundError`` naming the case and the missing file(s) for incomplete cases.
+    enhancing). Raises ``FileNotFoundError`` naming the case and the missing file(s) for incomplete cases,
+    or with ``incomplete="keep"`` keeps them (see :func:`find_brats2020_cases`).
     """
+    _check_incomplete(incomplete)
     root = Path(root)
     cases = []
-    for anchor in sorted(root.rglob("*-t1c.nii*")):
-        stem = _strip_nifti(anchor.name)
-        if stem is None or _hidden(anchor, root):
-            continue
-        prefix = stem[: -len("-t1c")]
-        ext = anchor.name[len(stem) :]
-        images = [anchor.parent / f"{prefix}-{m}{ext}" for m in BRATS2021_MODALITIES]
+    for folder, prefix, ext in _case_anchors(root, BRATS2021_MODALITIES if incomplete == "keep" else ("t1c",), "-"):
+        images = [folder / f"{prefix}-{m}{ext}" for m in BRATS2021_MODALITIES]
         missing = [str(p) for p in images if not p.is_file()]
-        if missing:
+        if missing and incomplete == "raise":
             raise FileNotFoundError(f"case {prefix}: missing modality file(s) {missing}")
         item = {"case_id": prefix, "image": [str(p) for p in images]}
-        label = anchor.parent / f"{prefix}-{LABEL_SUFFIX}{ext}"
+        label = folder / f"{prefix}-{LABEL_SUFFIX}{ext}"
         if label.is_file():
             item["label"] = str(label)
         item["labels"] = list(BRATS2021_LABELS)
@@ -330,9 +350,11 @@ def detect_layout(root: str | os.PathLike) -> str | None:
     return None
 
 
-def find_cases(root: str | os.PathLike, layout: str = "auto") -> tuple[str, list[dict]]:
+def find_cases(root: str | os.PathLike, layout: str = "auto", incomplete: str = "raise") -> tuple[str, list[dict]]:
     """(layout, datalist items) for the data at ``root``; ``layout="auto"`` detects it (see
-    :func:`detect_layout`). Raises ``FileNotFoundError`` when no case is found."""
+    :func:`detect_layout`). Raises ``FileNotFoundError`` when no case is found. ``incomplete="keep"`` keeps
+    BraTS-style cases that lack a modality file (see :func:`find_brats2020_cases`)."""
+    _check_incomplete(incomplete)
     root = Path(root)
     if layout in (None, "auto"):
         layout = detect_layout(root)
@@ -345,6 +367,8 @@ def find_cases(root: str | os.PathLike, layout: str = "auto") -> tuple[str, list
     if layout == "msd" and _msd_root(root) is None:  # a plain folder of BRATS_xxx.nii.gz files
         order, labels = _msd_conventions(root.parent)
         cases = [dict(c, channel_order=order, labels=labels) for c in find_nifti4d_cases(root)]
+    elif layout in ("brats2020", "brats2021"):
+        cases = LAYOUT_FINDERS[layout](root, incomplete=incomplete)
     else:
         cases = LAYOUT_FINDERS[layout](root)
     if not cases:
@@ -416,6 +440,7 @@ def prepare_datalist(
     seed: int = 0,
     synthetic_cases: int = 30,
     layout: str = "auto",
+    incomplete: str = "raise",
 ) -> dict:
     """The training datalist for ``dataset_dir``, with ``training`` and ``validation`` lists for ``fold``.
 
@@ -423,7 +448,8 @@ def prepare_datalist(
     see :func:`detect_layout`); its labelled cases are split into ``num_folds`` folds (unlabelled ones, e.g.
     BraTS validation data or MSD ``imagesTs``, are left out). A folder that does not exist or holds neither
     NIfTI files nor DICOM cases is filled with ``synthetic_cases`` generated BraTS-like cases first (the
-    embedded default data), so training needs no download.
+    embedded default data), so training needs no download. ``incomplete="keep"`` keeps cases that lack a
+    modality file (for evaluation, whose per-case checks report them; see :func:`find_brats2020_cases`).
     """
     dataset_dir = Path(dataset_dir)
     if dataset_dir.suffix == ".json":
@@ -433,7 +459,7 @@ def prepare_datalist(
             from scripts.data.synthetic import write_dataset
 
             write_dataset(dataset_dir, num_cases=synthetic_cases, seed=seed)
-        layout, found = find_cases(dataset_dir, layout)
+        layout, found = find_cases(dataset_dir, layout, incomplete)
         cases = [c for c in found if "label" in c]
         if not cases:
             raise FileNotFoundError(
@@ -445,11 +471,14 @@ def prepare_datalist(
     return {"training": training, "validation": validation}
 
 
-def find_inference_cases(source: str | os.PathLike, datalist_key: str = "testing", layout: str = "auto") -> list[dict]:
+def find_inference_cases(
+    source: str | os.PathLike, datalist_key: str = "testing", layout: str = "auto", incomplete: str = "raise"
+) -> list[dict]:
     """Cases to segment: a datalist JSON (its ``datalist_key`` list), a folder in any of the layouts
     (BraTS 2020 or 2023+ style cases, an MSD task or image folder, DICOM case folders, a folder of 4D NIfTI
     files; ``layout="auto"`` detects it), or one 4D NIfTI file. Labels are dropped; the items keep their
-    ``labels`` / ``channel_order`` / ``reader`` fields."""
+    ``labels`` / ``channel_order`` / ``reader`` fields. ``incomplete="keep"`` keeps BraTS-style cases that
+    lack a modality file, for :mod:`scripts.data.checks` to report (see :func:`find_brats2020_cases`)."""
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"{source}: input does not exist")
@@ -461,7 +490,7 @@ def find_inference_cases(source: str | os.PathLike, datalist_key: str = "testing
     if source.is_file() and layout in (None, "auto", "nifti4d"):
         return [{"case_id": case_id_from_path(source), "image": str(source)}]
     try:
-        _, cases = find_cases(source, layout)
+        _, cases = find_cases(source, layout, incomplete)
     except FileNotFoundError as e:
         raise FileNotFoundError(
             f"{source}: no cases found (BraTS-style folders, an MSD task, DICOM case folders or 4D NIfTI files)"

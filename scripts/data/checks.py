@@ -1,0 +1,511 @@
+"""Bad input: per-case checks that name the case, the file and the problem, and a dataset + loader that skip
+bad cases, finish the good ones and report the bad ones at the end.
+
+Two levels of checks, both raising :class:`CaseError` (``case_id``, ``path``, ``problem``):
+
+* :func:`check_case`, header level and cheap (nibabel headers only, run on every case in the main process
+  before any data is loaded): every file exists and is a readable NIfTI whose data are all there (a truncated
+  ``.nii.gz`` is caught from its gzip trailer, a truncated ``.nii`` from its size), modality files are 3D (or
+  the case is one 4D file with 4 channels), all modalities have the same shape and affine
+  (``numpy.allclose``, as MONAI requires to stack them), and a label map is 3D with the images' geometry.
+* :class:`CheckImageDatad`, data level, the transform right after ``LoadImaged`` in the configs'
+  ``preprocessing_transforms``: the image has 4 channels and no NaN/Inf voxel and no all-zero channel; a label map has no NaN/Inf voxel. Labels outside the expected set are rejected by
+  ``scripts.transforms.LabelToRegionsd`` and by :mod:`scripts.evaluation`.
+
+Batch runs (``configs/inference.json``, ``configs/evaluate.json``) use :class:`CheckedDataset` (header checks on
+construction; any error of the preprocessing of one item, in a worker process or not, becomes a failure record
+instead of an exception) and :class:`SkippingDataLoader` (a ``DataLoader`` whose batches leave the failed items
+out and whose ``failures`` lists them), check the output folder first with :func:`check_output_dirs`, and end
+with :func:`exit_on_failures`: one line per bad case (``case: file: problem``) and exit code 1.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import sys
+import tempfile
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import DataLoader, Dataset, list_data_collate
+from monai.transforms import MapTransform
+
+from scripts.data.layouts import case_id_from_path
+from scripts.transforms import _source_name
+
+logger = logging.getLogger(__name__)
+
+MODALITY_NAMES = ("T1", "T1ce", "T2", "FLAIR")
+"""Bundle channel order (``scripts.data.layouts.MODALITIES``), as written in messages."""
+FAILURE_KEY = "__case_failure__"
+"""Key of the record a :class:`CheckedDataset` item holds instead of data when its preprocessing failed."""
+
+
+class CaseError(ValueError):
+    """A case that cannot be used: ``path`` is the file at fault, ``problem`` what is wrong with it.
+
+    ``case_id`` names the case when known; ``channel`` is the image channel at fault for data-level problems
+    (a :class:`CheckedDataset` turns it into the modality file of a multi-file case)."""
+
+    def __init__(self, path, problem: str, case_id: str | None = None, channel: int | None = None):
+        self.path, self.problem, self.case_id, self.channel = str(path), problem, case_id, channel
+        prefix = f"case {case_id}: " if case_id else ""
+        super().__init__(f"{prefix}{path}: {problem}")
+
+
+class OutputDirError(OSError):
+    """The output folder cannot be used (not a folder, cannot be created, not readable or not writable)."""
+
+
+def failure(case_id: str, file, problem: str) -> dict:
+    """A failure record: ``{"case_id", "file", "problem"}`` (what every report and JSON output lists)."""
+    return {"case_id": str(case_id), "file": str(file), "problem": str(problem)}
+
+
+def format_failure(record: Mapping) -> str:
+    """``case_id: file: problem``, the one line a bad case gets."""
+    return f"{record['case_id']}: {record['file']}: {record['problem']}"
+
+
+def _as_list(value) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+def case_id_of(item: Mapping, image_key: str = "image") -> str:
+    """The item's ``case_id``, else the case id of its first image file."""
+    if item.get("case_id"):
+        return str(item["case_id"])
+    files = _as_list(item.get(image_key))
+    return case_id_from_path(files[0]) if files else "<unknown case>"
+
+
+# ------------------------------------------------------------------------------------------------ headers
+def _shape_str(shape) -> str:
+    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+
+
+def _read_header(path: str):
+    """nibabel image (header only, data not read) of an existing file; ``CaseError`` when it is not a readable
+    NIfTI or its data are cut short."""
+    try:
+        img = nib.load(path)
+        shape = tuple(int(s) for s in img.header.get_data_shape())
+        affine = np.asarray(img.affine, dtype=float)
+    except Exception as e:  # nibabel, gzip, zlib and OS errors all mean "not a readable NIfTI"
+        raise CaseError(path, f"cannot read NIfTI header ({type(e).__name__}: {_first_line(e)})") from e
+    if not np.all(np.isfinite(affine)):
+        raise CaseError(path, "the header's affine holds NaN/Inf")
+    _check_data_size(path, img.header, shape)
+    return img
+
+
+def _check_data_size(path: str, header, shape) -> None:
+    """Raise ``CaseError`` when the file holds fewer data bytes than its header announces.
+
+    ``.nii``: the file size. ``.nii.gz``: the uncompressed size in the gzip trailer (last 4 bytes) first; only
+    when it disagrees (a truncated file, or a multi-member gzip) is the stream decompressed to be sure.
+    """
+    try:
+        offset = int(header.get_data_offset())
+        need = offset + int(np.prod(shape, dtype=np.int64)) * header.get_data_dtype().itemsize
+    except Exception:  # a header without these fields: let the loader decide
+        return
+    if not path.endswith(".gz"):
+        size = os.path.getsize(path)
+        if size < need:
+            raise CaseError(path, f"truncated: the file holds {size} bytes, its header needs {need}")
+        return
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() >= 4:
+            f.seek(-4, os.SEEK_END)
+            if int.from_bytes(f.read(4), "little") == need % 2**32:
+                return
+    total = 0
+    try:
+        with gzip.open(path, "rb") as g:
+            while chunk := g.read(1 << 24):
+                total += len(chunk)
+    except (EOFError, OSError, zlib.error) as e:
+        raise CaseError(path, f"truncated or corrupt gzip data ({type(e).__name__}: {_first_line(e)})") from e
+    if total < need:
+        raise CaseError(path, f"truncated: {total} bytes of data after decompression, its header needs {need}")
+
+
+def check_case(item: Mapping, image_key: str = "image", label_key: str | None = "label", channels: int = 4) -> None:
+    """Header-level checks of one datalist item (see the module docstring); raises :class:`CaseError` naming
+    the case, the file and the problem, the first problem found. DICOM series folders are only checked for
+    existence (their geometry is checked when they are read)."""
+    case_id = case_id_of(item, image_key)
+    try:
+        _check_case(item, image_key, label_key, channels)
+    except CaseError as e:
+        raise CaseError(e.path, e.problem, case_id, e.channel) from None
+
+
+def _check_case(item: Mapping, image_key: str, label_key: str | None, channels: int) -> None:
+    files = _as_list(item.get(image_key))
+    if not files:
+        raise CaseError("<datalist entry>", f"no '{image_key}' file in the datalist entry {dict(item)}")
+    if len(files) not in (1, channels):
+        raise CaseError(files[0], f"expected {channels} modality files (T1, T1ce, T2, FLAIR) or one 4D file, got {len(files)}")
+    multi = len(files) > 1
+    for i, path in enumerate(files):
+        if not os.path.exists(path):
+            raise CaseError(path, f"missing modality file ({MODALITY_NAMES[i]})" if multi else "file does not exist")
+    if any(os.path.isdir(p) for p in files):  # DICOM series folders
+        for p in files:
+            if os.path.isdir(p) and not any(os.scandir(p)):
+                raise CaseError(p, "empty folder (no DICOM series)")
+        return
+    headers = [_read_header(p) for p in files]
+    shapes = [tuple(int(s) for s in h.header.get_data_shape()) for h in headers]
+    for i, (path, shape) in enumerate(zip(files, shapes)):
+        if multi and len(shape) != 3:
+            raise CaseError(path, f"expected a 3D image ({MODALITY_NAMES[i]}), got {len(shape)}D shape {_shape_str(shape)}")
+        if not multi and not (len(shape) == 4 and shape[3] == channels):
+            raise CaseError(
+                path,
+                f"expected a 4D image with {channels} channels (T1, T1ce, T2, FLAIR) or one 3D file per modality, "
+                f"got {len(shape)}D shape {_shape_str(shape)}",
+            )
+    for i in range(1, len(files)):
+        if shapes[i] != shapes[0]:
+            raise CaseError(
+                files[i],
+                f"{MODALITY_NAMES[i]} shape {_shape_str(shapes[i])} does not match the {MODALITY_NAMES[0]} file's "
+                f"{_shape_str(shapes[0])} ({files[0]})",
+            )
+        a, b = np.asarray(headers[i].affine, float), np.asarray(headers[0].affine, float)
+        if not np.allclose(a, b):
+            raise CaseError(
+                files[i],
+                f"{MODALITY_NAMES[i]} affine does not match the {MODALITY_NAMES[0]} file's ({files[0]}; largest "
+                f"difference {np.abs(a - b).max():.4g} mm)",
+            )
+    label = item.get(label_key) if label_key else None
+    if label is None:
+        return
+    label = str(label)
+    if not os.path.exists(label):
+        raise CaseError(label, "label file does not exist")
+    header = _read_header(label)
+    lshape = tuple(int(s) for s in header.header.get_data_shape())
+    while len(lshape) > 3 and lshape[-1] == 1:
+        lshape = lshape[:-1]
+    if len(lshape) != 3:
+        raise CaseError(label, f"expected a 3D label map, got {len(lshape)}D shape {_shape_str(lshape)}")
+    if lshape != shapes[0][:3]:
+        raise CaseError(label, f"label shape {_shape_str(lshape)} does not match the image shape {_shape_str(shapes[0][:3])}")
+    if not np.allclose(np.asarray(header.affine, float), np.asarray(headers[0].affine, float)):
+        raise CaseError(label, f"label affine does not match the image's ({files[0]})")
+
+
+# ---------------------------------------------------------------------------------------------------- data
+class CheckImageDatad(MapTransform):
+    """Data-level checks, right after ``LoadImaged`` (before any channel reordering): every image of ``keys``
+    is channel-first with ``channels`` channels and 3 spatial dims, and has no NaN/Inf voxel and no all-zero
+    channel; every array of ``finite_keys`` (label maps) has no NaN/Inf voxel. Raises :class:`CaseError`
+    naming the file (``channel`` set for channel problems) and leaves the data unchanged otherwise.
+
+    Channel ``c`` is reported as the bundle modality it becomes: ``channel_order`` of the item when it has
+    one (MSD Task01), else channel ``c`` of T1, T1ce, T2, FLAIR.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        channels: int | None = 4,
+        finite_keys: KeysCollection = ("label",),
+        order_key: str | None = "channel_order",
+        allow_missing_keys: bool = True,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.channels = channels
+        self.finite_keys = [finite_keys] if isinstance(finite_keys, str) else list(finite_keys or ())
+        self.order_key = order_key
+
+    def _modality(self, d: Mapping, c: int) -> str:
+        order = d.get(self.order_key) if self.order_key else None
+        try:
+            order = [int(v) for v in (order.tolist() if hasattr(order, "tolist") else order)] if order is not None else None
+        except (TypeError, ValueError):
+            order = None
+        i = order.index(c) if order is not None and c in order else c
+        return MODALITY_NAMES[i] if 0 <= i < len(MODALITY_NAMES) else f"channel {c}"
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            name = _source_name(img)
+            t = torch.as_tensor(img)
+            if t.ndim != 4 or (self.channels and t.shape[0] != self.channels):
+                raise CaseError(
+                    name, f"expected {self.channels or 'C'} channels of a 3D image, got shape {_shape_str(t.shape)}"
+                )
+            flat = t.reshape(t.shape[0], -1)
+            if flat.is_floating_point():
+                nan = torch.isnan(flat).sum(1)
+                inf = torch.isinf(flat).sum(1)
+                for c in range(t.shape[0]):
+                    if nan[c] or inf[c]:
+                        raise CaseError(
+                            name, f"{self._modality(d, c)}: {int(nan[c])} NaN and {int(inf[c])} Inf voxel(s)", channel=c
+                        )
+            nonzero = (flat != 0).any(1)
+            for c in range(t.shape[0]):
+                if not nonzero[c]:
+                    raise CaseError(name, f"{self._modality(d, c)}: all voxels are zero (empty image)", channel=c)
+        for key in self.finite_keys:
+            if key not in d or d[key] is None or isinstance(d[key], (str, bytes, os.PathLike)):
+                continue
+            t = torch.as_tensor(d[key])
+            if t.is_floating_point():
+                bad = int((~torch.isfinite(t)).sum())
+                if bad:
+                    raise CaseError(_source_name(d[key]), f"{bad} NaN/Inf voxel(s) in the label map")
+        return d
+
+
+# ------------------------------------------------------------------------------------- errors -> records
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0].strip() if text else type(e).__name__
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    out = []
+    while e is not None and e not in out:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def describe_error(item: Mapping, error: BaseException, image_key: str = "image", label_key: str | None = "label") -> dict:
+    """The failure record (case, file, problem) of an exception raised while preparing ``item``.
+
+    A :class:`CaseError` anywhere in the exception chain (MONAI wraps transform errors in ``RuntimeError``s)
+    gives file and problem directly (a channel problem of a multi-file case names that modality's file);
+    otherwise the innermost error is used, attributed to the item file its message names, or, when it names
+    none, to the first of the item's files that cannot be read in full (the failure path only), else to the
+    first image file.
+    """
+    case_id = case_id_of(item, image_key)
+    images = _as_list(item.get(image_key))
+    files = images + (_as_list(item.get(label_key)) if label_key else [])
+    chain = _chain(error)
+    for e in chain:
+        if isinstance(e, CaseError):
+            path = e.path
+            if e.channel is not None and len(images) > 1 and e.channel < len(images):
+                path = images[e.channel]
+            return failure(case_id, path, e.problem)
+    root = chain[-1]
+    message = _first_line(root)
+    for f in files:
+        if message.startswith(f"{f}: "):
+            return failure(case_id, f, message[len(f) + 2 :])
+    for f in files:
+        if f in message:
+            return failure(case_id, f, message)
+    problem = f"{type(root).__name__}: {message}"
+    for f in files:
+        if os.path.isfile(f):
+            try:
+                np.asanyarray(nib.load(f).dataobj)
+            except Exception as e:
+                return failure(case_id, f, f"cannot read the data ({type(e).__name__}: {_first_line(e)})")
+    return failure(case_id, files[0] if files else "<datalist entry>", problem)
+
+
+# ----------------------------------------------------------------------------------------- dataset/loader
+class CheckedDataset(Dataset):
+    """A MONAI ``Dataset`` that leaves bad cases out instead of stopping the run.
+
+    On construction (main process) every item goes through :func:`check_case` (``check_headers``); the items
+    that fail are not part of the dataset and are listed in ``failures`` (``{"case_id", "file", "problem"}``,
+    one warning line each). An item whose ``transform`` raises (in a ``DataLoader`` worker or not) is returned
+    as ``{FAILURE_KEY: record}`` instead; :class:`SkippingDataLoader` takes those out of the batches.
+    """
+
+    def __init__(
+        self,
+        data: Sequence,
+        transform=None,
+        check_headers: bool = True,
+        image_key: str = "image",
+        label_key: str | None = "label",
+        channels: int = 4,
+    ):
+        self.image_key, self.label_key = image_key, label_key
+        self.failures: list[dict] = []
+        good = []
+        for item in data:
+            if check_headers:
+                try:
+                    check_case(item, image_key, label_key, channels)
+                except CaseError as e:
+                    self._fail(failure(e.case_id or case_id_of(item, image_key), e.path, e.problem))
+                    continue
+                except Exception as e:  # an unexpected error about one case must not stop the others
+                    self._fail(describe_error(item, e, image_key, label_key))
+                    continue
+            good.append(item)
+        super().__init__(good, transform)
+
+    def _fail(self, record: dict) -> None:
+        self.failures.append(record)
+        logger.warning("case skipped: %s", format_failure(record))
+
+    def _transform(self, index: int):
+        try:
+            return super()._transform(index)
+        except Exception as e:
+            return {FAILURE_KEY: describe_error(self.data[index], e, self.image_key, self.label_key)}
+
+
+def is_failure(item) -> bool:
+    return isinstance(item, Mapping) and FAILURE_KEY in item
+
+
+class SkipFailuresCollate:
+    """``collate_fn`` that collates the good items (with ``collate_fn``) and attaches the failure records of
+    the others under ``FAILURE_KEY`` (a batch of failures only is ``{FAILURE_KEY: [...]}``). Picklable, so it
+    works in ``DataLoader`` worker processes."""
+
+    def __init__(self, collate_fn=list_data_collate):
+        self.collate_fn = collate_fn
+
+    def __call__(self, batch: list):
+        failed = [b[FAILURE_KEY] for b in batch if is_failure(b)]
+        good = [b for b in batch if not is_failure(b)]
+        out = self.collate_fn(good) if good else {}
+        if failed:
+            if not isinstance(out, dict):
+                raise TypeError(f"SkipFailuresCollate needs dict batches to attach failures, got {type(out).__name__}")
+            out = dict(out)
+            out[FAILURE_KEY] = failed
+        return out
+
+
+class SkippingDataLoader(Iterable):
+    """Iterate a ``DataLoader`` over a :class:`CheckedDataset`, leaving the failed items out of the batches.
+
+    The keyword arguments go to ``monai.data.DataLoader`` (``num_workers`` > 0 works: failures travel in the
+    batches as plain records). ``failures`` holds the dataset's header failures and the preprocessing failures
+    of the last pass; ``done`` counts the items yielded. It deliberately has no ``len()``: the number of
+    batches is only known after the pass, and ignite then takes the epoch length from the data.
+    """
+
+    def __init__(self, dataset, **kwargs):
+        kwargs["collate_fn"] = SkipFailuresCollate(kwargs.get("collate_fn") or list_data_collate)
+        self.dataset = dataset
+        self.loader = DataLoader(dataset, **kwargs)
+        self.skipped: list[dict] = []
+        self.done = 0
+
+    @property
+    def failures(self) -> list[dict]:
+        return list(getattr(self.dataset, "failures", [])) + list(self.skipped)
+
+    def __iter__(self) -> Iterator:
+        self.skipped, self.done = [], 0
+        for batch in self.loader:
+            if isinstance(batch, dict) and FAILURE_KEY in batch:
+                batch = dict(batch)
+                for record in batch.pop(FAILURE_KEY):
+                    self.skipped.append(record)
+                    logger.warning("case skipped: %s", format_failure(record))
+            if not batch:
+                continue
+            image = batch.get(self.dataset.image_key) if isinstance(batch, dict) else None
+            self.done += len(image) if image is not None and hasattr(image, "__len__") else 1
+            yield batch
+
+
+# ----------------------------------------------------------------------------------------- output, report
+def _check_output_dir(path) -> None:
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise OutputDirError(f"output folder {p}: exists but is not a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputDirError(f"output folder {p}: cannot be created ({e.strerror or e})") from e
+    try:
+        os.listdir(p)
+    except OSError as e:
+        raise OutputDirError(f"output folder {p}: not readable ({e.strerror or e})") from e
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise OutputDirError(f"output folder {p}: not writable (permission denied)")
+    try:  # os.access can say yes where a write still fails (read-only mounts, ACLs): try one
+        fd, tmp = tempfile.mkstemp(prefix=".write_test_", dir=p)
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:
+        raise OutputDirError(f"output folder {p}: not writable ({e.strerror or e})") from e
+
+
+def check_output_dirs(*paths, exit_on_error: bool = False) -> list[str]:
+    """Create the output folders if needed and make sure they can be read and written (a probe file is
+    created and removed), before any case is processed. Raises :class:`OutputDirError` with one clear line,
+    or with ``exit_on_error`` (the configs) exits with that line and code 1."""
+    try:
+        for p in paths:
+            _check_output_dir(p)
+    except OutputDirError as e:
+        if exit_on_error:
+            raise SystemExit(f"error: {e}") from None
+        raise
+    return [str(p) for p in paths]
+
+
+def report(failures: Sequence[Mapping], done: int | None = None, what: str = "processed", stream=None) -> str:
+    """The end-of-run report: how many cases were ``what`` and one line per failed case; printed to
+    ``stream`` (stdout by default) and returned."""
+    lines = []
+    if done is not None:
+        lines.append(f"{done} case(s) {what}, {len(failures)} failed")
+    if failures:
+        lines.append(f"{len(failures)} case(s) FAILED (skipped):")
+        lines += [f"  {format_failure(f)}" for f in failures]
+    text = "\n".join(lines) + ("\n" if lines else "")
+    print("\n" + text, end="", file=stream or sys.stdout, flush=True)
+    return text
+
+
+def exit_on_failures(failures: Sequence[Mapping], done: int | None = None, what: str = "processed") -> None:
+    """Print the :func:`report`; ``SystemExit(1)`` when any case failed (so ``python -m monai.bundle run``
+    exits non-zero after finishing the good cases)."""
+    report(failures, done, what)
+    if failures:
+        raise SystemExit(1)
+
+
+__all__ = [
+    "FAILURE_KEY",
+    "CaseError",
+    "CheckImageDatad",
+    "CheckedDataset",
+    "OutputDirError",
+    "SkipFailuresCollate",
+    "SkippingDataLoader",
+    "case_id_of",
+    "check_case",
+    "check_output_dirs",
+    "describe_error",
+    "exit_on_failures",
+    "failure",
+    "format_failure",
+    "report",
+]
