@@ -18,16 +18,9 @@ import pytest
 import torch
 
 from scripts.data.synthetic import write_dataset
+from tests._bundle import ROOT, TINY
 
-ROOT = Path(__file__).resolve().parents[1]
 REAL_CASE = ROOT.parent / "shared" / "data" / "TCGA-DU-7294"
-TINY = [
-    "--network_def#channels", "[8,16,32,64]",
-    "--roi_size", "[32,32,32]",
-    "--num_workers", "0",
-    "--num_folds", "3",
-    "--device", "cpu",
-]
 
 pytestmark = pytest.mark.slow
 

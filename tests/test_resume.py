@@ -26,15 +26,8 @@ import torch
 
 from scripts.data.synthetic import write_dataset
 from scripts.handlers import get_random_state, remove_stale_temporaries, set_random_state
+from tests._bundle import ROOT, TINY
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--network_def#channels", "[8,16,32,64]",
-    "--roi_size", "[32,32,32]",
-    "--num_workers", "0",
-    "--num_folds", "3",
-    "--device", "cpu",
-]
 EPOCHS = 5
 # what the runs log each epoch: train/validation metrics, best values, learning rate, best-model saves
 PROGRESS = re.compile(
