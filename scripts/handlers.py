@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import re
+import time
 import warnings
 
 import numpy as np
@@ -42,6 +43,47 @@ class LossProgressBar(ProgressBar):
 def _loss_of_first_sample(output) -> dict:
     first = output[0] if isinstance(output, (list, tuple)) else output
     return {"loss": float(first["loss"])}
+
+
+class DataLoadTimer:
+    """Shows whether data loading holds training back: per epoch, the time the engine waited for batches
+    (``GET_BATCH_STARTED`` -> ``GET_BATCH_COMPLETED``) against the time it spent on them (the rest of each
+    iteration) is logged; ``fraction`` keeps the last epoch's waiting fraction (0-1). It is not put in
+    ``engine.state.metrics``, so metric logs stay free of timing noise and comparable between runs.
+    """
+
+    def __init__(self) -> None:
+        self.wait = self.work = self.fraction = 0.0
+        self._mark = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.GET_BATCH_STARTED, self._batch_requested)
+        engine.add_event_handler(Events.GET_BATCH_COMPLETED, self._batch_received)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_done)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._report)
+
+    def _reset(self, engine: Engine) -> None:
+        self.wait = self.work = 0.0
+
+    def _batch_requested(self, engine: Engine) -> None:
+        self._mark = time.perf_counter()
+
+    def _batch_received(self, engine: Engine) -> None:
+        now = time.perf_counter()
+        self.wait += now - self._mark
+        self._mark = now
+
+    def _iteration_done(self, engine: Engine) -> None:
+        self.work += time.perf_counter() - self._mark
+
+    def _report(self, engine: Engine) -> None:
+        total = self.wait + self.work
+        self.fraction = self.wait / total if total > 0 else 0.0
+        engine.logger.info(
+            f"Epoch[{engine.state.epoch}] data loading: waited {self.wait:.1f} s for batches, "
+            f"{self.work:.1f} s on them ({100 * self.fraction:.0f}% waiting)"
+        )
 
 
 def _is_main_process() -> bool:

@@ -49,7 +49,7 @@ def trained(tmp_path_factory):
 
 def test_training_writes_best_model_and_full_checkpoint(trained):
     root, _, log = trained
-    assert "val_mean_dice" in log and "val_hd95_wt" in log
+    assert "val_mean_dice" in log and "val_hd95_wt" in log and "data loading: waited" in log
     model = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert any(k.startswith("encoder.0") for k in model)
     ckpt = torch.load(root / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
