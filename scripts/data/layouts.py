@@ -129,6 +129,51 @@ def _case_anchors(root: Path, suffixes: Sequence[str], sep: str) -> list[tuple[P
     return sorted((folder, prefix, ext) for (folder, prefix), ext in found.items())
 
 
+def _find_split_cases(
+    root: str | os.PathLike,
+    modalities: Sequence[str],
+    sep: str,
+    anchor: str,
+    labels: Sequence[int],
+    incomplete: str,
+    brats2020_label_quirks: bool = False,
+) -> list[dict]:
+    """Cases stored as one ``<id><sep><modality>.nii[.gz]`` file per modality (``modalities`` in the bundle's
+    channel order) plus ``<id><sep>seg`` when labelled; found from their ``anchor`` modality file, or from any
+    modality file with ``incomplete="keep"``. ``brats2020_label_quirks`` also accepts the label with the other
+    NIfTI extension and the single-case-folder ``*seg*`` file (see :func:`find_brats2020_cases`)."""
+    _check_incomplete(incomplete)
+    root = Path(root)
+    anchors = _case_anchors(root, modalities if incomplete == "keep" else (anchor,), sep)
+    anchors_per_folder: dict[Path, int] = {}
+    for folder, _, _ in anchors:
+        anchors_per_folder[folder] = anchors_per_folder.get(folder, 0) + 1
+    cases = []
+    for folder, prefix, ext in anchors:
+        images = [folder / f"{prefix}{sep}{m}{ext}" for m in modalities]
+        missing = [str(p) for p in images if not p.is_file()]
+        if missing and incomplete == "raise":
+            raise FileNotFoundError(f"case {prefix}: missing modality file(s) {missing}")
+        item = {"case_id": prefix, "image": [str(p) for p in images]}
+        label = folder / f"{prefix}{sep}{LABEL_SUFFIX}{ext}"
+        if brats2020_label_quirks and not label.is_file():
+            label = folder / f"{prefix}{sep}{LABEL_SUFFIX}{'.nii' if ext == '.nii.gz' else '.nii.gz'}"
+        if brats2020_label_quirks and not label.is_file() and anchors_per_folder[folder] == 1:
+            others = [
+                p
+                for p in folder.iterdir()
+                if p.is_file() and not p.name.startswith(".") and _strip_nifti(p.name) is not None
+                and p not in images and "seg" in p.name.lower()
+            ]
+            if len(others) == 1:
+                label = others[0]
+        if label.is_file():
+            item["label"] = str(label)
+        item["labels"] = list(labels)
+        cases.append(item)
+    return sorted(cases, key=lambda c: c["case_id"])
+
+
 def find_brats2020_cases(root: str | os.PathLike, incomplete: str = "raise") -> list[dict]:
     """All BraTS 2020-style cases under ``root`` (searched recursively), sorted by case id.
 
@@ -145,36 +190,7 @@ def find_brats2020_cases(root: str | os.PathLike, incomplete: str = "raise") -> 
     ``seg`` in its name uses that file as label: BraTS 2020 ships ``BraTS20_Training_355`` with
     ``W39_1998.09.19_Segm.nii``.
     """
-    _check_incomplete(incomplete)
-    root = Path(root)
-    cases = []
-    anchors = _case_anchors(root, MODALITIES if incomplete == "keep" else ("t1ce",), "_")
-    anchors_per_folder: dict[Path, int] = {}
-    for folder, _, _ in anchors:
-        anchors_per_folder[folder] = anchors_per_folder.get(folder, 0) + 1
-    for folder, prefix, ext in anchors:
-        images = [folder / f"{prefix}_{m}{ext}" for m in MODALITIES]
-        missing = [str(p) for p in images if not p.is_file()]
-        if missing and incomplete == "raise":
-            raise FileNotFoundError(f"case {prefix}: missing modality file(s) {missing}")
-        item = {"case_id": prefix, "image": [str(p) for p in images]}
-        label = folder / f"{prefix}_{LABEL_SUFFIX}{ext}"
-        if not label.is_file():
-            label = folder / f"{prefix}_{LABEL_SUFFIX}{'.nii' if ext == '.nii.gz' else '.nii.gz'}"
-        if not label.is_file() and anchors_per_folder[folder] == 1:
-            others = [
-                p
-                for p in folder.iterdir()
-                if p.is_file() and not p.name.startswith(".") and _strip_nifti(p.name) is not None
-                and p not in images and "seg" in p.name.lower()
-            ]
-            if len(others) == 1:
-                label = others[0]
-        if label.is_file():
-            item["label"] = str(label)
-        item["labels"] = list(BRATS2020_LABELS)
-        cases.append(item)
-    return sorted(cases, key=lambda c: c["case_id"])
+    return _find_split_cases(root, MODALITIES, "_", "t1ce", BRATS2020_LABELS, incomplete, brats2020_label_quirks=True)
 
 
 def find_brats2021_cases(root: str | os.PathLike, incomplete: str = "raise") -> list[dict]:
@@ -186,21 +202,7 @@ def find_brats2021_cases(root: str | os.PathLike, incomplete: str = "raise") -> 
     enhancing). Raises ``FileNotFoundError`` naming the case and the missing file(s) for incomplete cases,
     or with ``incomplete="keep"`` keeps them (see :func:`find_brats2020_cases`).
     """
-    _check_incomplete(incomplete)
-    root = Path(root)
-    cases = []
-    for folder, prefix, ext in _case_anchors(root, BRATS2021_MODALITIES if incomplete == "keep" else ("t1c",), "-"):
-        images = [folder / f"{prefix}-{m}{ext}" for m in BRATS2021_MODALITIES]
-        missing = [str(p) for p in images if not p.is_file()]
-        if missing and incomplete == "raise":
-            raise FileNotFoundError(f"case {prefix}: missing modality file(s) {missing}")
-        item = {"case_id": prefix, "image": [str(p) for p in images]}
-        label = folder / f"{prefix}-{LABEL_SUFFIX}{ext}"
-        if label.is_file():
-            item["label"] = str(label)
-        item["labels"] = list(BRATS2021_LABELS)
-        cases.append(item)
-    return sorted(cases, key=lambda c: c["case_id"])
+    return _find_split_cases(root, BRATS2021_MODALITIES, "-", "t1c", BRATS2021_LABELS, incomplete)
 
 
 MSD_SUBSETS = ("imagesTr", "imagesTs")
