@@ -1,8 +1,12 @@
-"""Inference helpers MONAI lacks: flip test-time augmentation around any inferer."""
+"""Inference helpers MONAI lacks: flip test-time augmentation around any inferer, and the network the
+inference evaluator calls (torch, torch under autocast, or ONNX Runtime)."""
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import itertools
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -33,3 +37,107 @@ class FlipTTAInferer(Inferer):
                 total = pred if total is None else total + pred
                 count += 1
         return total / count
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bf16 convolutions natively (oneDNN with avx512_bf16 or AMX). Without it torch
+    emulates them: measured about 35x slower than fp32 on an AVX2-only CPU (see docs/benchmarks.md)."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class AutocastNetwork(torch.nn.Module):
+    """Run ``network`` under ``torch.autocast`` of the input's device type with ``dtype``; float32 out, so
+    the sliding-window blending and the post-processing stay in full precision."""
+
+    def __init__(self, network: torch.nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.network = network
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            return self.network(x).float()
+
+
+class OnnxRuntimeNetwork(torch.nn.Module):
+    """Run ``network`` with ONNX Runtime on the CPU, as a drop-in for the torch module in any inferer.
+
+    The network is exported (``torch.onnx.export``, TorchScript-based, batch and spatial axes dynamic) at
+    the first call, i.e. after a bundle's ``CheckpointLoader`` has loaded the weights; later changes to its
+    weights are not seen. Inputs on another device are copied to the CPU and the logits copied back.
+    ONNX Runtime uses as many threads as torch.
+    """
+
+    def __init__(self, network: torch.nn.Module, opset_version: int = 17) -> None:
+        super().__init__()
+        try:
+            import onnx  # noqa: F401  (torch.onnx.export needs it)
+            import onnxruntime
+        except ImportError as e:
+            raise ImportError(
+                "the onnxruntime inference backend needs the onnxruntime and onnx packages: "
+                "pip install -c constraints.txt -r requirements.txt (or use --inference_backend torch)"
+            ) from e
+        self._ort = onnxruntime
+        self.network = network
+        self.opset_version = opset_version
+        self._session = None
+
+    def _export(self, example: torch.Tensor):
+        buf = io.BytesIO()
+        axes = {0: "batch", **{d: f"spatial{d - 2}" for d in range(2, example.ndim)}}
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation and instance-norm notes
+            torch.onnx.export(
+                self.network, (example,), buf, input_names=["image"], output_names=["logits"],
+                dynamic_axes={"image": axes, "logits": axes}, opset_version=self.opset_version, dynamo=False,
+            )
+        options = self._ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        return self._ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cpu = torch.as_tensor(x).detach().to("cpu", torch.float32).contiguous()
+        if self._session is None:
+            self._session = self._export(cpu[:1])
+        logits = self._session.run(None, {"image": cpu.numpy()})[0]
+        return torch.from_numpy(logits).to(x.device)
+
+
+BACKENDS = ("torch", "onnxruntime")
+
+
+def default_backend(device: str | torch.device) -> str:
+    """``onnxruntime`` on a CPU where onnxruntime and onnx (for the export) are installed (measured faster,
+    see docs/benchmarks.md), ``torch`` otherwise (CUDA, or an environment without them)."""
+    if torch.device(device).type != "cpu":
+        return "torch"
+    installed = all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+    return "onnxruntime" if installed else "torch"
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def inference_network(network: torch.nn.Module, backend: str = "torch", precision: str = "fp32",
+                      device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The module an inference evaluator calls instead of ``network``.
+
+    ``backend``: ``torch`` (``network`` itself) or ``onnxruntime`` (:class:`OnnxRuntimeNetwork`, CPU, fp32).
+    ``precision`` (torch backend): ``fp32``; ``bf16`` autocast on CUDA, or on a CPU that runs bf16 natively
+    (:func:`cpu_bf16_supported`; elsewhere a warning and fp32); ``fp16`` autocast on CUDA only.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"inference_backend must be one of {BACKENDS}, got {backend!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    if backend == "onnxruntime":
+        if precision != "fp32":
+            raise ValueError(f"precision {precision!r} needs inference_backend 'torch' (onnxruntime runs fp32)")
+        return OnnxRuntimeNetwork(network)
+    device_type = torch.device(device).type
+    if precision == "fp16" and device_type != "cuda":
+        raise ValueError("precision 'fp16' needs a CUDA device; on a CPU use 'bf16' or 'fp32'")
+    if precision == "bf16" and device_type == "cpu" and not cpu_bf16_supported():
+        warnings.warn("this CPU has no native bf16 (avx512_bf16/AMX): precision 'bf16' falls back to fp32")
+        return network
+    dtype = PRECISIONS[precision]
+    return network if dtype is None else AutocastNetwork(network, dtype)
