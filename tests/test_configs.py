@@ -102,3 +102,32 @@ def test_metadata_fields_and_network_io():
     verify_net_in_out(
         net_id="network_def", meta_file=str(META), config_file=str(CONFIGS / "train.json"), device="cpu", n=1
     )
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_inference_backend_and_overlap_overrides(backend):
+    pytest.importorskip("onnxruntime")
+    parser = _parser(COMBINATIONS["inference"], device="cpu", inference_backend=backend, overlap=0.1,
+                     **{"network_def#channels": [4, 8, 16, 32]})
+    assert parser.get_parsed_content("sw_inferer").overlap == 0.1
+    network = parser.get_parsed_content("network")
+    evaluator_net = parser.get_parsed_content("inference_network")
+    assert (evaluator_net is network) == (backend == "torch")
+    x = torch.rand(2, 4, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(evaluator_net(x), network.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_default_inference_backend_is_onnxruntime_on_cpu():
+    pytest.importorskip("onnxruntime")
+    parser = _parser(COMBINATIONS["inference"], device="cpu")
+    assert parser.get_parsed_content("inference_backend") == "onnxruntime"
+    assert parser.get_parsed_content("precision") == "fp32"
+    assert parser.get_parsed_content("sw_inferer").overlap == 0.25
+
+
+def test_bad_inference_backend_is_a_clear_error():
+    parser = _parser(COMBINATIONS["inference"], device="cpu", inference_backend="tensorrt")
+    with pytest.raises(RuntimeError) as err:  # ConfigParser's error; the cause is what the user reads
+        parser.get_parsed_content("inference_network")
+    assert "inference_backend must be one of" in str(err.value.__cause__)
