@@ -1,0 +1,158 @@
+"""Click curve of the interactive (DeepEdit-style) model: validation Dice with 0 clicks (automatic mode) and after
+1, 2, ... simulated corrective clicks.
+
+Each validation case of the training configs' fold is preprocessed as in ``configs/deepedit_train.json`` (no
+clicks), segmented with the sliding-window inferer, and then corrected click by click: every click goes to the
+largest connected error region (reference class ``c`` where the prediction is not ``c``; background for
+over-segmentation) at its most interior voxel (``scripts.interactive.largest_error_click``), the clicks
+accumulate, and the case is segmented again with all clicks so far. Dice is computed in the preprocessed grid
+(1 mm, cropped to the brain) per class (necrotic core, oedema, enhancing tumour) and per BraTS region (TC, WT,
+ET); an empty reference scores 1 for an empty prediction, 0 otherwise.
+
+Run by hand (not part of the tests), e.g. after a training under ``/tmp/de``::
+
+    python benchmarks/bench_interactive.py --bundle_root /tmp/de --dataset_dir data/synthetic \
+        --channels "[8,16,32,64]" --max_clicks 5 --output_dir benchmarks/results/interactive
+
+Writes ``click_curve.json`` (per case and mean), ``click_curve.md`` (the table) and ``click_curve.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CLASSES = ("necrotic_core", "edema", "enhancing_tumor")
+REGIONS = ("TC", "WT", "ET")
+
+
+def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    p, r = pred.astype(bool), ref.astype(bool)
+    if not r.any():
+        return 1.0 if not p.any() else 0.0
+    return float(2.0 * (p & r).sum() / (p.sum() + r.sum()))
+
+
+def scores(pred: np.ndarray, ref: np.ndarray, label_names: dict) -> dict:
+    """Dice per class and per region of two class-index maps (H, W, D)."""
+    out = {name: dice(pred == label_names[name], ref == label_names[name]) for name in CLASSES}
+    nc, ed, et = (label_names[n] for n in CLASSES)
+    regions = {"TC": (nc, et), "WT": (nc, ed, et), "ET": (et,)}
+    for region, members in regions.items():
+        out[region] = dice(np.isin(pred, members), np.isin(ref, members))
+    out["mean_regions"] = float(np.mean([out[r] for r in REGIONS]))
+    out["mean_classes"] = float(np.mean([out[c] for c in CLASSES]))
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle_root", default=str(ROOT), help="the model is <bundle_root>/models/deepedit/model.pt")
+    parser.add_argument("--ckpt_path", default=None, help="other weights (default: the bundle_root's)")
+    parser.add_argument("--dataset_dir", default=str(ROOT / "data" / "synthetic"))
+    parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--num_folds", type=int, default=5)
+    parser.add_argument("--channels", default="[16,32,64,128]", help="network_def#channels of the trained model")
+    parser.add_argument("--roi_size", default="[48,48,48]")
+    parser.add_argument("--max_clicks", type=int, default=5)
+    parser.add_argument("--max_cases", type=int, default=None)
+    parser.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "results" / "interactive"))
+    args = parser.parse_args(argv)
+
+    import scripts  # noqa: F401  (config expressions use it)
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    from scripts.interactive import AddGuidanceSignald, largest_error_click
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    cfg = ConfigParser()
+    cfg.read_config([str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "deepedit_train.json")])
+    cfg.update({
+        "bundle_root": args.bundle_root, "device": "cpu", "dataset_dir": args.dataset_dir, "fold": args.fold,
+        "num_folds": args.num_folds, "network_def#channels": json.loads(args.channels),
+        "roi_size": json.loads(args.roi_size), "num_workers": 0,
+    })
+    cfg.parse()
+    label_names = cfg.get_parsed_content("label_names")
+    network = cfg.get_parsed_content("network_def")
+    ckpt = args.ckpt_path or cfg.get_parsed_content("ckpt_path")
+    network.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    network.eval()
+    inferer = cfg.get_parsed_content("sw_inferer")
+    preprocessing = Compose(cfg.get_parsed_content("interactive_preprocessing_transforms"))
+    guidance_signal = AddGuidanceSignald(
+        sigma=cfg.get_parsed_content("guidance_sigma"), number_intensity_ch=cfg.get_parsed_content("number_intensity_ch"),
+        label_names=label_names,
+    )
+    cases = cfg.get_parsed_content("val_datalist")[: args.max_cases]
+
+    per_case = []
+    t0 = time.time()
+    for item in cases:
+        d = preprocessing(dict(item))
+        image, ref = d["image"], np.asarray(d["label"][0]).round().astype(int)
+        clicks = {name: [] for name in label_names}
+        curve, placed = [], []
+        for n in range(args.max_clicks + 1):
+            x = guidance_signal({"image": image, "guidance": clicks})["image"]
+            with torch.no_grad():
+                pred = inferer(torch.as_tensor(x)[None].float(), network)[0].argmax(0).numpy()
+            curve.append(scores(pred, ref, label_names))
+            if n == args.max_clicks:
+                break
+            click = largest_error_click(pred, ref, label_names)
+            if click is None:  # perfect: further clicks change nothing
+                curve += [curve[-1]] * (args.max_clicks - n)
+                break
+            clicks[click[0]].append(click[1])
+            placed.append(click)
+        case_id = item.get("case_id") or Path(item["image"][0]).parent.name
+        per_case.append({"case_id": case_id, "curve": curve, "clicks": placed})
+        print(f"{case_id}: mean region Dice " + " -> ".join(f"{c['mean_regions']:.3f}" for c in curve), flush=True)
+
+    keys = (*CLASSES, *REGIONS, "mean_classes", "mean_regions")
+    mean = [{k: float(np.mean([c["curve"][n][k] for c in per_case])) for k in keys} for n in range(args.max_clicks + 1)]
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"checkpoint": str(ckpt), "dataset_dir": args.dataset_dir, "fold": args.fold, "num_cases": len(per_case),
+              "seconds": round(time.time() - t0, 1), "mean": mean, "cases": per_case}
+    (out / "click_curve.json").write_text(json.dumps(result, indent=1))
+    header = "| clicks | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 1) + "\n"
+    rows = "".join(f"| {n} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |\n" for n, m in enumerate(mean))
+    table = header + rows
+    (out / "click_curve.md").write_text(table)
+    print(f"\n{len(per_case)} validation case(s), {time.time() - t0:.0f} s\n\n{table}")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    xs = np.arange(args.max_clicks + 1)
+    for k, style in zip((*REGIONS, "mean_regions"), ("-o", "-s", "-^", "--k")):
+        ax.plot(xs, [m[k] for m in mean], style, label=k.replace("mean_regions", "mean (TC, WT, ET)"))
+    ax.set_xlabel("simulated corrective clicks")
+    ax.set_ylabel("validation Dice")
+    ax.set_xticks(xs)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"Interactive ResUNet, {len(per_case)} validation cases", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "click_curve.png", dpi=120)
+    print(f"wrote {out / 'click_curve.json'}, click_curve.md, click_curve.png")
+
+
+if __name__ == "__main__":
+    main()
