@@ -114,12 +114,14 @@ def log(msg: str) -> None:
 # =============================================================================================================
 
 
-def _bundle_settings() -> dict:
-    """``network_def``, the sliding-window inferer and the training patch/batch from ``configs/train.json``."""
+def _bundle_settings(device: str) -> dict:
+    """``network_def``, the sliding-window inferer and the training patch/batch from ``configs/train.json``;
+    the inference backend that ``configs/inference.json`` picks on ``device``."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(os.path.join(REPO_ROOT, "configs", "train.json"))
+    parser.read_config([os.path.join(REPO_ROOT, "configs", f) for f in ("train.json", "inference.json")])
+    parser.update({"device": device})
     net = dict(parser.get_parsed_content("network_def", instantiate=False).get_config())
     sw = dict(parser.get_parsed_content("sw_inferer", instantiate=False).get_config())
     roi = [int(v) for v in parser.get_parsed_content("roi_size")]
@@ -137,6 +139,7 @@ def _bundle_settings() -> dict:
             "sw_batch_size": int(sw.get("sw_batch_size", 1)),
             "overlap": float(sw.get("overlap", 0.25)),
             "mode": str(sw.get("mode", "constant")),
+            "backend": parser.get_parsed_content("inference_backend"),
         },
         "train": {"patch": roi, "batch": batch * samples},
     }
@@ -245,10 +248,12 @@ def make_specs(args, quick: bool) -> tuple[list[dict], dict[str, str]]:
     specs: list[dict] = []
     skipped: dict[str, str] = {}
     wanted = [m for m in ALL_MODELS if m in args.models]
-    bundle = _bundle_settings() if {"resunet", "resunet_sep", "student"} & set(wanted) else None
+    bundle = _bundle_settings(args.device) if {"resunet", "resunet_sep", "student"} & set(wanted) else None
 
     def sw_for(sw: dict, quick_roi: list[int] | None) -> dict:
         sw = dict(sw)
+        if "backend" in sw and (args.resunet_backend or args.precision != "fp32"):
+            sw["backend"] = args.resunet_backend or "torch"  # autocast needs the torch backend
         if quick and quick_roi is not None:
             sw["roi_size"] = quick_roi
         return sw
@@ -277,7 +282,7 @@ def make_specs(args, quick: bool) -> tuple[list[dict], dict[str, str]]:
                     "arch": ", ".join(f"{k}={v}" for k, v in net.items() if k != "_target_"),
                     "sw": sw_for(bundle["sw"], None),
                     "train": train_for(bundle["train"]),
-                    "sw_source": "configs/train.json `sw_inferer`",
+                    "sw_source": "configs/train.json `sw_inferer`, configs/inference.json `inference_backend`",
                     "train_source": "configs/train.json: roi_size, batch_size x RandCropByPosNegLabeld num_samples",
                 }
             )
@@ -301,7 +306,7 @@ def make_specs(args, quick: bool) -> tuple[list[dict], dict[str, str]]:
                     "arch": f"{found['target']}({', '.join(f'{k}={v}' for k, v in found['kwargs'].items())})",
                     "sw": sw_for(bundle["sw"], None),
                     "train": train_for(bundle["train"]),
-                    "sw_source": "configs/train.json `sw_inferer`",
+                    "sw_source": "configs/train.json `sw_inferer`, configs/inference.json `inference_backend`",
                     "train_source": "configs/train.json (same as the ResUNet)",
                 }
             )
@@ -559,6 +564,10 @@ def _worker(task: dict) -> None:
 
         model.eval()
         sw = spec["sw"]
+        if sw.get("backend", "torch") != "torch":  # exported at the warm-up call
+            from scripts.inferers import inference_network
+
+            model = inference_network(model, sw["backend"], precision, device)
         inferer = SlidingWindowInferer(
             roi_size=sw["roi_size"],
             sw_batch_size=sw["sw_batch_size"],
@@ -804,6 +813,27 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
+def _backend(sw: dict) -> str:
+    return f", {sw['backend']}" if sw.get("backend", "torch") != "torch" else ""
+
+
+def _phase_rows(specs: list[dict], res: dict, phase: str, width: int, lead: Callable[[dict, dict], list],
+                cells: Callable[[dict, dict, dict], list]) -> list[list[Any]]:
+    """One table row per model for a measured phase (``patch``, ``volume``, ``train``): the model's label,
+    ``lead(spec, result)`` (e.g. its setting), then ``cells(spec, result, phase_result)``; when the phase
+    failed, the failure and empty cells up to ``width`` columns."""
+    rows = []
+    for s in specs:
+        r = res.get(s["key"], {})
+        p = r.get(phase) or {}
+        head = [s["label"], *lead(s, r)]
+        if "error" in p:
+            rows.append(head + [_failed(p["error"])] + [None] * (width - len(head) - 1))
+        else:
+            rows.append(head + cells(s, r, p))
+    return rows
+
+
 def render_markdown(report: dict) -> str:
     m = report["machine"]
     cfg = report["config"]
@@ -869,7 +899,8 @@ def render_markdown(report: dict) -> str:
             [
                 s["label"],
                 s["source"],
-                f"roi {_shape(sw['roi_size'])}, overlap {sw['overlap']}, {sw['mode']}, sw_batch_size {sw['sw_batch_size']}",
+                f"roi {_shape(sw['roi_size'])}, overlap {sw['overlap']}, {sw['mode']}, sw_batch_size {sw['sw_batch_size']}"
+                + _backend(sw),
                 f"{tr['batch']} x 4x{_shape(tr['patch'])}" + (" (common patch)" if r.get("train_common") else ""),
             ]
         )
@@ -914,26 +945,19 @@ def render_markdown(report: dict) -> str:
             f"{mm.get('dtype', cfg['precision'])} matmul: {_fmt(peak, 1)} GFLOP/s."
         )
         L.append("")
-        rows = []
-        for s in specs:
-            r = res.get(s["key"], {})
-            p = r.get("patch") or {}
-            if "error" in p:
-                rows.append([s["label"], _failed(p["error"]), None, None, None, None, None])
-                continue
+        def patch_cells(s: dict, r: dict, p: dict) -> list:
             med = p.get("median_s")
             gfs = r.get("flops_patch") / med / 1e9 if med and r.get("flops_patch") else None
-            rows.append(
-                [
-                    s["label"],
-                    med * 1e3 if med else None,
-                    p.get("min_s") * 1e3 if p.get("min_s") else None,
-                    _ratio(med, (base.get("patch") or {}).get("median_s")),
-                    gfs,
-                    (gfs / peak * 100) if gfs and peak else None,
-                    mem_of(p),
-                ]
-            )
+            return [
+                med * 1e3 if med else None,
+                p.get("min_s") * 1e3 if p.get("min_s") else None,
+                _ratio(med, (base.get("patch") or {}).get("median_s")),
+                gfs,
+                (gfs / peak * 100) if gfs and peak else None,
+                mem_of(p),
+            ]
+
+        rows = _phase_rows(specs, res, "patch", 7, lambda s, r: [], patch_cells)
         L.append(_table(["model", "median (ms)", "min (ms)", "latency / SegResNet", "achieved GFLOP/s", "% of matmul peak",
                          f"{mem_name} (MiB)"], rows))
         L.append("")
@@ -947,30 +971,33 @@ def render_markdown(report: dict) -> str:
             "No test-time augmentation for any model (nnU-Net's default mirroring would multiply ResEnc-M's time by up to 8). "
             "GFLOP = windows x forward FLOPs per window."
         )
+        ort = [s["label"] for s in specs if s["sw"].get("backend", "torch") != "torch"]
+        if ort:
+            L.append("")
+            L.append(
+                f"{', '.join(ort)}: the network backend the bundle's inference config uses on this device "
+                "(`inference_backend`; ONNX Runtime is exported from the torch model during the warm-up); every other "
+                "model and measurement runs in torch."
+            )
         L.append("")
-        rows = []
-        for s in specs:
-            r = res.get(s["key"], {})
-            v = r.get("volume") or {}
+        def volume_setting(s: dict, r: dict) -> list:
             sw = s["sw"]
-            setting = f"roi {_shape(sw['roi_size'])}, overlap {sw['overlap']}, {sw['mode']}, sw_batch {sw['sw_batch_size']}"
-            if "error" in v:
-                rows.append([s["label"], setting, _failed(v["error"]), None, None, None, None, None])
-                continue
+            return [f"roi {_shape(sw['roi_size'])}, overlap {sw['overlap']}, {sw['mode']}, sw_batch {sw['sw_batch_size']}"
+                    + _backend(sw)]
+
+        def volume_cells(s: dict, r: dict, v: dict) -> list:
             med = v.get("median_s")
             total = (r.get("flops_window") or 0) * (v.get("windows") or 0) or None
-            rows.append(
-                [
-                    s["label"],
-                    setting,
-                    v.get("windows"),
-                    total / 1e9 if total else None,
-                    med,
-                    _ratio(med, (base.get("volume") or {}).get("median_s")),
-                    (total / med / 1e9) if total and med else None,
-                    mem_of(v),
-                ]
-            )
+            return [
+                v.get("windows"),
+                total / 1e9 if total else None,
+                med,
+                _ratio(med, (base.get("volume") or {}).get("median_s")),
+                (total / med / 1e9) if total and med else None,
+                mem_of(v),
+            ]
+
+        rows = _phase_rows(specs, res, "volume", 8, volume_setting, volume_cells)
         L.append(_table(["model", "sliding window", "windows", "GFLOP", "median time (s)", "time / SegResNet",
                          "achieved GFLOP/s", f"{mem_name} (MiB)"], rows))
         L.append("")
@@ -988,30 +1015,24 @@ def render_markdown(report: dict) -> str:
             "gradients, two Adam moments), counted on the meta device; it only decides whether the own patch is tried."
         )
         L.append("")
-        rows = []
-        for s in specs:
-            r = res.get(s["key"], {})
-            t = r.get("train") or {}
+        def train_setting(s: dict, r: dict) -> list:
             tr = r.get("train_setting", s["train"])
-            setting = f"{tr['batch']} x 4x{_shape(tr['patch'])}" + (" (common)" if r.get("train_common") else "")
-            if "error" in t:
-                rows.append([s["label"], setting, _failed(t["error"]), None, None, None, None, None, None])
-                continue
+            return [f"{tr['batch']} x 4x{_shape(tr['patch'])}" + (" (common)" if r.get("train_common") else "")]
+
+        def train_cells(s: dict, r: dict, t: dict) -> list:
             med = t.get("median_s")
             fl = r.get("train_flops")
-            rows.append(
-                [
-                    s["label"],
-                    setting,
-                    med,
-                    t.get("patches_per_s"),
-                    t.get("voxels_per_s") / 1e6 if t.get("voxels_per_s") else None,
-                    _ratio(t.get("voxels_per_s"), (base.get("train") or {}).get("voxels_per_s")),
-                    (fl / med / 1e9) if fl and med else None,
-                    mem_of(t),
-                    _mib(r.get("train_mem_estimate_bytes")),
-                ]
-            )
+            return [
+                med,
+                t.get("patches_per_s"),
+                t.get("voxels_per_s") / 1e6 if t.get("voxels_per_s") else None,
+                _ratio(t.get("voxels_per_s"), (base.get("train") or {}).get("voxels_per_s")),
+                (fl / med / 1e9) if fl and med else None,
+                mem_of(t),
+                _mib(r.get("train_mem_estimate_bytes")),
+            ]
+
+        rows = _phase_rows(specs, res, "train", 9, train_setting, train_cells)
         L.append(_table(["model", "batch x patch", "median step (s)", "patches/s", "Mvoxel/s", "voxel/s vs SegResNet",
                          "achieved GFLOP/s", f"{mem_name} (MiB)", "estimate (MiB)"], rows))
         L.append("")
@@ -1172,6 +1193,9 @@ def parse_args(argv=None):
                         "unless the estimated memory exceeds 85%% of what is available, or the own-patch run fails")
     p.add_argument("--common_train_patch", type=int, nargs=3, default=COMMON_TRAIN["patch"])
     p.add_argument("--common_train_batch", type=int, default=COMMON_TRAIN["batch"])
+    p.add_argument("--resunet_backend", choices=["torch", "onnxruntime"], default=None,
+                   help="network backend of the ResUNet whole-volume runs (default: what configs/inference.json picks "
+                        "on --device; torch with --precision bf16/fp16)")
     p.add_argument("--student_target", default=None, help="dotted path of the student network class/factory")
     p.add_argument("--student_kwargs", default=None, help="JSON kwargs for --student_target")
     p.add_argument("--cpu_mem_limit_gb", type=float, default=None,
@@ -1340,7 +1364,10 @@ def main(argv=None) -> int:
         "total_wall_s": time.perf_counter() - t_start,
     }
     _write_text_atomic(out_json, json.dumps(report, indent=1, default=str))
-    _write_text_atomic(args.output_md, render_markdown(report))
+    from scripts.io import keep_other_markdown_sections
+
+    previous = open(args.output_md).read() if os.path.exists(args.output_md) else ""
+    _write_text_atomic(args.output_md, keep_other_markdown_sections(previous, render_markdown(report)))
     render_plot(report, args.output_png)
     log(f"done in {report['total_wall_s']:.0f} s: {rel(args.output_md)}, {rel(args.output_png)}, {rel(out_json)}")
     return 0
