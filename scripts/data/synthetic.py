@@ -50,6 +50,7 @@ __all__ = [
     "case_files",
     "write_case",
     "write_dataset",
+    "write_monailabel_datastore",
     "save_preview",
     "main",
 ]
@@ -508,6 +509,45 @@ def write_dataset(
     return results
 
 
+def write_monailabel_datastore(
+    out_dir: str,
+    num_cases: int = 10,
+    num_labelled: int = 0,
+    seed: int = 0,
+    shape: Sequence[int] = DEFAULT_SHAPE,
+    progress: bool = True,
+) -> List[Dict[str, str]]:
+    """Write cases ``1..num_cases`` as a MONAI Label local datastore of four-modality studies.
+
+    Layout (what ``monailabel start_server --studies out_dir`` reads; the image id is the file name):
+
+    - ``out_dir/<case>.nii.gz``: one 4D NIfTI per study, ``X x Y x Z x 4`` int16, the last axis in the bundle's
+      channel order T1, T1ce, T2, FLAIR;
+    - ``out_dir/labels/final/<case>.nii.gz``: the BraTS label map (uint8, 0/1/2/4) of the first
+      ``num_labelled`` cases, as if a clinician had already saved them.
+
+    Existing files are kept (a re-run only adds what is missing). Returns one dict per case with keys
+    ``image`` and, for labelled cases, ``label``.
+    """
+    from tqdm.auto import tqdm
+
+    labels_dir = os.path.join(str(out_dir), "labels", "final")
+    os.makedirs(labels_dir, exist_ok=True)
+    results = []
+    for index in tqdm(range(1, int(num_cases) + 1), desc="MONAI Label studies", disable=not progress):
+        name = case_name(index)
+        files = {"image": os.path.join(str(out_dir), f"{name}.nii.gz")}
+        if index <= num_labelled:
+            files["label"] = os.path.join(labels_dir, f"{name}.nii.gz")
+        if not all(os.path.isfile(p) for p in files.values()):
+            case = generate_case(index, seed=seed, shape=shape)
+            _save_nifti_atomic(np.stack([case[m] for m in MODALITIES], axis=-1), files["image"], np.int16)
+            if "label" in files:
+                _save_nifti_atomic(case["seg"], files["label"], np.uint8)
+        results.append(files)
+    return results
+
+
 # ----------------------------------------------------------------------------------------------
 # preview
 # ----------------------------------------------------------------------------------------------
@@ -531,6 +571,7 @@ def save_preview(
     plane: str = "axial",
     slice_index: Optional[int] = None,
     dpi: int = 80,
+    title: str = "synthetic BraTS-like case",
 ) -> str:
     """Save a PNG with one slice through the tumour centre: the four modalities and the label overlay.
 
@@ -540,6 +581,7 @@ def save_preview(
         png_path: output file.
         plane: ``"axial"`` (default), ``"coronal"`` or ``"sagittal"``.
         slice_index: slice to show; default: centre of mass of the tumour (of the brain if no tumour).
+        title: figure title, followed by the plane and slice.
     """
     import matplotlib
 
@@ -589,7 +631,7 @@ def save_preview(
     for axh in axes:
         axh.set_xticks([])
         axh.set_yticks([])
-    fig.suptitle(f"synthetic BraTS-like case, {plane} slice {slice_index}", fontsize=10)
+    fig.suptitle(f"{title}, {plane} slice {slice_index}", fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
     fig.savefig(png_path, dpi=dpi)
@@ -607,8 +649,20 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, str]]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shape", type=int, nargs=3, default=list(DEFAULT_SHAPE), metavar=("X", "Y", "Z"))
     parser.add_argument("--preview", default=None, help="optional PNG preview of case 1")
+    parser.add_argument(
+        "--monailabel",
+        action="store_true",
+        help="write a MONAI Label datastore instead: one 4D NIfTI study per case, labels/final/ for --num_labelled",
+    )
+    parser.add_argument("--num_labelled", type=int, default=0, help="with --monailabel: cases given a final label")
     parser.add_argument("--no_progress", action="store_true", help="disable the progress bar")
     args = parser.parse_args(argv)
+    if args.monailabel:
+        cases = write_monailabel_datastore(
+            args.output_dir, args.num_cases, args.num_labelled, args.seed, args.shape, progress=not args.no_progress
+        )
+        print(f"{len(cases)} studies ({args.num_labelled} labelled) in {args.output_dir}")
+        return cases
     cases = write_dataset(args.output_dir, args.num_cases, seed=args.seed, shape=args.shape, progress=not args.no_progress)
     if args.preview and cases:
         save_preview(os.path.dirname(cases[0]["seg"]), args.preview)
