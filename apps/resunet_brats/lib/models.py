@@ -1,0 +1,45 @@
+"""The bundle's models as the MONAI Label app serves them (no MONAI Label import: the tests read this too)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+# Names a clinician sees in 3D Slicer / OHIF, in the order of the bundle's ``brats_labels`` (necrotic, oedema,
+# enhancing). DeepEdit clicks arrive under these names (and "background").
+LABEL_NAMES = ("necrotic_core", "edema", "enhancing_tumor")
+
+
+@dataclass(frozen=True)
+class BundleModel:
+    """One model of the bundle as MONAI Label serves it.
+
+    Attributes:
+        infer_configs: config files (under ``<bundle>/configs``) merged in this order for inference.
+        train_configs: the same for training.
+        weights: the weights file under ``<bundle>/models`` that inference loads and training writes
+            (the merged train config's ``ckpt_path`` must point there).
+        type: MONAI Label infer type (``segmentation`` or ``deepedit``).
+    """
+
+    infer_configs: tuple[str, ...]
+    train_configs: tuple[str, ...]
+    weights: str
+    type: str
+
+
+MODELS = {
+    "resunet_brats": BundleModel(("train.json", "inference.json"), ("train.json",), "model.pt", "segmentation"),
+    "resunet_brats_deepedit": BundleModel(
+        ("train.json", "inference.json", "deepedit_inference.json"),
+        ("train.json", "deepedit_train.json"),
+        os.path.join("deepedit", "model.pt"),
+        "deepedit",
+    ),
+}
+
+
+def missing_files(bundle_path: str, model: BundleModel) -> list[str]:
+    """Config files of ``model`` that the bundle lacks."""
+    files = {*model.infer_configs, *model.train_configs}
+    return sorted(f for f in files if not os.path.isfile(os.path.join(bundle_path, "configs", f)))

@@ -1,0 +1,70 @@
+"""The MONAI Label pieces that need no server: the datastore writer, the server environment's bookkeeping, the
+launch command and the overlay rendering (the server itself: tests/test_monailabel_server.py)."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from apps import render_overlay, server
+from apps.resunet_brats.lib.models import MODELS, missing_files
+from scripts.data.synthetic import generate_case, write_monailabel_datastore
+from tests._bundle import ROOT
+
+SHAPE = (40, 48, 32)
+
+
+def test_datastore_holds_4d_studies_in_bundle_channel_order_and_final_labels(tmp_path):
+    files = write_monailabel_datastore(tmp_path, num_cases=3, num_labelled=1, seed=2, shape=SHAPE, progress=False)
+    assert sorted(p.name for p in tmp_path.glob("*.nii.gz")) == [f"BraTS20_Training_00{i}.nii.gz" for i in (1, 2, 3)]
+    assert [p.name for p in (tmp_path / "labels" / "final").iterdir()] == ["BraTS20_Training_001.nii.gz"]
+    assert "label" in files[0] and "label" not in files[1]
+    study = nib.load(files[0]["image"])
+    case = generate_case(1, seed=2, shape=SHAPE)
+    assert study.shape == (*SHAPE, 4) and study.get_data_dtype() == np.int16
+    for i, modality in enumerate(("t1", "t1ce", "t2", "flair")):
+        np.testing.assert_array_equal(np.asarray(study.dataobj)[..., i], case[modality].astype(np.int16))
+    np.testing.assert_array_equal(np.asarray(nib.load(files[0]["label"]).dataobj), case["seg"])
+    assert not list(tmp_path.rglob("*.tmp*")), "temporary files left behind"
+
+
+def test_server_environment_is_reused_only_while_the_pinned_files_are_unchanged(tmp_path, monkeypatch):
+    venv_dir = tmp_path / "venv"
+    (venv_dir / "bin").mkdir(parents=True)
+    (venv_dir / "bin" / "python").touch()
+    assert not server.is_ready(venv_dir)  # no stamp: a half-made environment
+    (venv_dir / server.STAMP).write_text(server.requirements_digest() + "\n")
+    assert server.is_ready(venv_dir)
+    edited = tmp_path / "requirements-server.txt"
+    edited.write_text(server.REQUIREMENTS.read_text() + "extra-package==1.0\n")
+    monkeypatch.setattr(server, "PINNED_FILES", (edited, *server.PINNED_FILES[1:]))
+    assert not server.is_ready(venv_dir)
+
+
+def test_server_command_serves_this_bundle_on_loopback_with_the_server_environment_first_on_path(tmp_path):
+    cmd = server.server_command(tmp_path, "/data/studies", "127.0.0.1", 8123, [("models", "resunet_brats")])
+    assert cmd[:2] == [str(tmp_path / "bin" / "monailabel"), "start_server"]
+    args = dict(zip(cmd[2::2], cmd[3::2]))
+    assert args["--app"] == str(ROOT / "apps" / "resunet_brats") and args["--studies"] == "/data/studies"
+    assert args["--host"] == "127.0.0.1" and args["--port"] == "8123"
+    assert cmd[-6:] == ["--conf", "bundle_path", str(ROOT), "--conf", "models", "resunet_brats"]
+    env = server.server_env(tmp_path)
+    assert env["PATH"].split(":")[0] == str(tmp_path / "bin") and "PYTHONPATH" not in env
+
+
+def test_every_served_model_has_its_configs_in_the_bundle():
+    assert {name: missing_files(ROOT, m) for name, m in MODELS.items()} == {name: [] for name in MODELS}
+
+
+def test_overlay_png_of_a_study_and_its_label(tmp_path):
+    files = write_monailabel_datastore(tmp_path, num_cases=1, num_labelled=1, shape=SHAPE, progress=False)[0]
+    png = render_overlay.main(["--study", files["image"], "--label", files["label"], "--output", str(tmp_path / "o.png")])
+    assert open(png, "rb").read(4) == b"\x89PNG"
+    with pytest.raises(SystemExit, match="does not match the study's grid"):
+        render_overlay.main(["--study", files["image"], "--label", str(_label_of_shape(tmp_path, (8, 8, 8))),
+                             "--output", str(tmp_path / "bad.png")])
+
+
+def _label_of_shape(folder, shape):
+    path = folder / "small.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.uint8), np.eye(4)), path)
+    return path
