@@ -1,6 +1,6 @@
 """Render a four-modality study and a label map over its FLAIR as a PNG (e.g. a MONAI Label prediction).
 
-    python apps/render_overlay.py --study STUDY.nii.gz --label PRED.nii.gz --output overlay.png
+    python -m apps.render_overlay --study STUDY.nii.gz --label PRED.nii.gz --output overlay.png
 
 ``--study`` is a 4D NIfTI (X x Y x Z x 4, channels T1, T1ce, T2, FLAIR), as in a MONAI Label datastore; ``--label``
 a 3D BraTS label map (0/1/2/4) on the same grid. The slice goes through the label's centre of mass.
