@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Sequence
 
+import monai.bundle
 from monai.bundle import ConfigParser
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer import bundle as infer_bundle
@@ -56,9 +57,6 @@ class _TrainConstants(train_bundle.BundleConstants):
 
     def configs(self) -> Sequence[str]:
         return self.model.train_configs[:1]
-
-    def multi_gpu_configs(self) -> Sequence[str]:
-        return ["multi_gpu_train.json"]
 
 
 class ResUNetInferTask(infer_bundle.BundleInferTask):
@@ -122,8 +120,6 @@ class ResUNetTrainTask(train_bundle.BundleTrainTask):
 
     def run_single_gpu(self, request, overrides):
         # The stock task runs the first config file only; merge them all.
-        import monai.bundle
-
         monai.bundle.run(
             run_id=request.get("run_id", "run"),
             init_id=None,
