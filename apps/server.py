@@ -72,20 +72,23 @@ def setup(venv_dir: Path | None = None, quiet: bool = False) -> Path:
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check", *(["-q"] if quiet else [])]
     # PIP_CONSTRAINT also reaches pip's isolated build environments, so no source build pulls another torch.
     env = dict(os.environ, PIP_CONSTRAINT=str(ROOT / "constraints.txt"))
-    _check([*pip, "-r", str(REQUIREMENTS)], "installing apps/requirements-server.txt", env)
-    _check([*pip, "--no-deps", "-r", str(REQUIREMENTS_NODEPS)], "installing apps/requirements-server-nodeps.txt", env)
-    _check([python, "-c", IMPORT_CHECK], "importing torch, torchvision and monailabel", env)
+    _check([*pip, "-r", str(REQUIREMENTS)], "installing apps/requirements-server.txt", env, quiet)
+    _check([*pip, "--no-deps", "-r", str(REQUIREMENTS_NODEPS)], "installing apps/requirements-server-nodeps.txt", env,
+           quiet)
+    _check([python, "-c", IMPORT_CHECK], "importing torch, torchvision and monailabel", env, quiet)
     tmp = venv_dir / (STAMP + ".tmp")
     tmp.write_text(requirements_digest() + "\n")
     os.replace(tmp, venv_dir / STAMP)
     return venv_dir
 
 
-def _check(cmd: list[str], what: str, env: dict[str, str]) -> None:
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+def _check(cmd: list[str], what: str, env: dict[str, str], quiet: bool) -> None:
+    """Run ``cmd``; its output streams to the terminal (pip's progress bars), or is kept for the error if ``quiet``."""
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT, text=True, env=env)
     if proc.returncode != 0:
+        output = f"\n{proc.stdout[-4000:]}" if quiet else " (its output is above)"
         raise RuntimeError(f"MONAI Label server environment: {what} failed (exit {proc.returncode}): "
-                           f"{' '.join(cmd)}\n{proc.stdout[-4000:]}")
+                           f"{' '.join(cmd)}{output}")
 
 
 def server_command(venv_dir: Path, studies: str, host: str, port: int, conf: list[tuple[str, str]]) -> list[str]:
