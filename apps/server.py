@@ -52,7 +52,11 @@ def requirements_digest() -> str:
 def is_ready(venv_dir: Path) -> bool:
     """True when ``venv_dir`` was made from the current pinned files (and is still there)."""
     stamp = venv_dir / STAMP
-    return (bin_dir(venv_dir) / "python").exists() and stamp.is_file() and stamp.read_text().strip() == requirements_digest()
+    return (
+        (bin_dir(venv_dir) / "python").exists()
+        and stamp.is_file()
+        and stamp.read_text().strip() == requirements_digest()
+    )
 
 
 def setup(venv_dir: Path | None = None, quiet: bool = False) -> Path:
@@ -73,8 +77,12 @@ def setup(venv_dir: Path | None = None, quiet: bool = False) -> Path:
     # PIP_CONSTRAINT also reaches pip's isolated build environments, so no source build pulls another torch.
     env = dict(os.environ, PIP_CONSTRAINT=str(ROOT / "constraints.txt"))
     _check([*pip, "-r", str(REQUIREMENTS)], "installing apps/requirements-server.txt", env, quiet)
-    _check([*pip, "--no-deps", "-r", str(REQUIREMENTS_NODEPS)], "installing apps/requirements-server-nodeps.txt", env,
-           quiet)
+    _check(
+        [*pip, "--no-deps", "-r", str(REQUIREMENTS_NODEPS)],
+        "installing apps/requirements-server-nodeps.txt",
+        env,
+        quiet,
+    )
     _check([python, "-c", IMPORT_CHECK], "importing torch, torchvision and monailabel", env, quiet)
     tmp = venv_dir / (STAMP + ".tmp")
     tmp.write_text(requirements_digest() + "\n")
@@ -87,15 +95,26 @@ def _check(cmd: list[str], what: str, env: dict[str, str], quiet: bool) -> None:
     proc = subprocess.run(cmd, stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT, text=True, env=env)
     if proc.returncode != 0:
         output = f"\n{proc.stdout[-4000:]}" if quiet else " (its output is above)"
-        raise RuntimeError(f"MONAI Label server environment: {what} failed (exit {proc.returncode}): "
-                           f"{' '.join(cmd)}{output}")
+        raise RuntimeError(
+            f"MONAI Label server environment: {what} failed (exit {proc.returncode}): {' '.join(cmd)}{output}"
+        )
 
 
 def server_command(venv_dir: Path, studies: str, host: str, port: int, conf: list[tuple[str, str]]) -> list[str]:
     """The ``monailabel start_server`` command line serving this bundle's app over ``studies``."""
     confs = {"bundle_path": str(ROOT), **dict(conf)}
-    cmd = [str(bin_dir(venv_dir) / "monailabel"), "start_server", "--app", str(APP_DIR), "--studies", studies,
-           "--host", host, "--port", str(port)]
+    cmd = [
+        str(bin_dir(venv_dir) / "monailabel"),
+        "start_server",
+        "--app",
+        str(APP_DIR),
+        "--studies",
+        studies,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     for key, value in confs.items():
         cmd += ["--conf", key, value]
     return cmd
@@ -120,8 +139,14 @@ def main(argv: list[str] | None = None) -> None:
     start.add_argument("--studies", required=True, help="datastore folder (docs/monailabel.md) or a DICOMweb URL")
     start.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     start.add_argument("--port", type=int, default=8000)
-    start.add_argument("--conf", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                       help="app option, e.g. --conf models resunet_brats --conf max_epochs 10")
+    start.add_argument(
+        "--conf",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="app option, e.g. --conf models resunet_brats --conf max_epochs 10",
+    )
     args = parser.parse_args(argv)
     try:
         venv_dir = setup(args.venv)
@@ -132,8 +157,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     if "://" not in args.studies and not os.path.isdir(args.studies):
         sys.exit(f"--studies {args.studies}: no such folder")
-    cmd = server_command(venv_dir, os.path.abspath(args.studies) if "://" not in args.studies else args.studies,
-                         args.host, args.port, args.conf)
+    cmd = server_command(
+        venv_dir,
+        os.path.abspath(args.studies) if "://" not in args.studies else args.studies,
+        args.host,
+        args.port,
+        args.conf,
+    )
     print(" ".join(cmd), flush=True)
     os.execve(cmd[0], cmd, server_env(venv_dir))
 

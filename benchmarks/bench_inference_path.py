@@ -39,8 +39,14 @@ SECTION = "Inference path, step by step"
 REGIONS = ("TC", "WT", "ET")
 EQUIVALENCE = 0.99  # Dice of every case and region against the unoptimised path
 # the unoptimised path: the sliding window as configs/train.json shipped it before this benchmark
-BASELINE = {"backend": "torch", "precision": "fp32", "grad": "no_grad", "compile": False, "overlap": 0.25,
-            "sw_batch_size": 4}
+BASELINE = {
+    "backend": "torch",
+    "precision": "fp32",
+    "grad": "no_grad",
+    "compile": False,
+    "overlap": 0.25,
+    "sw_batch_size": 4,
+}
 
 
 def log(msg: str) -> None:
@@ -65,10 +71,14 @@ def make_steps(device_type: str, default: dict) -> list[dict]:
     one("overlap_0", "overlap 0", overlap=0.0)
     one("sw_batch_1", "sw_batch_size 1", sw_batch_size=1)
     one("sw_batch_8", "sw_batch_size 8", sw_batch_size=8)
-    changes = [f"{k} {default[k]}" for k in ("backend", "precision", "grad", "overlap", "sw_batch_size")
-               if default[k] != BASELINE[k]]
-    steps.append({"name": "default", "change": "shipped configs: " + (", ".join(changes) or "no change"),
-                  **BASELINE, **default})
+    changes = [
+        f"{k} {default[k]}"
+        for k in ("backend", "precision", "grad", "overlap", "sw_batch_size")
+        if default[k] != BASELINE[k]
+    ]
+    steps.append(
+        {"name": "default", "change": "shipped configs: " + (", ".join(changes) or "no change"), **BASELINE, **default}
+    )
     return steps
 
 
@@ -255,8 +265,11 @@ def bf16_probe(pipe: Pipeline, repeats: int) -> dict | None:
                 net(x)
                 times[k].append(time.perf_counter() - t0)
             log(f"bf16 probe: fp32 {times['fp32'][-1]:.2f} s, bf16 {times['bf16'][-1]:.2f} s")
-    return {"window": [1, x.shape[1], *x.shape[2:]], "times_s": times,
-            "ratio": statistics.median(b / a for a, b in zip(times["fp32"], times["bf16"]))}
+    return {
+        "window": [1, x.shape[1], *x.shape[2:]],
+        "times_s": times,
+        "ratio": statistics.median(b / a for a, b in zip(times["fp32"], times["bf16"])),
+    }
 
 
 def summarise(results: dict) -> dict:
@@ -271,10 +284,13 @@ def summarise(results: dict) -> dict:
             per_rep = [statistics.mean(c["times"][key] for c in rep) for rep in r["reps"]]
             s[key] = statistics.median(per_rep)
             s[f"speedup {key}"] = statistics.median(
-                statistics.mean(c["times"][key] for c in b) / v for b, v in zip(base["reps"], per_rep))
+                statistics.mean(c["times"][key] for c in b) / v for b, v in zip(base["reps"], per_rep)
+            )
         s["windows"] = statistics.mean(c["windows"] for c in r["reps"][0])
-        s["stages"] = {k: statistics.median(statistics.mean(c["times"][k] for c in rep) for rep in r["reps"])
-                       for k in r["reps"][0][0]["times"]}
+        s["stages"] = {
+            k: statistics.median(statistics.mean(c["times"][k] for c in rep) for rep in r["reps"])
+            for k in r["reps"][0][0]["times"]
+        }
         agree = r["agreement"]
         s["agreement_mean"] = [statistics.mean(a[j] for a in agree) for j in range(len(REGIONS))]
         s["agreement_min"] = min(min(a) for a in agree)
@@ -314,8 +330,10 @@ def render(report: dict) -> str:
     L.append("")
     L.append("### Where the time goes")
     L.append("")
-    L.append(f"Seconds per case, median over the repetitions, for the unoptimised path and the shipped default "
-             f"({summ['default'].get('windows', 0):.0f} vs {base['windows']:.0f} windows per case).")
+    L.append(
+        f"Seconds per case, median over the repetitions, for the unoptimised path and the shipped default "
+        f"({summ['default'].get('windows', 0):.0f} vs {base['windows']:.0f} windows per case)."
+    )
     L.append("")
     rows = []
     dflt = summ["default"]
@@ -323,16 +341,25 @@ def render(report: dict) -> str:
     for k in stages + ["end to end"]:
         b, d = base["stages"][k], dflt["stages"].get(k)
         bold = "**" if k == "end to end" else ""
-        rows.append([f"{bold}{k}{bold}", f"{b:.3f}", f"{100 * b / base['stages']['end to end']:.1f} %",
-                     f"{d:.3f}", f"{100 * d / dflt['stages']['end to end']:.1f} %"])
+        rows.append(
+            [
+                f"{bold}{k}{bold}",
+                f"{b:.3f}",
+                f"{100 * b / base['stages']['end to end']:.1f} %",
+                f"{d:.3f}",
+                f"{100 * d / dflt['stages']['end to end']:.1f} %",
+            ]
+        )
     L.append(_table(["stage", "baseline (s)", "share", "default (s)", "share"], rows))
     L.append("")
     L.append("### Each step against the unoptimised path")
     L.append("")
-    L.append(f"Agreement = Dice of the step's written regions with the unoptimised path's, per region: mean over "
-             f"the cases, and the lowest case/region value (equivalent when >= {EQUIVALENCE}). Validation Dice = "
-             f"against the ground truth, in the cropped 1 mm space as the bundle's validation scores it, mean over "
-             f"the cases.")
+    L.append(
+        f"Agreement = Dice of the step's written regions with the unoptimised path's, per region: mean over "
+        f"the cases, and the lowest case/region value (equivalent when >= {EQUIVALENCE}). Validation Dice = "
+        f"against the ground truth, in the cropped 1 mm space as the bundle's validation scores it, mean over "
+        f"the cases."
+    )
     L.append("")
     rows = []
     for s in steps:
@@ -340,35 +367,58 @@ def render(report: dict) -> str:
         if "skip" in r:
             rows.append([s["name"], s["change"], "skipped: " + r["skip"]] + [""] * 8)
             continue
-        rows.append([
-            f"**{s['name']}**" if s["name"] == "default" else s["name"], s["change"], f"{r['windows']:.0f}",
-            f"{r['sliding window']:.2f}", f"{r['end to end']:.2f}",
-            f"{r['speedup sliding window']:.2f}x", f"{r['speedup end to end']:.2f}x",
-            " / ".join(f"{v:.4f}" for v in r["agreement_mean"]) + f" (min {r['agreement_min']:.4f})",
-            "yes" if r["equivalent"] else "**no**",
-            " / ".join(f"{v:.3f}" for v in r["val_dice"]) + f" / {r['val_dice_mean']:.3f}",
-            f"{r['warmup_s']:.1f}",
-        ])
-    L.append(_table(["step", "change", "windows / case", "sliding window (s/case)", "end to end (s/case)",
-                     "speed-up (sliding window)", "speed-up (end to end)", "agreement TC / WT / ET (min)",
-                     "equivalent", "val Dice TC / WT / ET / mean", "warm-up case (s)"], rows))
+        rows.append(
+            [
+                f"**{s['name']}**" if s["name"] == "default" else s["name"],
+                s["change"],
+                f"{r['windows']:.0f}",
+                f"{r['sliding window']:.2f}",
+                f"{r['end to end']:.2f}",
+                f"{r['speedup sliding window']:.2f}x",
+                f"{r['speedup end to end']:.2f}x",
+                " / ".join(f"{v:.4f}" for v in r["agreement_mean"]) + f" (min {r['agreement_min']:.4f})",
+                "yes" if r["equivalent"] else "**no**",
+                " / ".join(f"{v:.3f}" for v in r["val_dice"]) + f" / {r['val_dice_mean']:.3f}",
+                f"{r['warmup_s']:.1f}",
+            ]
+        )
+    L.append(
+        _table(
+            [
+                "step",
+                "change",
+                "windows / case",
+                "sliding window (s/case)",
+                "end to end (s/case)",
+                "speed-up (sliding window)",
+                "speed-up (end to end)",
+                "agreement TC / WT / ET (min)",
+                "equivalent",
+                "val Dice TC / WT / ET / mean",
+                "warm-up case (s)",
+            ],
+            rows,
+        )
+    )
     L.append("")
     probe = report.get("bf16_probe")
     if probe:
-        L.append(f"- bf16 on this CPU: not run over the cases (no native bf16, so the bundle falls back to fp32); "
-                 f"one {'x'.join(map(str, probe['window']))} window under bf16 autocast took "
-                 f"{statistics.median(probe['times_s']['bf16']):.2f} s vs {statistics.median(probe['times_s']['fp32']):.2f} s "
-                 f"in fp32 (median of {len(probe['times_s']['fp32'])}, interleaved): {probe['ratio']:.1f}x slower.")
+        L.append(
+            f"- bf16 on this CPU: not run over the cases (no native bf16, so the bundle falls back to fp32); "
+            f"one {'x'.join(map(str, probe['window']))} window under bf16 autocast took "
+            f"{statistics.median(probe['times_s']['bf16']):.2f} s vs {statistics.median(probe['times_s']['fp32']):.2f} s "
+            f"in fp32 (median of {len(probe['times_s']['fp32'])}, interleaved): {probe['ratio']:.1f}x slower."
+        )
     L.append(f"- Raw numbers (every case and repetition): `{cfg['output_json_rel']}`.")
     L.append("")
     return "\n".join(L)
 
 
 def machine_info(device) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
     import monai
     import torch
-
-    from importlib.metadata import PackageNotFoundError, version
 
     cpu = platform.processor() or "unknown"
     try:
@@ -398,18 +448,24 @@ def machine_info(device) -> dict:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions of every step over all cases")
-    p.add_argument("--steps", nargs="+", default=None,
-                   help="only these steps (the baseline and the default always run), e.g. onnxruntime overlap_0.1")
+    p.add_argument(
+        "--steps",
+        nargs="+",
+        default=None,
+        help="only these steps (the baseline and the default always run), e.g. onnxruntime overlap_0.1",
+    )
     p.add_argument("--dataset_dir", default=None, help="default: configs/train.json dataset_dir")
     p.add_argument("--ckpt_path", default=os.path.join(REPO_ROOT, "models", "model.pt"))
     p.add_argument("--max_cases", type=int, default=0, help="only the first N validation cases (0 = all)")
     p.add_argument("--output_md", default=os.path.join(REPO_ROOT, "docs", "benchmarks.md"))
-    p.add_argument("--output_json", default=None,
-                   help="default benchmarks/results/bench_inference_path_<device>_<time>.json")
+    p.add_argument(
+        "--output_json", default=None, help="default benchmarks/results/bench_inference_path_<device>_<time>.json"
+    )
     return p.parse_args(argv)
 
 
@@ -444,17 +500,24 @@ def main(argv=None) -> int:
     probe = bf16_probe(pipe, args.repeats) if any(s["name"] == "bf16" for s in steps) else None
     machine["loadavg_end"] = list(os.getloadavg())
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_json = args.output_json or os.path.join(REPO_ROOT, "benchmarks", "results",
-                                                f"bench_inference_path_{args.device}_{stamp}.json")
+    out_json = args.output_json or os.path.join(
+        REPO_ROOT, "benchmarks", "results", f"bench_inference_path_{args.device}_{stamp}.json"
+    )
     rel = lambda p: os.path.relpath(os.path.abspath(p), REPO_ROOT)  # noqa: E731
     shape = pipe.preprocessing(copy.deepcopy(pipe.cases[0]))["image"].shape[1:]
     report = {
-        "command": "python " + " ".join(shlex.quote(a) for a in [rel(__file__), *(sys.argv[1:] if argv is None else argv)]),
+        "command": "python "
+        + " ".join(shlex.quote(a) for a in [rel(__file__), *(sys.argv[1:] if argv is None else argv)]),
         "machine": machine,
-        "config": {"device": args.device, "repeats": args.repeats, "fold": pipe.parser["fold"],
-                   "ckpt_path": rel(args.ckpt_path), "output_json_rel": rel(out_json),
-                   "ckpt_mtime": pipe.ckpt_mtime,
-                   "shape": "first case cropped to " + "x".join(str(int(v)) for v in shape)},
+        "config": {
+            "device": args.device,
+            "repeats": args.repeats,
+            "fold": pipe.parser["fold"],
+            "ckpt_path": rel(args.ckpt_path),
+            "output_json_rel": rel(out_json),
+            "ckpt_mtime": pipe.ckpt_mtime,
+            "shape": "first case cropped to " + "x".join(str(int(v)) for v in shape),
+        },
         "cases": [c["image"] if isinstance(c["image"], str) else c["image"][0] for c in pipe.cases],
         "steps": steps,
         "results": {k: {kk: vv for kk, vv in v.items() if kk != "step"} for k, v in results.items()},
@@ -471,9 +534,15 @@ def main(argv=None) -> int:
         f.write(replace_markdown_sections(old, render(report)))
     for s in steps:
         r = report["summary"][s["name"]]
-        log(f"{s['name']:>15}: " + (f"skipped ({r['skip']})" if "skip" in r else
-            f"{r['end to end']:.2f} s/case, x{r['speedup end to end']:.2f}, agreement min {r['agreement_min']:.4f}, "
-            f"val Dice {r['val_dice_mean']:.3f}"))
+        log(
+            f"{s['name']:>15}: "
+            + (
+                f"skipped ({r['skip']})"
+                if "skip" in r
+                else f"{r['end to end']:.2f} s/case, x{r['speedup end to end']:.2f}, agreement min {r['agreement_min']:.4f}, "
+                f"val Dice {r['val_dice_mean']:.3f}"
+            )
+        )
     log(f"wrote {rel(args.output_md)} and {rel(out_json)}")
     return 0
 

@@ -69,20 +69,27 @@ def main(argv=None) -> None:
     parser.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "results" / "interactive"))
     args = parser.parse_args(argv)
 
-    import scripts  # noqa: F401  (config expressions use it)
     from monai.bundle import ConfigParser
     from monai.transforms import Compose
 
+    import scripts  # noqa: F401  (config expressions use it)
     from scripts.interactive import AddGuidanceSignald, largest_error_click
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     cfg = ConfigParser()
     cfg.read_config([str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "deepedit_train.json")])
-    cfg.update({
-        "bundle_root": args.bundle_root, "device": "cpu", "dataset_dir": args.dataset_dir, "fold": args.fold,
-        "num_folds": args.num_folds, "network_def#channels": json.loads(args.channels),
-        "roi_size": json.loads(args.roi_size), "num_workers": 0,
-    })
+    cfg.update(
+        {
+            "bundle_root": args.bundle_root,
+            "device": "cpu",
+            "dataset_dir": args.dataset_dir,
+            "fold": args.fold,
+            "num_folds": args.num_folds,
+            "network_def#channels": json.loads(args.channels),
+            "roi_size": json.loads(args.roi_size),
+            "num_workers": 0,
+        }
+    )
     cfg.parse()
     label_names = cfg.get_parsed_content("label_names")
     network = cfg.get_parsed_content("network_def")
@@ -92,7 +99,8 @@ def main(argv=None) -> None:
     inferer = cfg.get_parsed_content("sw_inferer")
     preprocessing = Compose(cfg.get_parsed_content("interactive_preprocessing_transforms"))
     guidance_signal = AddGuidanceSignald(
-        sigma=cfg.get_parsed_content("guidance_sigma"), number_intensity_ch=cfg.get_parsed_content("number_intensity_ch"),
+        sigma=cfg.get_parsed_content("guidance_sigma"),
+        number_intensity_ch=cfg.get_parsed_content("number_intensity_ch"),
         label_names=label_names,
     )
     cases = cfg.get_parsed_content("val_datalist")[: args.max_cases]
@@ -125,8 +133,15 @@ def main(argv=None) -> None:
     mean = [{k: float(np.mean([c["curve"][n][k] for c in per_case])) for k in keys} for n in range(args.max_clicks + 1)]
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"checkpoint": str(ckpt), "dataset_dir": args.dataset_dir, "fold": args.fold, "num_cases": len(per_case),
-              "seconds": round(time.time() - t0, 1), "mean": mean, "cases": per_case}
+    result = {
+        "checkpoint": str(ckpt),
+        "dataset_dir": args.dataset_dir,
+        "fold": args.fold,
+        "num_cases": len(per_case),
+        "seconds": round(time.time() - t0, 1),
+        "mean": mean,
+        "cases": per_case,
+    }
     (out / "click_curve.json").write_text(json.dumps(result, indent=1))
     header = "| clicks | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 1) + "\n"
     rows = "".join(f"| {n} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |\n" for n, m in enumerate(mean))

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import datetime
 import inspect
 import json
@@ -52,7 +51,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
@@ -337,7 +337,8 @@ def make_specs(args, quick: bool) -> tuple[list[dict], dict[str, str]]:
                 )
                 continue
             arch = (
-                "ResidualEncoderUNet(" + ", ".join(f"{k}={v}" for k, v in RESENC_M_PLAN.items() if k != "patch_size")
+                "ResidualEncoderUNet("
+                + ", ".join(f"{k}={v}" for k, v in RESENC_M_PLAN.items() if k != "patch_size")
                 + ", deep_supervision=False at inference / True in training)"
             )
             specs.append(
@@ -386,8 +387,21 @@ def forward_flops(spec: dict, shape: tuple[int, ...], batch: int = 1) -> int:
     return int(counter.get_total_flops())
 
 
-def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                        _output_padding, _groups, output_mask, out_shape, **kwargs) -> int:
+def _conv_backward_flop(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    _bias,
+    _stride,
+    _padding,
+    _dilation,
+    transposed,
+    _output_padding,
+    _groups,
+    output_mask,
+    out_shape,
+    **kwargs,
+) -> int:
     """``aten.convolution_backward`` FLOPs: grad-input and grad-weight each cost what the forward conv costs.
 
     torch's own formula counts the grad-weight of a grouped conv as if it were dense (``groups`` times too many
@@ -497,7 +511,9 @@ def worker_main(task_path: str) -> int:
         traceback.print_exc()
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         oom = "out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower()
-        _write_json(task["result_path"], {"error": ("out of memory: " if oom else "") + f"{type(e).__name__}: {msg[:300]}"})
+        _write_json(
+            task["result_path"], {"error": ("out of memory: " if oom else "") + f"{type(e).__name__}: {msg[:300]}"}
+        )
         return 1
     return 0
 
@@ -603,7 +619,9 @@ def _worker(task: dict) -> None:
                 out = inferer(image, predictor)
                 out_shape = list(out.shape)
 
-            times = _timed(run, 0, repeats, sync, f"{spec['key']} whole volume 1x4x{'x'.join(map(str, task['volume']))}")
+            times = _timed(
+                run, 0, repeats, sync, f"{spec['key']} whole volume 1x4x{'x'.join(map(str, task['volume']))}"
+            )
         result.update(_summary(times))
         result["windows"] = windows[0] // max(repeats, 1)
         result["volume"] = task["volume"]
@@ -622,9 +640,7 @@ def _worker(task: dict) -> None:
         with torch.no_grad():
             probe = model(torch.zeros((1, IN_CHANNELS, *patch), device=device))
         probes = probe if isinstance(probe, (list, tuple)) else [probe]
-        targets = [
-            (torch.rand((batch, *p.shape[1:]), generator=g) > 0.5).float().to(device) for p in probes
-        ]
+        targets = [(torch.rand((batch, *p.shape[1:]), generator=g) > 0.5).float().to(device) for p in probes]
         del probe, probes
         n_out = len(targets)
         # nnU-Net's deep-supervision weights: 1/2^i, the lowest resolution 0, normalised to sum 1
@@ -648,9 +664,7 @@ def _worker(task: dict) -> None:
                 loss.backward()
                 opt.step()
 
-        times = _timed(
-            step, warmup, repeats, sync, f"{spec['key']} train step {batch}x4x{'x'.join(map(str, patch))}"
-        )
+        times = _timed(step, warmup, repeats, sync, f"{spec['key']} train step {batch}x4x{'x'.join(map(str, patch))}")
         result.update(_summary(times))
         result["train_patch"] = patch
         result["train_batch"] = batch
@@ -817,8 +831,14 @@ def _backend(sw: dict) -> str:
     return f", {sw['backend']}" if sw.get("backend", "torch") != "torch" else ""
 
 
-def _phase_rows(specs: list[dict], res: dict, phase: str, width: int, lead: Callable[[dict, dict], list],
-                cells: Callable[[dict, dict, dict], list]) -> list[list[Any]]:
+def _phase_rows(
+    specs: list[dict],
+    res: dict,
+    phase: str,
+    width: int,
+    lead: Callable[[dict, dict], list],
+    cells: Callable[[dict, dict, dict], list],
+) -> list[list[Any]]:
     """One table row per model for a measured phase (``patch``, ``volume``, ``train``): the model's label,
     ``lead(spec, result)`` (e.g. its setting), then ``cells(spec, result, phase_result)``; when the phase
     failed, the failure and empty cells up to ``width`` columns."""
@@ -871,17 +891,34 @@ def render_markdown(report: dict) -> str:
     L.append("")
     rows = [
         ["date", m["date"]],
-        ["CPU", f"{m['cpu_model']} ({m['cpus_usable']} usable of {m['logical_cpus']} logical CPUs; "
-         f"ISA: {', '.join(m['cpu_isa']) or '—'})"],
-        ["memory", f"{_fmt(_gib(m.get('mem_total_bytes')), 1)} GiB total, "
-                   f"{_fmt(_gib(m.get('mem_available_bytes')), 1)} GiB available at start"],
-        ["device", dev + (f" ({m.get('gpu')}, {_fmt(_gib(m.get('gpu_memory_bytes')), 1)} GiB, CUDA {m.get('cuda')}, "
-                          f"cuDNN {m.get('cudnn')})" if dev == "cuda" and m.get("gpu") else "")],
+        [
+            "CPU",
+            f"{m['cpu_model']} ({m['cpus_usable']} usable of {m['logical_cpus']} logical CPUs; "
+            f"ISA: {', '.join(m['cpu_isa']) or '—'})",
+        ],
+        [
+            "memory",
+            f"{_fmt(_gib(m.get('mem_total_bytes')), 1)} GiB total, "
+            f"{_fmt(_gib(m.get('mem_available_bytes')), 1)} GiB available at start",
+        ],
+        [
+            "device",
+            dev
+            + (
+                f" ({m.get('gpu')}, {_fmt(_gib(m.get('gpu_memory_bytes')), 1)} GiB, CUDA {m.get('cuda')}, "
+                f"cuDNN {m.get('cudnn')})"
+                if dev == "cuda" and m.get("gpu")
+                else ""
+            ),
+        ],
         ["torch threads", m["torch_threads"]],
         ["precision", cfg["precision"] + ("" if cfg["precision"] == "fp32" else " (torch.autocast)")],
         ["load average at start / end", f"{m.get('loadavg_start')} / {m.get('loadavg_end')}"],
-        ["software", f"python {m['python']}, torch {m['torch']}, monai {m['monai']}, "
-                     f"dynamic_network_architectures {m['dynamic_network_architectures']}, numpy {m['numpy']}"],
+        [
+            "software",
+            f"python {m['python']}, torch {m['torch']}, monai {m['monai']}, "
+            f"dynamic_network_architectures {m['dynamic_network_architectures']}, numpy {m['numpy']}",
+        ],
         ["platform", m["hostname_platform"]],
         ["repeats", f"median of {cfg['repeats']} timed repetitions after {cfg['warmup']} warm-up(s)"],
     ]
@@ -933,7 +970,11 @@ def render_markdown(report: dict) -> str:
                 _ratio(r.get("flops_ref"), base.get("flops_ref")),
             ]
         )
-    L.append(_table(["model", "params (M)", "params / SegResNet", f"GFLOP per 4x{_shape(REF_PATCH)}", "FLOPs / SegResNet"], rows))
+    L.append(
+        _table(
+            ["model", "params (M)", "params / SegResNet", f"GFLOP per 4x{_shape(REF_PATCH)}", "FLOPs / SegResNet"], rows
+        )
+    )
     L.append("")
 
     if "patch" in cfg["tasks"]:
@@ -945,6 +986,7 @@ def render_markdown(report: dict) -> str:
             f"{mm.get('dtype', cfg['precision'])} matmul: {_fmt(peak, 1)} GFLOP/s."
         )
         L.append("")
+
         def patch_cells(s: dict, r: dict, p: dict) -> list:
             med = p.get("median_s")
             gfs = r.get("flops_patch") / med / 1e9 if med and r.get("flops_patch") else None
@@ -958,8 +1000,20 @@ def render_markdown(report: dict) -> str:
             ]
 
         rows = _phase_rows(specs, res, "patch", 7, lambda s, r: [], patch_cells)
-        L.append(_table(["model", "median (ms)", "min (ms)", "latency / SegResNet", "achieved GFLOP/s", "% of matmul peak",
-                         f"{mem_name} (MiB)"], rows))
+        L.append(
+            _table(
+                [
+                    "model",
+                    "median (ms)",
+                    "min (ms)",
+                    "latency / SegResNet",
+                    "achieved GFLOP/s",
+                    "% of matmul peak",
+                    f"{mem_name} (MiB)",
+                ],
+                rows,
+            )
+        )
         L.append("")
 
     if "volume" in cfg["tasks"]:
@@ -980,10 +1034,13 @@ def render_markdown(report: dict) -> str:
                 "model and measurement runs in torch."
             )
         L.append("")
+
         def volume_setting(s: dict, r: dict) -> list:
             sw = s["sw"]
-            return [f"roi {_shape(sw['roi_size'])}, overlap {sw['overlap']}, {sw['mode']}, sw_batch {sw['sw_batch_size']}"
-                    + _backend(sw)]
+            return [
+                f"roi {_shape(sw['roi_size'])}, overlap {sw['overlap']}, {sw['mode']}, sw_batch {sw['sw_batch_size']}"
+                + _backend(sw)
+            ]
 
         def volume_cells(s: dict, r: dict, v: dict) -> list:
             med = v.get("median_s")
@@ -998,8 +1055,21 @@ def render_markdown(report: dict) -> str:
             ]
 
         rows = _phase_rows(specs, res, "volume", 8, volume_setting, volume_cells)
-        L.append(_table(["model", "sliding window", "windows", "GFLOP", "median time (s)", "time / SegResNet",
-                         "achieved GFLOP/s", f"{mem_name} (MiB)"], rows))
+        L.append(
+            _table(
+                [
+                    "model",
+                    "sliding window",
+                    "windows",
+                    "GFLOP",
+                    "median time (s)",
+                    "time / SegResNet",
+                    "achieved GFLOP/s",
+                    f"{mem_name} (MiB)",
+                ],
+                rows,
+            )
+        )
         L.append("")
 
     if "train" in cfg["tasks"]:
@@ -1015,6 +1085,7 @@ def render_markdown(report: dict) -> str:
             "gradients, two Adam moments), counted on the meta device; it only decides whether the own patch is tried."
         )
         L.append("")
+
         def train_setting(s: dict, r: dict) -> list:
             tr = r.get("train_setting", s["train"])
             return [f"{tr['batch']} x 4x{_shape(tr['patch'])}" + (" (common)" if r.get("train_common") else "")]
@@ -1033,10 +1104,26 @@ def render_markdown(report: dict) -> str:
             ]
 
         rows = _phase_rows(specs, res, "train", 9, train_setting, train_cells)
-        L.append(_table(["model", "batch x patch", "median step (s)", "patches/s", "Mvoxel/s", "voxel/s vs SegResNet",
-                         "achieved GFLOP/s", f"{mem_name} (MiB)", "estimate (MiB)"], rows))
+        L.append(
+            _table(
+                [
+                    "model",
+                    "batch x patch",
+                    "median step (s)",
+                    "patches/s",
+                    "Mvoxel/s",
+                    "voxel/s vs SegResNet",
+                    "achieved GFLOP/s",
+                    f"{mem_name} (MiB)",
+                    "estimate (MiB)",
+                ],
+                rows,
+            )
+        )
         L.append("")
-        notes = [f"- {s['label']}: {res[s['key']]['train_note']}" for s in specs if res.get(s["key"], {}).get("train_note")]
+        notes = [
+            f"- {s['label']}: {res[s['key']]['train_note']}" for s in specs if res.get(s["key"], {}).get("train_note")
+        ]
         if notes:
             L.extend(notes)
             L.append("")
@@ -1063,10 +1150,24 @@ def render_markdown(report: dict) -> str:
             if (r.get(ph) or {}).get("baseline_rss_bytes"):
                 base_rss = r[ph]["baseline_rss_bytes"]
                 break
-        rows.append([s["label"], _mib(base_rss) if dev != "cuda" else None] + [mem_of(r.get(ph)) for ph in ("patch", "volume", "train")]
-                    + [_ratio(mem_of(r.get("volume")), mem_of(base.get("volume")))])
-    L.append(_table(["model", "baseline RSS (MiB)", f"forward 1x4x{_shape(cfg['patch'])} (MiB)", "whole volume (MiB)",
-                     "training step (MiB)", "whole-volume memory / SegResNet"], rows))
+        rows.append(
+            [s["label"], _mib(base_rss) if dev != "cuda" else None]
+            + [mem_of(r.get(ph)) for ph in ("patch", "volume", "train")]
+            + [_ratio(mem_of(r.get("volume")), mem_of(base.get("volume")))]
+        )
+    L.append(
+        _table(
+            [
+                "model",
+                "baseline RSS (MiB)",
+                f"forward 1x4x{_shape(cfg['patch'])} (MiB)",
+                "whole volume (MiB)",
+                "training step (MiB)",
+                "whole-volume memory / SegResNet",
+            ],
+            rows,
+        )
+    )
     L.append("")
 
     L.append("## Machine peak (matmul)")
@@ -1081,7 +1182,9 @@ def render_markdown(report: dict) -> str:
     L.append("")
     L.append("## Notes")
     L.append("")
-    L.append("- Ratios are against MONAI SegResNet (model zoo); > 1 means more (params, FLOPs, time, memory) or faster (voxel/s).")
+    L.append(
+        "- Ratios are against MONAI SegResNet (model zoo); > 1 means more (params, FLOPs, time, memory) or faster (voxel/s)."
+    )
     L.append("- Inputs are random; convolution cost does not depend on the values.")
     L.append(
         f"- All models see the same {_shape(cfg['volume'])} case; nnU-Net would normally first crop to the brain's "
@@ -1131,8 +1234,14 @@ def render_plot(report: dict, path: str) -> None:
         ("whole-volume inference (s)", series(lambda r: r["volume"]["median_s"])),
         (f"forward latency 4x{_shape(report['config']['patch'])} (ms)", series(lambda r: r["patch"]["median_s"] * 1e3)),
         ("training (Mvoxel/s)", series(lambda r: r["train"]["voxels_per_s"] / 1e6)),
-        (("peak CUDA memory" if dev == "cuda" else "peak RSS") + ", whole volume (MiB)",
-         series(lambda r: (r["volume"].get("cuda_peak_bytes") if dev == "cuda" else r["volume"]["peak_rss_bytes"]) / 2**20)),
+        (
+            ("peak CUDA memory" if dev == "cuda" else "peak RSS") + ", whole volume (MiB)",
+            series(
+                lambda r: (
+                    (r["volume"].get("cuda_peak_bytes") if dev == "cuda" else r["volume"]["peak_rss_bytes"]) / 2**20
+                )
+            ),
+        ),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     colors = ["#4C72B0" if not s["key"].startswith(BASELINE) else "#DD8452" for s in specs]
@@ -1174,32 +1283,55 @@ def _write_text_atomic(path: str, text: str) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="fp32, or torch.autocast to bf16/fp16 (meant for CUDA)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repetitions per measurement (default 3; 1 with --quick)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="fp32, or torch.autocast to bf16/fp16 (meant for CUDA)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=None, help="timed repetitions per measurement (default 3; 1 with --quick)"
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up repetitions per measurement")
     p.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads in every worker (default: torch's)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"smoke run: forward patch {_shape(QUICK_PATCH)}, volume {_shape(QUICK_VOLUME)}, training patch "
-                        f"{_shape(QUICK_TRAIN_PATCH)}, ResEnc-M/SegResNet rois shrunk to fit, matmul {QUICK_MATMUL}")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: forward patch {_shape(QUICK_PATCH)}, volume {_shape(QUICK_VOLUME)}, training patch "
+        f"{_shape(QUICK_TRAIN_PATCH)}, ResEnc-M/SegResNet rois shrunk to fit, matmul {QUICK_MATMUL}",
+    )
     p.add_argument("--models", nargs="+", choices=ALL_MODELS, default=list(ALL_MODELS))
     p.add_argument("--tasks", nargs="+", choices=ALL_TASKS, default=list(ALL_TASKS))
     p.add_argument("--volume_shape", type=int, nargs=3, default=None, help=f"default {_shape(VOLUME_SHAPE)}")
     p.add_argument("--matmul_size", type=int, default=None, help="default 4096 (1024 with --quick)")
-    p.add_argument("--train_patch", choices=["auto", "own", "common"], default="auto",
-                   help="own: each model's training patch; common: every model on --common_train_patch; auto: own, "
-                        "unless the estimated memory exceeds 85%% of what is available, or the own-patch run fails")
+    p.add_argument(
+        "--train_patch",
+        choices=["auto", "own", "common"],
+        default="auto",
+        help="own: each model's training patch; common: every model on --common_train_patch; auto: own, "
+        "unless the estimated memory exceeds 85%% of what is available, or the own-patch run fails",
+    )
     p.add_argument("--common_train_patch", type=int, nargs=3, default=COMMON_TRAIN["patch"])
     p.add_argument("--common_train_batch", type=int, default=COMMON_TRAIN["batch"])
-    p.add_argument("--resunet_backend", choices=["torch", "onnxruntime"], default=None,
-                   help="network backend of the ResUNet whole-volume runs (default: what configs/inference.json picks "
-                        "on --device; torch with --precision bf16/fp16)")
+    p.add_argument(
+        "--resunet_backend",
+        choices=["torch", "onnxruntime"],
+        default=None,
+        help="network backend of the ResUNet whole-volume runs (default: what configs/inference.json picks "
+        "on --device; torch with --precision bf16/fp16)",
+    )
     p.add_argument("--student_target", default=None, help="dotted path of the student network class/factory")
     p.add_argument("--student_kwargs", default=None, help="JSON kwargs for --student_target")
-    p.add_argument("--cpu_mem_limit_gb", type=float, default=None,
-                   help="RLIMIT_DATA of every CPU worker (default: 90%% of MemAvailable at start; 0 = no limit)")
+    p.add_argument(
+        "--cpu_mem_limit_gb",
+        type=float,
+        default=None,
+        help="RLIMIT_DATA of every CPU worker (default: 90%% of MemAvailable at start; 0 = no limit)",
+    )
     p.add_argument("--worker_timeout", type=float, default=0, help="seconds per worker process, 0 = none")
     p.add_argument("--output_md", default=os.path.join(REPO_ROOT, "docs", "benchmarks.md"))
     p.add_argument("--output_png", default=os.path.join(REPO_ROOT, "docs", "images", "benchmarks.png"))
@@ -1224,14 +1356,18 @@ def main(argv=None) -> int:
     volume = list(args.volume_shape or (QUICK_VOLUME if quick else VOLUME_SHAPE))
     matmul_size = args.matmul_size or (QUICK_MATMUL if quick else 4096)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_json = args.output_json or os.path.join(REPO_ROOT, "benchmarks", "results", f"bench_peers_{args.device}_{stamp}.json")
+    out_json = args.output_json or os.path.join(
+        REPO_ROOT, "benchmarks", "results", f"bench_peers_{args.device}_{stamp}.json"
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
 
     t_start = time.perf_counter()
     machine = machine_info(args.device, args.threads)
-    log(f"bench_peers: {machine['cpu_model']}, device {args.device}, {machine['torch_threads']} threads, torch {machine['torch']}"
-        + (" [QUICK smoke run]" if quick else ""))
+    log(
+        f"bench_peers: {machine['cpu_model']}, device {args.device}, {machine['torch_threads']} threads, torch {machine['torch']}"
+        + (" [QUICK smoke run]" if quick else "")
+    )
 
     specs, skipped = make_specs(args, quick)
     for k, why in skipped.items():
@@ -1248,9 +1384,7 @@ def main(argv=None) -> int:
             cpu_mem_limit = int(0.9 * avail) if avail else None
         elif args.cpu_mem_limit_gb > 0:
             cpu_mem_limit = int(args.cpu_mem_limit_gb * 2**30)
-    mem_budget = (
-        machine.get("gpu_memory_bytes") if args.device == "cuda" else machine.get("mem_available_bytes")
-    )
+    mem_budget = machine.get("gpu_memory_bytes") if args.device == "cuda" else machine.get("mem_available_bytes")
 
     # --- static: params and FLOPs on the meta device -----------------------------------------------------------
     log("[static] parameters and FLOPs (meta device)")
@@ -1261,8 +1395,10 @@ def main(argv=None) -> int:
         r["flops_patch"] = forward_flops(s, tuple(patch))
         r["flops_window"] = forward_flops(s, tuple(s["sw"]["roi_size"]))
         own = s["train"]
-        common = {"patch": list(QUICK_TRAIN_PATCH) if quick else list(args.common_train_patch),
-                  "batch": args.common_train_batch}
+        common = {
+            "patch": list(QUICK_TRAIN_PATCH) if quick else list(args.common_train_patch),
+            "batch": args.common_train_batch,
+        }
         setting, common_used, note = own, False, None
         if args.train_patch == "common":
             setting, common_used = common, True
@@ -1274,23 +1410,32 @@ def main(argv=None) -> int:
         est_bytes = est["train_mem_estimate_bytes"]
         budget = min(b for b in (mem_budget, cpu_mem_limit) if b) if (mem_budget or cpu_mem_limit) else None
         if args.train_patch == "auto" and budget and est_bytes and est_bytes > 0.85 * budget:
-            note = (f"own patch {setting['batch']} x 4x{_shape(setting['patch'])} needs an estimated "
-                    f"{est_bytes / 2**30:.1f} GiB > 85% of the {budget / 2**30:.1f} GiB available: "
-                    f"measured on the common patch instead")
+            note = (
+                f"own patch {setting['batch']} x 4x{_shape(setting['patch'])} needs an estimated "
+                f"{est_bytes / 2**30:.1f} GiB > 85% of the {budget / 2**30:.1f} GiB available: "
+                f"measured on the common patch instead"
+            )
             setting, common_used = common, True
             est = train_step_estimates(s, tuple(setting["patch"]), setting["batch"])
         r["train_setting"], r["train_common"], r["train_note"] = setting, common_used, note
         r["train_flops"] = est["train_flops_fwd_bwd"]
         r["train_mem_estimate_bytes"] = est["train_mem_estimate_bytes"]
         r["_common"] = common
-        log(f"  {s['key']:<12} params {r['params'] / 1e6:8.3f} M   fwd 4x{_shape(REF_PATCH)} {r['flops_ref'] / 1e9:9.1f} GFLOP"
+        log(
+            f"  {s['key']:<12} params {r['params'] / 1e6:8.3f} M   fwd 4x{_shape(REF_PATCH)} {r['flops_ref'] / 1e9:9.1f} GFLOP"
             f"   train {setting['batch']}x4x{_shape(setting['patch'])}: est. memory {_fmt(_gib(r['train_mem_estimate_bytes']))} GiB"
-            + (" (common patch)" if common_used else ""))
+            + (" (common patch)" if common_used else "")
+        )
 
     # --- measured, each in a fresh subprocess -------------------------------------------------------------------
-    base_task = {"device": args.device, "precision": args.precision, "threads": args.threads,
-                 "mem_limit": cpu_mem_limit,
-                 "warmup": args.warmup, "repeats": repeats}
+    base_task = {
+        "device": args.device,
+        "precision": args.precision,
+        "threads": args.threads,
+        "mem_limit": cpu_mem_limit,
+        "warmup": args.warmup,
+        "repeats": repeats,
+    }
     jobs: list[tuple[str, str | None]] = [("matmul", None)]
     for s in specs:
         for t in ALL_TASKS:
@@ -1309,17 +1454,29 @@ def main(argv=None) -> int:
                 log(f"  -> failed: {matmul['error']}")
             continue
         s, r = by_key[key], results[key]
-        t = dict(base_task, task=task, spec=s, patch=patch, volume=volume,
-                 train_patch=r["train_setting"]["patch"], train_batch=r["train_setting"]["batch"])
+        t = dict(
+            base_task,
+            task=task,
+            spec=s,
+            patch=patch,
+            volume=volume,
+            train_patch=r["train_setting"]["patch"],
+            train_batch=r["train_setting"]["batch"],
+        )
         out = run_worker(t, args, label)
         if task == "train" and "error" in out and args.train_patch == "auto" and not r["train_common"]:
             log(f"  -> own training patch failed ({out['error']}); retrying on the common patch")
             common = r["_common"]
-            r["train_note"] = (f"own patch {r['train_setting']['batch']} x 4x{_shape(r['train_setting']['patch'])} "
-                               f"{_failed(out['error'])}: measured on the common patch instead")
+            r["train_note"] = (
+                f"own patch {r['train_setting']['batch']} x 4x{_shape(r['train_setting']['patch'])} "
+                f"{_failed(out['error'])}: measured on the common patch instead"
+            )
             r["train_setting"], r["train_common"] = common, True
             est = train_step_estimates(s, tuple(common["patch"]), common["batch"])
-            r["train_flops"], r["train_mem_estimate_bytes"] = est["train_flops_fwd_bwd"], est["train_mem_estimate_bytes"]
+            r["train_flops"], r["train_mem_estimate_bytes"] = (
+                est["train_flops_fwd_bwd"],
+                est["train_mem_estimate_bytes"],
+            )
             out = run_worker(dict(t, train_patch=common["patch"], train_batch=common["batch"]), args, label)
         r[task] = out
         if "error" in out:
@@ -1334,7 +1491,9 @@ def main(argv=None) -> int:
 
     machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     rel = lambda p: os.path.relpath(os.path.abspath(p), REPO_ROOT)  # noqa: E731
-    command = "python " + " ".join(shlex.quote(a) for a in [rel(__file__)] + list(sys.argv[1:] if argv is None else argv))
+    command = "python " + " ".join(
+        shlex.quote(a) for a in [rel(__file__)] + list(sys.argv[1:] if argv is None else argv)
+    )
     report = {
         "command": command,
         "machine": machine,
@@ -1352,7 +1511,9 @@ def main(argv=None) -> int:
             "tasks": [t for t in ALL_TASKS if t in args.tasks],
             "train_patch_policy": args.train_patch,
             "output_png_rel": rel(args.output_png),
-            "png_rel_to_md": os.path.relpath(os.path.abspath(args.output_png), os.path.dirname(os.path.abspath(args.output_md))),
+            "png_rel_to_md": os.path.relpath(
+                os.path.abspath(args.output_png), os.path.dirname(os.path.abspath(args.output_md))
+            ),
             "cpu_mem_limit_bytes": cpu_mem_limit,
             "output_json_rel": rel(out_json),
             "flops_convention": "torch.utils.flop_counter.FlopCounterMode; multiply-add = 2 FLOPs",

@@ -195,14 +195,14 @@ def _regions(label: np.ndarray, labels: tuple, name: str) -> dict:
         values = np.unique(label)
         fractional = values[(values != np.round(values)) | ~np.isfinite(values)]
         if fractional.size:
-            raise CaseError(
-                name, f"label values {fractional[:10].tolist()} are not integers (expected {[0, *labels]})"
-            )
+            raise CaseError(name, f"label values {fractional[:10].tolist()} are not integers (expected {[0, *labels]})")
         label = label.astype(np.int64)
     from monai.data import MetaTensor
 
     try:
-        regions = label_to_regions(MetaTensor(torch.from_numpy(np.ascontiguousarray(label))[None], meta={"filename_or_obj": name}), labels)
+        regions = label_to_regions(
+            MetaTensor(torch.from_numpy(np.ascontiguousarray(label))[None], meta={"filename_or_obj": name}), labels
+        )
     except ValueError as e:
         msg = str(e)
         raise CaseError(name, msg[len(name) + 2 :] if msg.startswith(f"{name}: ") else msg) from e
@@ -530,7 +530,11 @@ def evaluate_datalist(
             failed.append(record)
             logger.warning("case skipped: %s", format_failure(record))
             continue
-        pair = {"case_id": cid, "pred": str(Path(pred_dir) / f"{case_id_from_path(first)}.nii.gz"), "ref": str(item[label_key])}
+        pair = {
+            "case_id": cid,
+            "pred": str(Path(pred_dir) / f"{case_id_from_path(first)}.nii.gz"),
+            "ref": str(item[label_key]),
+        }
         if item.get("labels") is not None:
             pair["labels"] = pair["ref_labels"] = [int(v) for v in item["labels"]]
         pairs.append(pair)
@@ -538,7 +542,13 @@ def evaluate_datalist(
 
 
 def _evaluate_and_write(
-    result: EvaluationResult, pairs: Sequence[dict], output_dir, labels: tuple, ref_labels: tuple, empty: str, plot: bool
+    result: EvaluationResult,
+    pairs: Sequence[dict],
+    output_dir,
+    labels: tuple,
+    ref_labels: tuple,
+    empty: str,
+    plot: bool,
 ) -> EvaluationResult:
     """Evaluate ``pairs`` into ``result`` (rows and failures) and write the CSV, JSON, markdown and box plot."""
     for i, pair in enumerate(pairs, 1):
@@ -554,8 +564,15 @@ def _evaluate_and_write(
             _fail(result, cid, str(pair["pred"]), f"{type(e).__name__}: {e}")
             continue
         result.rows.append({"case_id": cid, **row})
-        logger.info("[%d/%d] %s: Dice ET/TC/WT %.3f/%.3f/%.3f", i, len(pairs), cid,
-                    row["dice_ET"], row["dice_TC"], row["dice_WT"])
+        logger.info(
+            "[%d/%d] %s: Dice ET/TC/WT %.3f/%.3f/%.3f",
+            i,
+            len(pairs),
+            cid,
+            row["dice_ET"],
+            row["dice_TC"],
+            row["dice_WT"],
+        )
     result.rows.sort(key=lambda r: r["case_id"])
 
     result.summary = summarize(result.rows)
@@ -632,12 +649,28 @@ def main(argv=None) -> int:
     parser.add_argument("--pred_dir", required=True, help="folder of <case_id>.nii.gz predictions")
     parser.add_argument("--ref_dir", required=True, help="references: <case_id>_seg.nii.gz files or BraTS case folders")
     parser.add_argument("--output_dir", required=True, help="where the CSV, JSON, markdown and box plot go")
-    parser.add_argument("--labels", type=int, nargs=3, default=list(BRATS_2020_LABELS), metavar=("NCR", "ED", "ET"),
-                        help="prediction labels (necrotic, oedema, enhancing); default 1 2 4")
-    parser.add_argument("--ref_labels", type=int, nargs=3, default=None, metavar=("NCR", "ED", "ET"),
-                        help="reference labels; default: --labels (use 1 2 3 for BraTS 2021+ references)")
-    parser.add_argument("--empty", choices=EMPTY_CONVENTIONS, default="brats",
-                        help="empty-structure convention (default brats: Dice 1/0, HD95 0/373.13 mm)")
+    parser.add_argument(
+        "--labels",
+        type=int,
+        nargs=3,
+        default=list(BRATS_2020_LABELS),
+        metavar=("NCR", "ED", "ET"),
+        help="prediction labels (necrotic, oedema, enhancing); default 1 2 4",
+    )
+    parser.add_argument(
+        "--ref_labels",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("NCR", "ED", "ET"),
+        help="reference labels; default: --labels (use 1 2 3 for BraTS 2021+ references)",
+    )
+    parser.add_argument(
+        "--empty",
+        choices=EMPTY_CONVENTIONS,
+        default="brats",
+        help="empty-structure convention (default brats: Dice 1/0, HD95 0/373.13 mm)",
+    )
     parser.add_argument("--no_plot", action="store_true", help="skip the box plot")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

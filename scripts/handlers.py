@@ -235,7 +235,8 @@ def set_random_state(state: dict, randomizable=None) -> None:
         if len(targets) != len(saved):
             warnings.warn(
                 f"checkpoint holds {len(saved)} random transform states but the pipeline has {len(targets)}; "
-                "their random states are not restored (the transforms changed since it was saved)"
+                "their random states are not restored (the transforms changed since it was saved)",
+                stacklevel=2,
             )
             return
         for r, s in zip(targets, saved):

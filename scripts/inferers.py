@@ -89,8 +89,14 @@ class OnnxRuntimeNetwork(torch.nn.Module):
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation and instance-norm notes
             torch.onnx.export(
-                self.network, (example,), buf, input_names=["image"], output_names=["logits"],
-                dynamic_axes={"image": axes, "logits": axes}, opset_version=self.opset_version, dynamo=False,
+                self.network,
+                (example,),
+                buf,
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_axes={"image": axes, "logits": axes},
+                opset_version=self.opset_version,
+                dynamo=False,
             )
         options = self._ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
@@ -114,11 +120,14 @@ def default_backend(device: str | torch.device) -> str:
         return "torch"
     installed = all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
     return "onnxruntime" if installed else "torch"
+
+
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def inference_network(network: torch.nn.Module, backend: str = "torch", precision: str = "fp32",
-                      device: str | torch.device = "cpu") -> torch.nn.Module:
+def inference_network(
+    network: torch.nn.Module, backend: str = "torch", precision: str = "fp32", device: str | torch.device = "cpu"
+) -> torch.nn.Module:
     """The module an inference evaluator calls instead of ``network``.
 
     ``backend``: ``torch`` (``network`` itself) or ``onnxruntime`` (:class:`OnnxRuntimeNetwork`, CPU, fp32).
@@ -137,7 +146,9 @@ def inference_network(network: torch.nn.Module, backend: str = "torch", precisio
     if precision == "fp16" and device_type != "cuda":
         raise ValueError("precision 'fp16' needs a CUDA device; on a CPU use 'bf16' or 'fp32'")
     if precision == "bf16" and device_type == "cpu" and not cpu_bf16_supported():
-        warnings.warn("this CPU has no native bf16 (avx512_bf16/AMX): precision 'bf16' falls back to fp32")
+        warnings.warn(
+            "this CPU has no native bf16 (avx512_bf16/AMX): precision 'bf16' falls back to fp32", stacklevel=2
+        )
         return network
     dtype = PRECISIONS[precision]
     return network if dtype is None else AutocastNetwork(network, dtype)

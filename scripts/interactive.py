@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import json
 import logging
-from enum import Enum
 from collections.abc import Hashable, Mapping, Sequence
+from enum import Enum
 
 import numpy as np
 import torch
@@ -124,8 +124,14 @@ class BratsToClassesd(_LabelConversiond):
     convert = staticmethod(brats_to_classes)
     dtype = torch.float32
 
-    def __init__(self, keys: KeysCollection, labels=BRATS_2020_LABELS, labels_key=None, label_names=None,
-                 allow_missing_keys=False):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        labels=BRATS_2020_LABELS,
+        labels_key=None,
+        label_names=None,
+        allow_missing_keys=False,
+    ):
         super().__init__(keys, labels, labels_key, allow_missing_keys)
         self.label_names = dict(label_names or LABEL_NAMES)
 
@@ -208,8 +214,9 @@ class ClicksToWorldd(Transform):
     ``data[ref_image]`` (its ``(C, I, J, K)`` array as loaded). The click keys themselves are left as given.
     """
 
-    def __init__(self, label_names: Mapping[str, int] | None = None, ref_image: str = "image",
-                 output_key: str = WORLD_CLICKS_KEY):
+    def __init__(
+        self, label_names: Mapping[str, int] | None = None, ref_image: str = "image", output_key: str = WORLD_CLICKS_KEY
+    ):
         self.label_names = dict(label_names or LABEL_NAMES)
         self.ref_image, self.output_key = ref_image, output_key
 
@@ -221,9 +228,7 @@ class ClicksToWorldd(Transform):
             points = _as_points(d.get(name), name)
             if points and affine is None:
                 affine = _affine(d[self.ref_image])
-            world[name] = (
-                [(affine @ np.array([*p, 1.0]))[:3].tolist() for p in points] if points else []
-            )
+            world[name] = [(affine @ np.array([*p, 1.0]))[:3].tolist() for p in points] if points else []
         if any(world.values()):
             d[self.output_key] = world
         return d
@@ -237,8 +242,13 @@ class ClicksToGuidanced(Transform):
     list = no clicks of that label) and removes ``data[input_key]``. Clicks outside the grid are dropped with a
     warning."""
 
-    def __init__(self, label_names: Mapping[str, int] | None = None, ref_image: str = "image",
-                 guidance: str = "guidance", input_key: str = WORLD_CLICKS_KEY):
+    def __init__(
+        self,
+        label_names: Mapping[str, int] | None = None,
+        ref_image: str = "image",
+        guidance: str = "guidance",
+        input_key: str = WORLD_CLICKS_KEY,
+    ):
         self.label_names = dict(label_names or LABEL_NAMES)
         self.ref_image, self.guidance, self.input_key = ref_image, guidance, input_key
 
@@ -280,9 +290,15 @@ class AddGuidanceSignald(AddGuidanceSignalDeepEditd):
     batches whatever the number of clicks (MONAI's deepedit transforms parse JSON strings).
     """
 
-    def __init__(self, keys: KeysCollection = "image", guidance: str = "guidance", sigma: float = 3,
-                 number_intensity_ch: int = NUMBER_INTENSITY_CH, label_names: Mapping[str, int] | None = None,
-                 allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        guidance: str = "guidance",
+        sigma: float = 3,
+        number_intensity_ch: int = NUMBER_INTENSITY_CH,
+        label_names: Mapping[str, int] | None = None,
+        allow_missing_keys: bool = False,
+    ):
         super().__init__(keys, guidance, sigma, number_intensity_ch, allow_missing_keys)
         self.label_names = None if label_names is None else dict(label_names)
 
@@ -290,15 +306,21 @@ class AddGuidanceSignald(AddGuidanceSignalDeepEditd):
         d = dict(data)
         guidance = d.get(self.guidance) or {}
         names = list(self.label_names) if self.label_names is not None else list(guidance)
-        clean = {name: [[int(round(float(v))) for v in p[-3:]] for p in _as_points(guidance.get(name), name)
-                        if min(p) >= 0] for name in names}
+        clean = {
+            name: [[int(round(float(v))) for v in p[-3:]] for p in _as_points(guidance.get(name), name) if min(p) >= 0]
+            for name in names
+        }
         for key in self.key_iterator(d):
             img = d[key]
             t = torch.as_tensor(img)
             if t.shape[0] < self.number_intensity_ch:
                 raise ValueError(f"expected at least {self.number_intensity_ch} intensity channels, got {t.shape[0]}")
             signals = [torch.as_tensor(self._get_signal(t, clean[name]), device=t.device) for name in names]
-            out = torch.cat([t[: self.number_intensity_ch].float(), *signals], 0) if signals else t[: self.number_intensity_ch].float()
+            out = (
+                torch.cat([t[: self.number_intensity_ch].float(), *signals], 0)
+                if signals
+                else t[: self.number_intensity_ch].float()
+            )
             d[key], *_ = convert_to_dst_type(out, img, dtype=torch.float32)
         d[self.guidance] = {name: json.dumps(clean[name]) for name in names}
         return d
@@ -333,7 +355,9 @@ class AddRandomGuidanced(AddRandomGuidanceDeepEditd):
         if not self._will_interact:
             d[self.guidance_key] = own
         else:
-            d[self.guidance_key] = {k: [[int(v) for v in p] for p in pts if p is not None] for k, pts in self.guidance.items()}
+            d[self.guidance_key] = {
+                k: [[int(v) for v in p] for p in pts if p is not None] for k, pts in self.guidance.items()
+            }
             self.guidance = {}
         return d
 
@@ -353,9 +377,16 @@ class Interaction(_MonaiInteraction):
     touches the intensity channels. ``batchdata["image"]``: (B, number_intensity_ch + guidance, H, W, D).
     """
 
-    def __init__(self, deepgrow_probability: float, transforms, train: bool, label_names=None,
-                 click_probability_key: str = "probability", max_interactions: int = 1,
-                 number_intensity_ch: int = NUMBER_INTENSITY_CH):
+    def __init__(
+        self,
+        deepgrow_probability: float,
+        transforms,
+        train: bool,
+        label_names=None,
+        click_probability_key: str = "probability",
+        max_interactions: int = 1,
+        number_intensity_ch: int = NUMBER_INTENSITY_CH,
+    ):
         super().__init__(deepgrow_probability, transforms, train, label_names, click_probability_key, max_interactions)
         self.number_intensity_ch = number_intensity_ch
         # MONAI's loop stores the prediction under the enum CommonKeys.PRED, whose hash is not that of "pred" on

@@ -6,7 +6,6 @@ bundle's preprocessing, run through ``CheckedDataset``) on real NIfTI files writ
 good and 5 bad cases, evaluation over a datalist with bad cases, and an unusable output folder.
 """
 
-import gzip
 import json
 import os
 import re
@@ -69,21 +68,32 @@ def _nan_inf(a):
 # name -> (how to break the case, file at fault, problem pattern)
 HEADER_CASES = {
     "missing_modality": (lambda p, a: p["flair"].unlink(), "flair", r"missing modality file \(FLAIR\)"),
-    "shape_mismatch": (lambda p, a: save(p["t2"], a["t2"][:, :, :20]), "t2", r"T2 shape \(32, 32, 20\) does not match the T1"),
+    "shape_mismatch": (
+        lambda p, a: save(p["t2"], a["t2"][:, :, :20]),
+        "t2",
+        r"T2 shape \(32, 32, 20\) does not match the T1",
+    ),
     "affine_mismatch": (
         lambda p, a: save(p["t2"], a["t2"], np.array([[1, 0, 0, 2.0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])),
-        "t2", r"T2 affine does not match the T1 file's .*largest difference 2 mm",
+        "t2",
+        r"T2 affine does not match the T1 file's .*largest difference 2 mm",
     ),
     "truncated_gz": (
         lambda p, a: p["flair"].write_bytes(p["flair"].read_bytes()[:-200]),
-        "flair", r"truncated or corrupt gzip data",
+        "flair",
+        r"truncated or corrupt gzip data",
     ),
     "corrupt_gz": (
         lambda p, a: p["t1ce"].write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + b"\xff" * 300),
-        "t1ce", r"cannot read NIfTI header",
+        "t1ce",
+        r"cannot read NIfTI header",
     ),
     "not_gzip": (lambda p, a: p["t1ce"].write_bytes(b"hello" * 100), "t1ce", r"cannot read NIfTI header"),
-    "image_2d": (lambda p, a: save(p["t1"], a["t1"][:, :, 12]), "t1", r"expected a 3D image \(T1\), got 2D shape \(32, 32\)"),
+    "image_2d": (
+        lambda p, a: save(p["t1"], a["t1"][:, :, 12]),
+        "t1",
+        r"expected a 3D image \(T1\), got 2D shape \(32, 32\)",
+    ),
     "image_5d": (lambda p, a: save(p["t1"], a["t1"][..., None, None]), "t1", r"got 5D shape \(32, 32, 24, 1, 1\)"),
     "label_shape": (lambda p, a: save(p["seg"], a["seg"][:16]), "seg", r"label shape \(16, 32, 24\) does not match"),
 }
@@ -93,7 +103,8 @@ DATA_CASES = {
     "all_zero": (lambda p, a: save(p["flair"], np.zeros(SHAPE, np.int16)), "flair", r"FLAIR: all voxels are zero"),
     "labels_outside_set": (
         lambda p, a: save(p["seg"], np.where(a["seg"] == 4, 3, a["seg"]).astype(np.uint8)),
-        "seg", r"label values \[3\] are outside the expected set \[0, 1, 2, 4\]",
+        "seg",
+        r"label values \[3\] are outside the expected set \[0, 1, 2, 4\]",
     ),
 }
 
@@ -123,7 +134,9 @@ def test_4d_study_needs_four_channels(arrays, tmp_path):
     save(tmp_path / "good.nii.gz", stack)
     check_case({"image": str(tmp_path / "good.nii.gz")})
     save(tmp_path / "three.nii.gz", stack[..., :3])
-    with pytest.raises(CaseError, match=r"case three: .*three\.nii\.gz: expected a 4D image with 4 channels.*\(32, 32, 24, 3\)"):
+    with pytest.raises(
+        CaseError, match=r"case three: .*three\.nii\.gz: expected a 4D image with 4 channels.*\(32, 32, 24, 3\)"
+    ):
         check_case({"image": str(tmp_path / "three.nii.gz")})
 
 
@@ -162,7 +175,9 @@ def test_datalist_entry_pointing_nowhere(arrays, tmp_path):
     items = find_inference_cases(tmp_path / "datalist.json")
     ds = CheckedDataset(items)
     assert len(ds) == 1
-    assert ds.failures == [{"case_id": "ghost", "file": str(tmp_path / "cases" / "ghost.nii.gz"), "problem": "file does not exist"}]
+    assert ds.failures == [
+        {"case_id": "ghost", "file": str(tmp_path / "cases" / "ghost.nii.gz"), "problem": "file does not exist"}
+    ]
 
 
 def test_collate_keeps_good_items_and_carries_failures():
@@ -205,8 +220,17 @@ def test_output_dir_checks(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------- bundle runs
 def bundle(*args, configs):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", *args, "--meta_file", str(ROOT / "configs" / "metadata.json"),
-           "--config_file", str([str(ROOT / "configs" / c) for c in configs])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        *args,
+        "--meta_file",
+        str(ROOT / "configs" / "metadata.json"),
+        "--config_file",
+        str([str(ROOT / "configs" / c) for c in configs]),
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
@@ -224,7 +248,7 @@ def checkpoint(tmp_path_factory):
 
 def _report_lines(stdout: str) -> list[str]:
     """The indented lines right after the final report's 'N case(s) FAILED' line."""
-    lines = stdout[stdout.rindex("FAILED"):].splitlines()[1:]
+    lines = stdout[stdout.rindex("FAILED") :].splitlines()[1:]
     out = []
     for line in lines:
         if not line.startswith("  "):
@@ -235,11 +259,18 @@ def _report_lines(stdout: str) -> list[str]:
 
 def test_batch_inference_skips_bad_cases_and_exits_non_zero(arrays, checkpoint, tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
-    good = [write_case(data, f"BraTS20_Training_00{i}", arrays) for i in (1, 2)]
+    for i in (1, 2):
+        write_case(data, f"BraTS20_Training_00{i}", arrays)
     bad = {}
     for i, (name, cases) in enumerate(
-        [("missing_modality", HEADER_CASES), ("truncated_gz", HEADER_CASES), ("shape_mismatch", HEADER_CASES),
-         ("nan_inf_voxels", DATA_CASES), ("all_zero", DATA_CASES)], start=3
+        [
+            ("missing_modality", HEADER_CASES),
+            ("truncated_gz", HEADER_CASES),
+            ("shape_mismatch", HEADER_CASES),
+            ("nan_inf_voxels", DATA_CASES),
+            ("all_zero", DATA_CASES),
+        ],
+        start=3,
     ):
         breaker, key, problem = cases[name]
         case_id = f"BraTS20_Training_00{i}"
@@ -247,8 +278,20 @@ def test_batch_inference_skips_bad_cases_and_exits_non_zero(arrays, checkpoint, 
         breaker(paths, arrays)
         bad[case_id] = (str(paths[key]), problem)
 
-    proc = bundle("--bundle_root", str(tmp_path), "--dataset_dir", str(data), "--output_dir", str(out),
-                  "--ckpt_path", str(checkpoint), "--num_workers", "2", *TINY, configs=("train.json", "inference.json"))
+    proc = bundle(
+        "--bundle_root",
+        str(tmp_path),
+        "--dataset_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--ckpt_path",
+        str(checkpoint),
+        "--num_workers",
+        "2",
+        *TINY,
+        configs=("train.json", "inference.json"),
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0, log[-3000:]
     assert sorted(os.listdir(out)) == ["BraTS20_Training_001.nii.gz", "BraTS20_Training_002.nii.gz"], log[-3000:]
@@ -274,30 +317,56 @@ def test_evaluate_skips_bad_cases_and_exits_non_zero(arrays, checkpoint, tmp_pat
     items[3]["image"][2] = str(data / "nowhere_t2.nii.gz")
     (tmp_path / "datalist.json").write_text(json.dumps({"training": items[:2], "validation": items}))
 
-    proc = bundle("evaluating", "--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "datalist.json"),
-                  "--output_dir", str(out), "--ckpt_path", str(checkpoint), "--num_workers", "0", *TINY,
-                  configs=("train.json", "inference.json", "evaluate.json"))
+    proc = bundle(
+        "evaluating",
+        "--bundle_root",
+        str(tmp_path),
+        "--dataset_dir",
+        str(tmp_path / "datalist.json"),
+        "--output_dir",
+        str(out),
+        "--ckpt_path",
+        str(checkpoint),
+        "--num_workers",
+        "0",
+        *TINY,
+        configs=("train.json", "inference.json", "evaluate.json"),
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0, log[-3000:]
     assert sorted(os.listdir(out / "predictions")) == [f"BraTS20_Training_00{i}.nii.gz" for i in (1, 2, 3)]
     summary = json.loads((out / "metrics_summary.json").read_text())
     assert summary["n_cases"] == 2 and summary["metrics"]["dice"]["mean"]["n"] == 2
     assert [(f["case_id"], Path(f["file"]).name) for f in summary["failed"]] == [
-        ("BraTS20_Training_004", "nowhere_t2.nii.gz"), ("BraTS20_Training_003", "BraTS20_Training_003_seg.nii.gz")
+        ("BraTS20_Training_004", "nowhere_t2.nii.gz"),
+        ("BraTS20_Training_003", "BraTS20_Training_003_seg.nii.gz"),
     ]
     lines = _report_lines(proc.stdout)
     assert len(lines) == 2 and re.search(r"BraTS20_Training_003: .*_seg\.nii\.gz: label values \[3\]", lines[1]), lines
     assert {p.name for p in out.iterdir()} == {
-        "predictions", "metrics_per_case.csv", "metrics_summary.json", "metrics_summary.md", "metrics_boxplot.png"
+        "predictions",
+        "metrics_per_case.csv",
+        "metrics_summary.json",
+        "metrics_summary.md",
+        "metrics_boxplot.png",
     }
 
 
 def test_unusable_output_folder_stops_before_any_case(tmp_path, checkpoint):
     afile = tmp_path / "afile"
     afile.write_text("x")
-    proc = bundle("--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "nothing_here"),
-                  "--output_dir", str(afile / "out"), "--ckpt_path", str(checkpoint), *TINY,
-                  configs=("train.json", "inference.json"))
+    proc = bundle(
+        "--bundle_root",
+        str(tmp_path),
+        "--dataset_dir",
+        str(tmp_path / "nothing_here"),
+        "--output_dir",
+        str(afile / "out"),
+        "--ckpt_path",
+        str(checkpoint),
+        *TINY,
+        configs=("train.json", "inference.json"),
+    )
     assert proc.returncode != 0
     assert re.search(r"error: output folder .*afile/out: cannot be created", proc.stderr), proc.stderr[-3000:]
     assert sorted(os.listdir(tmp_path)) == ["afile"]

@@ -1,11 +1,9 @@
 """Tests for scripts/networks/blocks.py (SeparableConv, conv_layer, ResidualBlock, SkipAdapter)."""
 
-
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 
 from scripts.networks import ResidualBlock, SeparableConv, SkipAdapter, conv_layer
 

@@ -26,15 +26,25 @@ pytestmark = pytest.mark.slow
 
 def bundle(*args, config=("train.json",), cwd=ROOT):
     configs = [str(ROOT / "configs" / c) for c in config]
-    cmd = [sys.executable, "-m", "monai.bundle", *args, "--meta_file", str(ROOT / "configs" / "metadata.json"),
-           "--config_file", str(configs) if len(configs) > 1 else configs[0]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        *args,
+        "--meta_file",
+        str(ROOT / "configs" / "metadata.json"),
+        "--config_file",
+        str(configs) if len(configs) > 1 else configs[0],
+    ]
     return cmd
 
 
 def run(cmd, **kwargs):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, **kwargs)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd)}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
+    )
     return proc.stdout + proc.stderr
 
 
@@ -81,8 +91,19 @@ def test_resume_continues_from_the_last_checkpoint(trained):
 def test_inference_on_real_case_keeps_input_geometry(trained, tmp_path):
     root, common, _ = trained
     out = tmp_path / "pred"
-    run(bundle("run", *common, "--dataset_dir", str(REAL_CASE), "--output_dir", str(out),
-               "--roi_size", "[64,64,64]", config=("train.json", "inference.json")))
+    run(
+        bundle(
+            "run",
+            *common,
+            "--dataset_dir",
+            str(REAL_CASE),
+            "--output_dir",
+            str(out),
+            "--roi_size",
+            "[64,64,64]",
+            config=("train.json", "inference.json"),
+        )
+    )
     written = sorted(p.name for p in out.iterdir())
     assert written == ["TCGA-DU-7294.nii.gz"], written
     pred = nib.load(out / "TCGA-DU-7294.nii.gz")
@@ -97,8 +118,16 @@ def test_inference_on_real_case_keeps_input_geometry(trained, tmp_path):
 def test_evaluate_writes_per_case_and_summary_metrics(trained, tmp_path):
     root, common, _ = trained
     out = tmp_path / "metrics"
-    log = run(bundle("run", "evaluating", *common, "--output_dir", str(out),
-                     config=("train.json", "inference.json", "evaluate.json")))
+    log = run(
+        bundle(
+            "run",
+            "evaluating",
+            *common,
+            "--output_dir",
+            str(out),
+            config=("train.json", "inference.json", "evaluate.json"),
+        )
+    )
     assert "| Dice |" in log and "| HD95 (mm) |" in log  # the markdown table is printed
     with open(out / "metrics_per_case.csv") as f:
         rows = list(csv.DictReader(f))
@@ -121,7 +150,19 @@ def test_evaluate_writes_per_case_and_summary_metrics(trained, tmp_path):
 def test_torchscript_export_runs(trained, tmp_path):
     root, common, _ = trained
     ts = tmp_path / "model.ts"
-    run(bundle("ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(root / "models" / "model.pt"),
-               "--network_def#channels", "[8,16,32,64]", "--bundle_root", str(root)))
+    run(
+        bundle(
+            "ckpt_export",
+            "network_def",
+            "--filepath",
+            str(ts),
+            "--ckpt_file",
+            str(root / "models" / "model.pt"),
+            "--network_def#channels",
+            "[8,16,32,64]",
+            "--bundle_root",
+            str(root),
+        )
+    )
     net = torch.jit.load(str(ts))
     assert net(torch.rand(1, 4, 32, 32, 32)).shape == (1, 3, 32, 32, 32)

@@ -89,9 +89,26 @@ def test_network_override_from_the_command_line_form():
 def test_metadata_fields_and_network_io():
     meta = json.loads(META.read_text())
     for key in (
-        "version", "changelog", "monai_version", "pytorch_version", "numpy_version", "optional_packages_version",
-        "name", "task", "description", "authors", "copyright", "data_source", "data_type", "image_classes",
-        "label_classes", "pred_classes", "eval_metrics", "intended_use", "references", "network_data_format",
+        "version",
+        "changelog",
+        "monai_version",
+        "pytorch_version",
+        "numpy_version",
+        "optional_packages_version",
+        "name",
+        "task",
+        "description",
+        "authors",
+        "copyright",
+        "data_source",
+        "data_type",
+        "image_classes",
+        "label_classes",
+        "pred_classes",
+        "eval_metrics",
+        "intended_use",
+        "references",
+        "network_data_format",
     ):
         assert key in meta, key
     assert meta["version"] in meta["changelog"]
@@ -107,8 +124,13 @@ def test_metadata_fields_and_network_io():
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_inference_backend_and_overlap_overrides(backend):
     pytest.importorskip("onnxruntime")
-    parser = _parser(COMBINATIONS["inference"], device="cpu", inference_backend=backend, overlap=0.1,
-                     **{"network_def#channels": [4, 8, 16, 32]})
+    parser = _parser(
+        COMBINATIONS["inference"],
+        device="cpu",
+        inference_backend=backend,
+        overlap=0.1,
+        **{"network_def#channels": [4, 8, 16, 32]},
+    )
     assert parser.get_parsed_content("sw_inferer").overlap == 0.1
     network = parser.get_parsed_content("network")
     evaluator_net = parser.get_parsed_content("inference_network")

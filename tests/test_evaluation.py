@@ -98,7 +98,7 @@ def test_real_case_matches_medpy(real_results):
 
 
 def test_real_case_metrics_are_consistent(real_results):
-    for name, row, pred, ref, spacing in real_results:
+    for _name, row, pred, ref, spacing in real_results:
         for region in REGIONS:
             p, r = pred[region], ref[region]
             assert row[f"volume_diff_ml_{region}"] == pytest.approx((p.sum() - r.sum()) * np.prod(spacing) / 1000)
@@ -129,7 +129,11 @@ def test_sensitivity_specificity_volume_and_both_empty_brats(tmp_path):
     assert row["volume_diff_ml_WT"] == pytest.approx((30 - 20) * 2.0 / 1000)
     for region in ("TC", "ET"):  # both empty: BraTS convention
         assert (row[f"dice_{region}"], row[f"hd95_{region}"]) == (1.0, 0.0)
-        assert (row[f"sensitivity_{region}"], row[f"specificity_{region}"], row[f"volume_diff_ml_{region}"]) == (1, 1, 0)
+        assert (row[f"sensitivity_{region}"], row[f"specificity_{region}"], row[f"volume_diff_ml_{region}"]) == (
+            1,
+            1,
+            0,
+        )
     assert row["dice_mean"] == pytest.approx((0.4 + 1 + 1) / 3)
     assert not any(math.isnan(v) for v in row.values())
 
@@ -300,8 +304,18 @@ def test_evaluate_folders(tree, tmp_path):
 def test_cli_subprocess_reports_failures(tree, tmp_path):
     pred_dir, ref_dir = tree
     out = tmp_path / "cli_out"
-    cmd = [sys.executable, "-m", "scripts.evaluation", "--pred_dir", str(pred_dir), "--ref_dir", str(ref_dir),
-           "--output_dir", str(out), "--no_plot"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "scripts.evaluation",
+        "--pred_dir",
+        str(pred_dir),
+        "--ref_dir",
+        str(ref_dir),
+        "--output_dir",
+        str(out),
+        "--no_plot",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "| metric | ET | TC | WT | mean |" in proc.stdout
@@ -320,11 +334,37 @@ def test_cli_exit_0_with_ref_labels_and_nan_summary(tmp_path, capsys):
         pred[pred == 4] = 2  # no enhancing tumour anywhere: ET empty in both
         _save(pred_dir / f"case{i}.nii.gz", pred)
         _save(ref_dir / f"case{i}.nii.gz", pred)  # flat <case_id>.nii.gz reference
-    assert main(["--pred_dir", str(pred_dir), "--ref_dir", str(ref_dir), "--output_dir", str(tmp_path / "o"),
-                 "--ref_labels", "1", "2", "3", "--empty", "nan", "--no_plot"]) == 0
+    assert (
+        main(
+            [
+                "--pred_dir",
+                str(pred_dir),
+                "--ref_dir",
+                str(ref_dir),
+                "--output_dir",
+                str(tmp_path / "o"),
+                "--ref_labels",
+                "1",
+                "2",
+                "3",
+                "--empty",
+                "nan",
+                "--no_plot",
+            ]
+        )
+        == 0
+    )
     assert "FAILED" not in capsys.readouterr().out
     summary = _no_nan((tmp_path / "o" / "metrics_summary.json").read_text())["metrics"]
-    assert summary["dice"]["ET"] == {"mean": None, "median": None, "std": None, "q1": None, "q3": None,
-                                     "min": None, "max": None, "n": 0}
+    assert summary["dice"]["ET"] == {
+        "mean": None,
+        "median": None,
+        "std": None,
+        "q1": None,
+        "q3": None,
+        "min": None,
+        "max": None,
+        "n": 0,
+    }
     assert summary["dice"]["WT"]["mean"] == 1.0 and summary["dice"]["mean"]["n"] == 2
     assert "n/a" in (tmp_path / "o" / "metrics_summary.md").read_text()

@@ -110,7 +110,8 @@ AFFINES = {
     "lps_permuted_aniso": np.array(
         [[0.0, -1.5, 0.0, 40.0], [-1.2, 0.0, 0.0, 30.0], [0.0, 0.0, 2.0, -20.0], [0.0, 0.0, 0.0, 1.0]]
     ),
-    "lpi_08mm": np.diag([-0.8, -0.8, -0.8, 1.0]) + np.array([[0, 0, 0, 10.0], [0, 0, 0, 5], [0, 0, 0, 2], [0, 0, 0, 0]]),
+    "lpi_08mm": np.diag([-0.8, -0.8, -0.8, 1.0])
+    + np.array([[0, 0, 0, 10.0], [0, 0, 0, 5], [0, 0, 0, 2], [0, 0, 0, 0]]),
 }
 
 
@@ -206,8 +207,12 @@ def _interaction_batch():
         label[0, 6:10, 6:10, 6:10] = 3
         label[0, 7:9, 7:9, 7:9] = 1
         image = torch.rand(4, 16, 16, 16, generator=g) + 0.5
-        item = {"image": image, "label": label, "label_names": dict(LABEL_NAMES),
-                "guidance": {k: json.dumps([[8, 8, 8]] if k == "edema" else []) for k in LABEL_NAMES}}
+        item = {
+            "image": image,
+            "label": label,
+            "label_names": dict(LABEL_NAMES),
+            "guidance": {k: json.dumps([[8, 8, 8]] if k == "edema" else []) for k in LABEL_NAMES},
+        }
         items.append(AddGuidanceSignald(sigma=2, label_names=LABEL_NAMES)(item))
     return items
 
@@ -223,10 +228,15 @@ def test_interaction_never_zeroes_intensity_channels(probability):
     items = _interaction_batch()
     seen = []
     trainer = SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=1, network=network,
-        train_data_loader=DataLoader(Dataset(items), batch_size=2), loss_function=parser.get_parsed_content("loss"),
-        optimizer=torch.optim.SGD(network.parameters(), lr=0.0), inferer=SimpleInferer(),
-        iteration_update=interaction, decollate=False,
+        device=torch.device("cpu"),
+        max_epochs=1,
+        network=network,
+        train_data_loader=DataLoader(Dataset(items), batch_size=2),
+        loss_function=parser.get_parsed_content("loss"),
+        optimizer=torch.optim.SGD(network.parameters(), lr=0.0),
+        inferer=SimpleInferer(),
+        iteration_update=interaction,
+        decollate=False,
     )
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(e.state.batch["image"].clone()))
     trainer.run()
@@ -258,28 +268,54 @@ def test_inference_config_keeps_the_monai_label_contract():
     pre = parser.get_parsed_content("preprocessing").transforms
     post = parser.get_parsed_content("postprocessing").transforms
     assert isinstance(pre[0], LoadImaged) and pre[0].keys[0] == "image"
-    assert [type(t).__name__ for t in post] == ["Activationsd", "Invertd", "AsDiscreted", "ClassesToBratsd", "SaveImaged"]
+    assert [type(t).__name__ for t in post] == [
+        "Activationsd",
+        "Invertd",
+        "AsDiscreted",
+        "ClassesToBratsd",
+        "SaveImaged",
+    ]
     assert parser.get_parsed_content("label_names") == LABEL_NAMES
     net = parser.get_parsed_content("network_def")
     assert net(torch.rand(1, 8, 32, 32, 32)).shape == (1, 4, 32, 32, 32)
     assert parser.get_parsed_content("ckpt_path").endswith("models/deepedit/model.pt")
     train = _parser(TRAIN)
-    for key in ("bundle_root", "device", "train#dataset#data", "validate#dataset#data", "train#trainer#max_epochs",
-                "train#handlers", "val_interval", "ckpt_path", "run"):
+    for key in (
+        "bundle_root",
+        "device",
+        "train#dataset#data",
+        "validate#dataset#data",
+        "train#trainer#max_epochs",
+        "train#handlers",
+        "val_interval",
+        "ckpt_path",
+        "run",
+    ):
         assert key in train, key
     assert isinstance(train["train#handlers"], list)
 
 
 # ----------------------------------------------------------------------------------------------- end to end
 def _bundle(*args, config):
-    return [sys.executable, "-m", "monai.bundle", "run", *args, "--meta_file", str(CONFIGS / "metadata.json"),
-            "--config_file", str([str(CONFIGS / c) for c in config])]
+    return [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        *args,
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--config_file",
+        str([str(CONFIGS / c) for c in config]),
+    ]
 
 
 def _run(cmd):
     env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd)}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
+    )
     return proc.stdout + proc.stderr
 
 
@@ -290,8 +326,19 @@ def test_interactive_training_and_click_inference_end_to_end(tmp_path):
     write_dataset(tmp_path / "data", num_cases=4, seed=3, shape=(48, 56, 40), progress=False)
     common = ["--bundle_root", str(tmp_path), *TINY, "--num_folds", "2"]
     # MONAI Label's BundleTrainTask calls the run id "run" without "initialize"
-    log = _run(_bundle("run", *common, "--dataset_dir", str(tmp_path / "data"), "--epochs", "2", "--val_interval", "2",
-                       config=TRAIN))
+    log = _run(
+        _bundle(
+            "run",
+            *common,
+            "--dataset_dir",
+            str(tmp_path / "data"),
+            "--epochs",
+            "2",
+            "--val_interval",
+            "2",
+            config=TRAIN,
+        )
+    )
     assert "val_mean_dice" in log and "Saved best model" in log
     model = torch.load(tmp_path / "models" / "deepedit" / "model.pt", map_location="cpu", weights_only=True)
     assert model["encoder.0.conv1.weight"].shape[1] == 8 and model["head.bias"].shape == (4,)  # 4 + 4 in, 4 classes out
@@ -305,21 +352,32 @@ def test_interactive_training_and_click_inference_end_to_end(tmp_path):
     # case 2 as one channel-last 4D file, as MONAI Label hands it over, in BraTS 2023 label values
     four_d = tmp_path / "case4d.nii.gz"
     ref = nib.load(files(cases[1])[0])
-    nib.save(nib.Nifti1Image(np.stack([np.asarray(nib.load(f).dataobj) for f in files(cases[1])], -1), ref.affine), four_d)
-    datalist = {"testing": [
-        {"image": files(cases[0]), "edema": [edema], "necrotic_core": [core], "background": [[1, 1, 1]],
-         "enhancing_tumor": []},
-        {"image": files(cases[1])},
-        {"image": str(four_d), "labels": [1, 2, 3], "edema": [edema, core]},
-    ]}
+    nib.save(
+        nib.Nifti1Image(np.stack([np.asarray(nib.load(f).dataobj) for f in files(cases[1])], -1), ref.affine), four_d
+    )
+    datalist = {
+        "testing": [
+            {
+                "image": files(cases[0]),
+                "edema": [edema],
+                "necrotic_core": [core],
+                "background": [[1, 1, 1]],
+                "enhancing_tumor": [],
+            },
+            {"image": files(cases[1])},
+            {"image": str(four_d), "labels": [1, 2, 3], "edema": [edema, core]},
+        ]
+    }
     (tmp_path / "clicks.json").write_text(json.dumps(datalist))
     out = tmp_path / "pred"
     _run(_bundle(*common, "--dataset_dir", str(tmp_path / "clicks.json"), "--output_dir", str(out), config=INFER))
     written = sorted(p.name for p in out.iterdir())
     assert written == sorted([f"{cases[0].name}.nii.gz", f"{cases[1].name}.nii.gz", "case4d.nii.gz"]), written
-    for name, source, allowed in [(f"{cases[0].name}.nii.gz", files(cases[0])[0], {0, 1, 2, 4}),
-                                  (f"{cases[1].name}.nii.gz", files(cases[1])[0], {0, 1, 2, 4}),
-                                  ("case4d.nii.gz", files(cases[1])[0], {0, 1, 2, 3})]:
+    for name, source, allowed in [
+        (f"{cases[0].name}.nii.gz", files(cases[0])[0], {0, 1, 2, 4}),
+        (f"{cases[1].name}.nii.gz", files(cases[1])[0], {0, 1, 2, 4}),
+        ("case4d.nii.gz", files(cases[1])[0], {0, 1, 2, 3}),
+    ]:
         pred, ref = nib.load(out / name), nib.load(source)
         assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine, atol=1e-4)
         assert pred.get_data_dtype() == np.uint8

@@ -56,12 +56,14 @@ MSD_DATASET_JSON = {
     "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
     "numTraining": 2,
     "numTest": 1,
-    "training": [{"image": f"./imagesTr/BRATS_00{i}.nii.gz", "label": f"./labelsTr/BRATS_00{i}.nii.gz"} for i in (1, 2)],
+    "training": [
+        {"image": f"./imagesTr/BRATS_00{i}.nii.gz", "label": f"./labelsTr/BRATS_00{i}.nii.gz"} for i in (1, 2)
+    ],
     "test": ["./imagesTs/BRATS_003.nii.gz"],
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _case(index):
     return generate_case(index, seed=0, shape=SHAPE)
 
@@ -269,7 +271,9 @@ def test_transforms_without_item_conventions_behave_as_before():
     lab[0, 1] = 1
     lab[0, 2] = 2
     plain = LabelToRegionsd("label")({"label": lab})["label"]
-    assert torch.equal(LabelToRegionsd("label", labels_key="labels")({"label": lab})["label"], plain)  # no "labels": (1, 2, 4)
+    assert torch.equal(
+        LabelToRegionsd("label", labels_key="labels")({"label": lab})["label"], plain
+    )  # no "labels": (1, 2, 4)
     msd = LabelToRegionsd("label", labels_key="labels")({"label": lab, "labels": torch.tensor([4, 2, 1])})["label"]
     assert msd[2].sum() == lab[0].eq(1).sum()  # ET from the item's convention (enhancing = 1)
     with pytest.raises(ValueError, match="outside the expected set"):

@@ -57,11 +57,21 @@ def test_every_served_model_has_its_configs_in_the_bundle():
 
 def test_overlay_png_of_a_study_and_its_label(tmp_path):
     files = write_monailabel_datastore(tmp_path, num_cases=1, num_labelled=1, shape=SHAPE, progress=False)[0]
-    png = render_overlay.main(["--study", files["image"], "--label", files["label"], "--output", str(tmp_path / "o.png")])
+    png = render_overlay.main(
+        ["--study", files["image"], "--label", files["label"], "--output", str(tmp_path / "o.png")]
+    )
     assert open(png, "rb").read(4) == b"\x89PNG"
     with pytest.raises(SystemExit, match="does not match the study's grid"):
-        render_overlay.main(["--study", files["image"], "--label", str(_label_of_shape(tmp_path, (8, 8, 8))),
-                             "--output", str(tmp_path / "bad.png")])
+        render_overlay.main(
+            [
+                "--study",
+                files["image"],
+                "--label",
+                str(_label_of_shape(tmp_path, (8, 8, 8))),
+                "--output",
+                str(tmp_path / "bad.png"),
+            ]
+        )
 
 
 def _label_of_shape(folder, shape):

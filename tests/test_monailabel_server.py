@@ -43,10 +43,20 @@ def venv_dir():
 
 
 def _bundle(*args, configs, cwd):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", *args, "--meta_file", str(cwd / "configs" / "metadata.json"),
-           "--config_file", str([str(cwd / "configs" / c) for c in configs])]
-    proc = subprocess.run(cmd, cwd=cwd, env=dict(os.environ, PYTHONPATH=str(cwd)), capture_output=True, text=True,
-                          timeout=900)
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        *args,
+        "--meta_file",
+        str(cwd / "configs" / "metadata.json"),
+        "--config_file",
+        str([str(cwd / "configs" / c) for c in configs]),
+    ]
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=dict(os.environ, PYTHONPATH=str(cwd)), capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
 
@@ -60,9 +70,25 @@ def bundle_copy(tmp_path_factory):
     write_dataset(root / "data", num_cases=4, seed=5, shape=SHAPE, progress=False)
     served = [name for name, model in MODELS.items() if not missing_files(root, model)]
     for name in served:
-        _bundle("training", "--bundle_root", str(root), "--dataset_dir", str(root / "data"), "--epochs", "1",
-                "--val_interval", "1", "--num_folds", "2", "--num_workers", "0", "--device", "cpu",
-                configs=MODELS[name].train_configs, cwd=root)
+        _bundle(
+            "training",
+            "--bundle_root",
+            str(root),
+            "--dataset_dir",
+            str(root / "data"),
+            "--epochs",
+            "1",
+            "--val_interval",
+            "1",
+            "--num_folds",
+            "2",
+            "--num_workers",
+            "0",
+            "--device",
+            "cpu",
+            configs=MODELS[name].train_configs,
+            cwd=root,
+        )
         assert (root / "models" / MODELS[name].weights).is_file()
     return root, served
 
@@ -86,9 +112,15 @@ def _multipart(fields, files):
     for name, value in fields.items():
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
     for name, (filename, content) in files.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + content + b"\r\n")
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n".encode()
+            + content
+            + b"\r\n"
+        )
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), {
+        "Content-Type": f"multipart/form-data; boundary={boundary}"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +130,13 @@ def live_server(venv_dir, bundle_copy, tmp_path_factory):
     write_monailabel_datastore(studies, num_cases=4, num_labelled=2, seed=9, shape=SHAPE, progress=False)
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = server.server_command(venv_dir, str(studies), "127.0.0.1", port,
-                                [("bundle_path", str(root)), ("preload", "false")])
+    cmd = server.server_command(
+        venv_dir, str(studies), "127.0.0.1", port, [("bundle_path", str(root)), ("preload", "false")]
+    )
     log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, env=server.server_env(venv_dir), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=server.server_env(venv_dir), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -190,8 +224,13 @@ def test_saved_correction_is_trained_on_and_the_new_weights_are_served(live_serv
     before = torch.load(weights, map_location="cpu", weights_only=True)
     mtime = weights.stat().st_mtime
     params = {"max_epochs": 1, "val_split": 0.34, "device": "cpu", "multi_gpu": False, "pretrained": True}
-    _request("POST", f"{srv['url']}/train/resunet_brats?run_sync=true", json.dumps(params).encode(),
-             {"Content-Type": "application/json"}, timeout=900)
+    _request(
+        "POST",
+        f"{srv['url']}/train/resunet_brats?run_sync=true",
+        json.dumps(params).encode(),
+        {"Content-Type": "application/json"},
+        timeout=900,
+    )
     log = srv["log"].read_text()
     assert "Total Records in Dataset: 3" in log, log[-4000:]  # the two earlier labels and the correction
     assert weights.stat().st_mtime > mtime, f"no new weights written\n{log[-4000:]}"

@@ -133,10 +133,13 @@ def test_training_killed_mid_epoch_resumes_exactly(tmp_path):
     assert len(after_kill) >= 4 * (EPOCHS - 2), after_kill
     assert after_kill == _progress(ref_log, "Epoch[2] Complete")
     # ... and bit for bit: weights, optimiser, scheduler, best metrics, random states, best model
-    ref_final = torch.load(reference / "models" / f"checkpoint_epoch={EPOCHS}.pt", map_location="cpu", weights_only=True)
+    ref_final = torch.load(
+        reference / "models" / f"checkpoint_epoch={EPOCHS}.pt", map_location="cpu", weights_only=True
+    )
     _assert_identical(final, ref_final)
     _assert_identical(
-        torch.load(models / "model.pt", weights_only=True), torch.load(reference / "models" / "model.pt", weights_only=True)
+        torch.load(models / "model.pt", weights_only=True),
+        torch.load(reference / "models" / "model.pt", weights_only=True),
     )
 
 

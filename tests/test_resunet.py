@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-
 from scripts.networks import ResidualBlock, ResUNet, SeparableConv
 
 SMALL = (8, 16, 32, 64)  # 4 levels, divisor 8
@@ -155,9 +154,7 @@ def test_verify_net_in_out(tmp_path):
 
     meta = {
         "network_data_format": {
-            "inputs": {
-                "image": {"type": "image", "num_channels": 4, "spatial_shape": ["8*n"] * 3, "dtype": "float32"}
-            },
+            "inputs": {"image": {"type": "image", "num_channels": 4, "spatial_shape": ["8*n"] * 3, "dtype": "float32"}},
             "outputs": {"pred": {"type": "image", "num_channels": 3, "spatial_shape": ["8*n"] * 3, "dtype": "float32"}},
         }
     }

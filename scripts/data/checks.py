@@ -157,7 +157,9 @@ def _check_case(item: Mapping, image_key: str, label_key: str | None, channels: 
     if not files:
         raise CaseError("<datalist entry>", f"no '{image_key}' file in the datalist entry {dict(item)}")
     if len(files) not in (1, channels):
-        raise CaseError(files[0], f"expected {channels} modality files (T1, T1ce, T2, FLAIR) or one 4D file, got {len(files)}")
+        raise CaseError(
+            files[0], f"expected {channels} modality files (T1, T1ce, T2, FLAIR) or one 4D file, got {len(files)}"
+        )
     multi = len(files) > 1
     for i, path in enumerate(files):
         if not os.path.exists(path):
@@ -171,7 +173,9 @@ def _check_case(item: Mapping, image_key: str, label_key: str | None, channels: 
     shapes = [tuple(int(s) for s in h.header.get_data_shape()) for h in headers]
     for i, (path, shape) in enumerate(zip(files, shapes)):
         if multi and len(shape) != 3:
-            raise CaseError(path, f"expected a 3D image ({MODALITY_NAMES[i]}), got {len(shape)}D shape {_shape_str(shape)}")
+            raise CaseError(
+                path, f"expected a 3D image ({MODALITY_NAMES[i]}), got {len(shape)}D shape {_shape_str(shape)}"
+            )
         if not multi and not (len(shape) == 4 and shape[3] == channels):
             raise CaseError(
                 path,
@@ -205,7 +209,9 @@ def _check_case(item: Mapping, image_key: str, label_key: str | None, channels: 
     if len(lshape) != 3:
         raise CaseError(label, f"expected a 3D label map, got {len(lshape)}D shape {_shape_str(lshape)}")
     if lshape != shapes[0][:3]:
-        raise CaseError(label, f"label shape {_shape_str(lshape)} does not match the image shape {_shape_str(shapes[0][:3])}")
+        raise CaseError(
+            label, f"label shape {_shape_str(lshape)} does not match the image shape {_shape_str(shapes[0][:3])}"
+        )
     if not np.allclose(np.asarray(header.affine, float), np.asarray(headers[0].affine, float)):
         raise CaseError(label, f"label affine does not match the image's ({files[0]})")
 
@@ -237,7 +243,9 @@ class CheckImageDatad(MapTransform):
     def _modality(self, d: Mapping, c: int) -> str:
         order = d.get(self.order_key) if self.order_key else None
         try:
-            order = [int(v) for v in (order.tolist() if hasattr(order, "tolist") else order)] if order is not None else None
+            order = (
+                [int(v) for v in (order.tolist() if hasattr(order, "tolist") else order)] if order is not None else None
+            )
         except (TypeError, ValueError):
             order = None
         i = order.index(c) if order is not None and c in order else c
@@ -291,7 +299,9 @@ def _chain(e: BaseException) -> list[BaseException]:
     return out
 
 
-def describe_error(item: Mapping, error: BaseException, image_key: str = "image", label_key: str | None = "label") -> dict:
+def describe_error(
+    item: Mapping, error: BaseException, image_key: str = "image", label_key: str | None = "label"
+) -> dict:
     """The failure record (case, file, problem) of an exception raised while preparing ``item``.
 
     A :class:`CaseError` anywhere in the exception chain (MONAI wraps transform errors in ``RuntimeError``s)

@@ -162,8 +162,11 @@ def _find_split_cases(
             others = [
                 p
                 for p in folder.iterdir()
-                if p.is_file() and not p.name.startswith(".") and _strip_nifti(p.name) is not None
-                and p not in images and "seg" in p.name.lower()
+                if p.is_file()
+                and not p.name.startswith(".")
+                and _strip_nifti(p.name) is not None
+                and p not in images
+                and "seg" in p.name.lower()
             ]
             if len(others) == 1:
                 label = others[0]
@@ -218,7 +221,9 @@ def _msd_root(root: Path) -> tuple[Path, tuple[str, ...]] | None:
         return root, MSD_SUBSETS
     if root.name in MSD_SUBSETS:
         return root.parent, (root.name,)
-    tasks = [c for c in sorted(root.iterdir()) if c.is_dir() and not c.name.startswith(".") and (c / "imagesTr").is_dir()]
+    tasks = [
+        c for c in sorted(root.iterdir()) if c.is_dir() and not c.name.startswith(".") and (c / "imagesTr").is_dir()
+    ]
     if len(tasks) == 1:
         return tasks[0], MSD_SUBSETS
     return None
@@ -345,7 +350,8 @@ def detect_layout(root: str | os.PathLike) -> str | None:
         if all(_MSD_NAME.match(Path(c["image"]).name) for c in niftis):
             warnings.warn(
                 f"{root}: NIfTI files named like MSD Task01 (BRATS_xxx): reading their channels in MSD order "
-                "(FLAIR, T1w, T1gd, T2w); pass layout='nifti4d' if they are already T1, T1ce, T2, FLAIR"
+                "(FLAIR, T1w, T1gd, T2w); pass layout='nifti4d' if they are already T1, T1ce, T2, FLAIR",
+                stacklevel=2,
             )
             return "msd"
         return "nifti4d"
@@ -400,7 +406,9 @@ def split_fold(datalist: dict, fold: int) -> tuple[list[dict], list[dict]]:
     training = datalist["training"]
     folds = {c.get("fold") for c in training}
     if fold not in folds:
-        raise ValueError(f"fold {fold} not in the datalist (folds present: {sorted(f for f in folds if f is not None)})")
+        raise ValueError(
+            f"fold {fold} not in the datalist (folds present: {sorted(f for f in folds if f is not None)})"
+        )
     return [c for c in training if c["fold"] != fold], [c for c in training if c["fold"] == fold]
 
 
@@ -426,7 +434,7 @@ def load_datalist(path: str | os.PathLike) -> dict:
     def resolve(p):
         return [resolve(q) for q in p] if isinstance(p, list) else str(base / p)
 
-    for key, items in datalist.items():
+    for items in datalist.values():
         if isinstance(items, list):
             for item in items:
                 for field in ("image", "label"):
@@ -488,7 +496,9 @@ def find_inference_cases(
         datalist = load_datalist(source)
         if datalist_key not in datalist:
             raise KeyError(f"{source}: no '{datalist_key}' list (keys: {sorted(datalist)})")
-        return [dict(c, case_id=c.get("case_id") or case_id_from_path(_first(c["image"]))) for c in datalist[datalist_key]]
+        return [
+            dict(c, case_id=c.get("case_id") or case_id_from_path(_first(c["image"]))) for c in datalist[datalist_key]
+        ]
     if source.is_file() and layout in (None, "auto", "nifti4d"):
         return [{"case_id": case_id_from_path(source), "image": str(source)}]
     try:
@@ -513,7 +523,9 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--dataset_dir", required=True, help="dataset folder in any supported layout")
     parser.add_argument("--output", required=True, help="datalist JSON to write (paths stored relative to it)")
-    parser.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS, help="dataset layout (default: detect)")
+    parser.add_argument(
+        "--layout", default="auto", choices=("auto",) + LAYOUTS, help="dataset layout (default: detect)"
+    )
     parser.add_argument("--num_folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

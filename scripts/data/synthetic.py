@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -128,7 +128,7 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q
 
 
-def _box(center: Sequence[float], radius: float, shape: Sequence[int]) -> Tuple[slice, slice, slice]:
+def _box(center: Sequence[float], radius: float, shape: Sequence[int]) -> tuple[slice, slice, slice]:
     sl = []
     for c, n in zip(center, shape):
         lo = int(max(0, np.floor(c - radius)))
@@ -142,7 +142,7 @@ def _box(center: Sequence[float], radius: float, shape: Sequence[int]) -> Tuple[
 # ----------------------------------------------------------------------------------------------
 def generate_case(
     index: int, seed: int = 0, shape: Sequence[int] = DEFAULT_SHAPE, return_tissue: bool = False
-) -> Dict[str, np.ndarray]:
+) -> dict[str, np.ndarray]:
     """Generate one synthetic BraTS-like case.
 
     Args:
@@ -312,9 +312,7 @@ def generate_case(
     d_sulc = np.sqrt(d_sheet * d_sheet + excess * excess)
     del d_sheet, excess, gyr, rmm
     csf = (depth_med < f32(csf_w)) | (d_sulc < f32(sulc_w))
-    cortex = np.minimum(depth_med - f32(csf_w), d_sulc - f32(sulc_w)) < f32(gm_th) * (
-        f32(1.0) + f32(0.12) * outline
-    )
+    cortex = np.minimum(depth_med - f32(csf_w), d_sulc - f32(sulc_w)) < f32(gm_th) * (f32(1.0) + f32(0.12) * outline)
 
     tissue = np.full(shape, WM, dtype=np.uint8)
     tissue[cortex] = GM
@@ -385,7 +383,9 @@ def generate_case(
     )
     rim_local = f32(rim) * nod * (f32(1.0) + f32(0.12) * n_tex) / np.sqrt(pert_c)
     # the erosion by a 5x5x5 cube guarantees an enhancing rim of >= 2 voxels in every direction
-    necro = (rho_c < f32(r_core) - rim_local) & ndi.binary_erosion(core, structure=np.ones((3, 3, 3), bool), iterations=2)
+    necro = (rho_c < f32(r_core) - rim_local) & ndi.binary_erosion(
+        core, structure=np.ones((3, 3, 3), bool), iterations=2
+    )
     rho_e = rho / pert_e - f32(finger_amp) * n_fing
     env = (rho_e < f32(r_core + ed_extent)) | (rho_c < f32(r_core + ed_min))
     parench = (under == WM) | (under == DGM) | ((under == GM) & (rho_e < f32(r_core + ed_extent - 3.0)))
@@ -397,7 +397,7 @@ def generate_case(
     edema &= np.isin(lab, keep)
     ed_w = np.clip(f32(0.62) + f32(0.38) * (f32(r_core + ed_extent) - rho_e) / f32(4.0), f32(0.62), f32(1.0))
     ed_w = np.where(rho_c < f32(r_core + ed_min), f32(1.0), ed_w)
-    del lab, env, parench, rho, u0, u1, u2, nod, rim_local, pert_c, pert_e, n_fing
+    del lab, env, parench, rho, nod, rim_local, pert_c, pert_e, n_fing
 
     tb = under.copy()
     tb[edema] = ED
@@ -411,7 +411,7 @@ def generate_case(
     # ---------------- image formation ----------------
     tex = _smooth_noise(rng, shape, 3.0)
     brain_idx = np.flatnonzero(mask)
-    out: Dict[str, np.ndarray] = {}
+    out: dict[str, np.ndarray] = {}
     for mod in MODALITIES:
         lut = (np.asarray(_CONTRAST[mod]) * jitter[mod]).astype(f32)
         img = lut[tissue]
@@ -445,7 +445,7 @@ def case_name(index: int, prefix: str = CASE_PREFIX) -> str:
     return f"{prefix}{int(index):03d}"
 
 
-def case_files(out_dir: str, index: int, prefix: str = CASE_PREFIX) -> Dict[str, str]:
+def case_files(out_dir: str, index: int, prefix: str = CASE_PREFIX) -> dict[str, str]:
     """Paths of the five NIfTI files of one case (keys: the modalities and ``seg``)."""
     name = case_name(index, prefix)
     folder = os.path.join(str(out_dir), name)
@@ -471,7 +471,7 @@ def write_case(
     seed: int = 0,
     shape: Sequence[int] = DEFAULT_SHAPE,
     prefix: str = CASE_PREFIX,
-) -> Dict[str, str]:
+) -> dict[str, str]:
     """Generate case ``index`` and write it as ``out_dir/<prefix><index:03d>/<prefix><index:03d>_<key>.nii.gz``.
 
     Images are int16, the segmentation uint8, affine = identity (1 mm, RAS). Each file is written to a
@@ -495,7 +495,7 @@ def write_dataset(
     seed: int = 0,
     shape: Sequence[int] = DEFAULT_SHAPE,
     progress: bool = True,
-) -> List[Dict[str, str]]:
+) -> list[dict[str, str]]:
     """Write cases ``1..num_cases`` (skipping cases whose five files all exist); returns their file dicts."""
     from tqdm.auto import tqdm
 
@@ -516,7 +516,7 @@ def write_monailabel_datastore(
     seed: int = 0,
     shape: Sequence[int] = DEFAULT_SHAPE,
     progress: bool = True,
-) -> List[Dict[str, str]]:
+) -> list[dict[str, str]]:
     """Write cases ``1..num_cases`` as a MONAI Label local datastore of four-modality studies.
 
     Layout (what ``monailabel start_server --studies out_dir`` reads; the image id is the file name):
@@ -551,7 +551,7 @@ def write_monailabel_datastore(
 # ----------------------------------------------------------------------------------------------
 # preview
 # ----------------------------------------------------------------------------------------------
-def _load_case_dir(case_dir: str) -> Dict[str, np.ndarray]:
+def _load_case_dir(case_dir: str) -> dict[str, np.ndarray]:
     import glob
 
     import nibabel as nib
@@ -566,10 +566,10 @@ def _load_case_dir(case_dir: str) -> Dict[str, np.ndarray]:
 
 
 def save_preview(
-    case_dir_or_arrays: Union[str, os.PathLike, Mapping[str, np.ndarray]],
+    case_dir_or_arrays: str | os.PathLike | Mapping[str, np.ndarray],
     png_path: str,
     plane: str = "axial",
-    slice_index: Optional[int] = None,
+    slice_index: int | None = None,
     dpi: int = 80,
     title: str = "synthetic BraTS-like case",
 ) -> str:
@@ -642,7 +642,7 @@ def save_preview(
 # ----------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------
-def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, str]]:
+def main(argv: Sequence[str] | None = None) -> list[dict[str, str]]:
     parser = argparse.ArgumentParser(description="Write synthetic BraTS-2020-like cases (NIfTI).")
     parser.add_argument("--output_dir", required=True, help="dataset folder (one sub-folder per case)")
     parser.add_argument("--num_cases", type=int, default=30)
@@ -663,7 +663,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, str]]:
         )
         print(f"{len(cases)} studies ({args.num_labelled} labelled) in {args.output_dir}")
         return cases
-    cases = write_dataset(args.output_dir, args.num_cases, seed=args.seed, shape=args.shape, progress=not args.no_progress)
+    cases = write_dataset(
+        args.output_dir, args.num_cases, seed=args.seed, shape=args.shape, progress=not args.no_progress
+    )
     if args.preview and cases:
         save_preview(os.path.dirname(cases[0]["seg"]), args.preview)
     print(f"{len(cases)} cases in {args.output_dir}")

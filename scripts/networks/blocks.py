@@ -16,6 +16,7 @@ All blocks are TorchScript-scriptable.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 from monai.networks.layers.factories import Conv

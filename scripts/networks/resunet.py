@@ -8,7 +8,6 @@ concatenation and a :class:`ResidualBlock`, and ends in a ``1 x 1`` conv head gi
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import List, Union
 
 import torch
 import torch.nn as nn
@@ -152,9 +151,7 @@ class ResUNet(nn.Module):
         if any(s < 1 for st in stride_tuples for s in st):
             raise ValueError(f"strides must be positive, got {tuple(strides)}.")
         if any(s != 1 for s in stride_tuples[0]):
-            raise ValueError(
-                f"strides[0] must be 1 so that the output has the input resolution, got {strides[0]}."
-            )
+            raise ValueError(f"strides[0] must be 1 so that the output has the input resolution, got {strides[0]}.")
 
         if decoder_channels is None:
             dec_channels = channels[:-1]
@@ -191,7 +188,7 @@ class ResUNet(nn.Module):
         self.strides = tuple(stride_tuples)
         self.separable_levels = tuple(sorted(sep_levels))
         self.deep_supervision = bool(deep_supervision)
-        self.divisors: List[int] = [1] * spatial_dims
+        self.divisors: list[int] = [1] * spatial_dims
         for st in stride_tuples:
             for d in range(spatial_dims):
                 self.divisors[d] *= st[d]
@@ -252,7 +249,7 @@ class ResUNet(nn.Module):
                     f"pad or crop spatial dims to multiples of {self.divisors}."
                 )
 
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Segment ``x``.
 
         Args:
@@ -270,13 +267,13 @@ class ResUNet(nn.Module):
         """
         if not torch.jit.is_tracing():  # under tracing sizes are tensors: the trace keeps no python checks
             self._check_input(x)
-        features: List[torch.Tensor] = []
+        features: list[torch.Tensor] = []
         for block in self.encoder:
             x = block(x)
             features.append(x)
 
         n_dec = len(features) - 1
-        decoded: List[torch.Tensor] = []  # deepest decoder level first
+        decoded: list[torch.Tensor] = []  # deepest decoder level first
         j = 0
         for stage in self.decoder:
             x = stage(x, features[n_dec - 1 - j])
@@ -285,7 +282,7 @@ class ResUNet(nn.Module):
 
         out = self.head(x)
         if self.deep_supervision and self.training:
-            outputs: List[torch.Tensor] = [out]
+            outputs: list[torch.Tensor] = [out]
             k = 0
             for ds_head in self.ds_heads:
                 # ds_heads[k] is on decoder level k + 1, stored at decoded[n_dec - 2 - k]

@@ -67,15 +67,24 @@ class ResUNetInferTask(infer_bundle.BundleInferTask):
         self.model = model
         # extend_load_image=False keeps the bundle's LoadImaged (it allows a missing "label" key; MONAI Label's
         # LoadImageTensord wrapper does not).
-        super().__init__(bundle_path, conf, const=_InferConstants(model), type=type or model.type,
-                         extend_load_image=False, load_strict=True, **kwargs)
+        super().__init__(
+            bundle_path,
+            conf,
+            const=_InferConstants(model),
+            type=type or model.type,
+            extend_load_image=False,
+            load_strict=True,
+            **kwargs,
+        )
         if not self.valid:
             return
         self.labels = label_names(self.bundle_config, with_background=self.type == InferType.DEEPEDIT)
         weights_dir = os.path.dirname(os.path.join(bundle_path, "models", model.weights))
         self._config["model_filename"] = [os.path.basename(model.weights)] + sorted(
-            os.path.basename(p) for p in glob.glob(os.path.join(weights_dir, "*.pt"))
-            if os.path.basename(p) != os.path.basename(model.weights) and not os.path.basename(p).startswith("checkpoint_")
+            os.path.basename(p)
+            for p in glob.glob(os.path.join(weights_dir, "*.pt"))
+            if os.path.basename(p) != os.path.basename(model.weights)
+            and not os.path.basename(p).startswith("checkpoint_")
         )
 
     def _load_bundle_config(self, path, config):
