@@ -1,6 +1,16 @@
 """Network definitions of the bundle (importable as ``scripts.networks``)."""
 
-from .blocks import ResidualBlock, SeparableConv, SkipAdapter, conv_layer
+from .blocks import InvertedResidual, ResidualBlock, SeparableConv, SkipAdapter, conv_layer, conv_norm_act
 from .resunet import ResUNet
+from .student import StudentUNet
 
-__all__ = ["ResUNet", "ResidualBlock", "SeparableConv", "SkipAdapter", "conv_layer"]
+__all__ = [
+    "InvertedResidual",
+    "ResUNet",
+    "ResidualBlock",
+    "SeparableConv",
+    "SkipAdapter",
+    "StudentUNet",
+    "conv_layer",
+    "conv_norm_act",
+]

@@ -19,13 +19,31 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from monai.networks.layers.factories import Conv
+from monai.networks.blocks.squeeze_and_excitation import ChannelSELayer
+from monai.networks.layers.factories import Act, Conv
 from monai.networks.layers.utils import get_act_layer, get_dropout_layer, get_norm_layer
 
-__all__ = ["SeparableConv", "conv_layer", "ResidualBlock", "SkipAdapter", "same_padding", "is_unit_stride"]
+__all__ = [
+    "SeparableConv",
+    "conv_layer",
+    "ResidualBlock",
+    "SkipAdapter",
+    "InvertedResidual",
+    "conv_norm_act",
+    "same_padding",
+    "is_unit_stride",
+    "level_strides",
+    "check_input_shape",
+]
 
 DEFAULT_NORM: tuple = ("instance", {"affine": True})
 DEFAULT_ACT: tuple = ("leakyrelu", {"negative_slope": 0.01, "inplace": True})
+
+# MobileNetV3's activations, registered in MONAI's activation factory (which lacks them) so that every block
+# and config can name them: ``act="hardswish"``, ``("hardsigmoid", {})``.
+for _name, _cls in (("HARDSWISH", nn.Hardswish), ("HARDSIGMOID", nn.Hardsigmoid)):
+    if _name not in Act.names:
+        Act.add_factory_callable(_name, lambda cls=_cls: cls)
 
 
 def _as_tuple(value: Sequence[int] | int, spatial_dims: int, name: str) -> tuple[int, ...]:
@@ -41,6 +59,58 @@ def _as_tuple(value: Sequence[int] | int, spatial_dims: int, name: str) -> tuple
 def _check_spatial_dims(spatial_dims: int) -> None:
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+
+
+def level_strides(
+    strides: Sequence[Sequence[int] | int], channels: Sequence[int], spatial_dims: int
+) -> tuple[list[tuple[int, ...]], list[int]]:
+    """Check the per-level strides of an encoder with one level per entry of ``channels``.
+
+    Returns:
+        the strides as ``spatial_dims``-tuples, one per level, and per spatial dim the factor an input size must
+        be divisible by (the product of the strides along that dim).
+
+    Raises:
+        ValueError: fewer than 2 levels, a non-positive width, ``len(strides) != len(channels)``, a non-positive
+            stride, or ``strides[0]`` not 1 (the full-resolution level must keep the input resolution).
+    """
+    n_levels = len(channels)
+    if n_levels < 2:
+        raise ValueError(f"channels must have at least 2 levels, got {tuple(channels)}.")
+    if any(c < 1 for c in channels):
+        raise ValueError(f"channels must be positive, got {tuple(channels)}.")
+    if len(strides) != n_levels:
+        raise ValueError(
+            f"len(strides) must equal len(channels) ({n_levels}), got strides={tuple(strides)} "
+            f"and channels={tuple(channels)}."
+        )
+    stride_tuples = [_as_tuple(s, spatial_dims, f"strides[{i}]") for i, s in enumerate(strides)]
+    if any(s < 1 for st in stride_tuples for s in st):
+        raise ValueError(f"strides must be positive, got {tuple(strides)}.")
+    if any(s != 1 for s in stride_tuples[0]):
+        raise ValueError(f"strides[0] must be 1 so that the output has the input resolution, got {strides[0]}.")
+    divisors = [1] * spatial_dims
+    for st in stride_tuples:
+        for d in range(spatial_dims):
+            divisors[d] *= st[d]
+    return stride_tuples, divisors
+
+
+def check_input_shape(x: torch.Tensor, spatial_dims: int, divisors: list[int], name: str) -> None:
+    """Raise a ``ValueError`` naming ``name``, the shape and the offending dim unless ``x`` is
+    ``(B, C, *S)`` with ``spatial_dims`` spatial dims and every ``S[d]`` divisible by ``divisors[d]``
+    (TorchScript-compatible; a scripted caller raises it as ``torch.jit.Error`` with the same message)."""
+    if x.dim() != spatial_dims + 2:
+        raise ValueError(f"{name} expects a {spatial_dims + 2}D input (B, C, *spatial), got shape {list(x.shape)}.")
+    shape = x.shape
+    for d in range(spatial_dims):
+        size = shape[d + 2]
+        if size % divisors[d] != 0:
+            raise ValueError(
+                f"{name} input shape {list(shape)}: spatial dim {d} has size {size}, which is not divisible "
+                f"by {divisors[d]} (the product of the strides along that dim); "
+                f"pad or crop spatial dims to multiples of {divisors}."
+            )
 
 
 def same_padding(kernel_size: Sequence[int] | int, spatial_dims: int) -> tuple[int, ...]:
@@ -261,3 +331,112 @@ class SkipAdapter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C_enc, *S)`` -> ``(B, C_dec, *S)``."""
         return self.norm(self.conv(x))
+
+
+def conv_norm_act(
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: Sequence[int] | int = 1,
+    stride: Sequence[int] | int = 1,
+    groups: int = 1,
+    norm: tuple | str | None = DEFAULT_NORM,
+    act: tuple | str | None = DEFAULT_ACT,
+) -> nn.Sequential:
+    """``conv - norm - act`` with "same" padding; the conv has a bias only when ``norm`` is ``None``.
+
+    Args:
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        in_channels: ``C_in``.
+        out_channels: ``C_out``.
+        kernel_size: odd kernel size (int or one per spatial dim).
+        stride: stride (int or one per spatial dim).
+        groups: conv groups (``groups = C_in = C_out`` is a depthwise conv).
+        norm: MONAI norm name/args; ``None`` for no norm.
+        act: MONAI activation name/args; ``None`` for no activation (a linear layer).
+
+    Returns:
+        ``nn.Sequential(conv, norm, act)`` (``nn.Identity`` for the missing ones) mapping
+        ``(B, C_in, *S)`` -> ``(B, C_out, *ceil(S / stride))``.
+    """
+    _check_spatial_dims(spatial_dims)
+    conv = Conv[Conv.CONV, spatial_dims](
+        in_channels,
+        out_channels,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=same_padding(kernel_size, spatial_dims),
+        groups=groups,
+        bias=norm is None,
+    )
+    activation = nn.Identity() if act is None else get_act_layer(act)
+    return nn.Sequential(conv, _norm_or_identity(norm, spatial_dims, out_channels), activation)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV3 bottleneck: expand ``1 x 1`` - depthwise ``k x k`` (stride) - squeeze-excite - project ``1 x 1``.
+
+    Main path: ``1 x 1`` conv ``C_in -> C_hid`` - norm - act (left out when ``C_hid == C_in``), depthwise
+    ``k x k (x k)`` conv with ``stride`` - norm - act, optional squeeze-and-excitation on the ``C_hid`` channels
+    (MONAI's :class:`~monai.networks.blocks.squeeze_and_excitation.ChannelSELayer`: global average pool, FC with
+    reduction ``se_reduction`` and ReLU, FC and hard-sigmoid gate), then a linear ``1 x 1`` projection
+    ``C_hid -> C_out`` - norm (no activation: the linear bottleneck). The input is added back when
+    ``C_in == C_out`` and ``stride`` is 1. ``C_hid = round(C_in * expansion)``.
+
+    Args:
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        in_channels: ``C_in``.
+        out_channels: ``C_out``.
+        expansion: width multiplier of the hidden (depthwise) layer, ``>= 1``.
+        kernel_size: odd kernel size of the depthwise conv (int or one per spatial dim).
+        stride: stride of the depthwise conv (int or one per spatial dim).
+        norm: MONAI norm name/args (MobileNetV3 uses batch norm); ``None`` for no norm.
+        act: MONAI activation name/args of the expansion and depthwise layers (``"hardswish"`` in MobileNetV3's
+            deeper layers, ``"relu"`` in its first ones).
+        se_reduction: reduction ratio of the squeeze-and-excitation layer; ``None`` or 0 for none.
+
+    Shapes:
+        input ``(B, C_in, *S)`` -> output ``(B, C_out, *ceil(S / stride))``.
+
+    Attributes:
+        expand: the expansion ``conv_norm_act`` or ``None``; depthwise: the depthwise ``conv_norm_act``;
+        se: the ``ChannelSELayer`` or ``nn.Identity``; project: the projection ``conv_norm_act`` (no act);
+        use_residual: whether the input is added to the output.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        expansion: float = 4.0,
+        kernel_size: Sequence[int] | int = 3,
+        stride: Sequence[int] | int = 1,
+        norm: tuple | str | None = "batch",
+        act: tuple | str | None = "hardswish",
+        se_reduction: int | None = 4,
+    ) -> None:
+        super().__init__()
+        _check_spatial_dims(spatial_dims)
+        _as_tuple(stride, spatial_dims, "stride")
+        if expansion < 1:
+            raise ValueError(f"expansion must be >= 1, got {expansion}.")
+        hidden = int(round(in_channels * expansion))
+        self.expand = None  # TorchScript prunes the branch when None
+        if hidden != in_channels:
+            self.expand = conv_norm_act(spatial_dims, in_channels, hidden, 1, 1, 1, norm, act)
+        self.depthwise = conv_norm_act(spatial_dims, hidden, hidden, kernel_size, stride, hidden, norm, act)
+        se = ChannelSELayer(spatial_dims, hidden, r=se_reduction, acti_type_2="hardsigmoid") if se_reduction else None
+        self.se = nn.Identity() if se is None else se
+        self.project = conv_norm_act(spatial_dims, hidden, out_channels, 1, 1, 1, norm, None)
+        self.use_residual = in_channels == out_channels and is_unit_stride(stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, *S)`` -> ``(B, C_out, *ceil(S / stride))``."""
+        out = x
+        if self.expand is not None:
+            out = self.expand(out)
+        out = self.project(self.se(self.depthwise(out)))
+        if self.use_residual:
+            out = out + x
+        return out

@@ -13,7 +13,15 @@ import torch
 import torch.nn as nn
 from monai.networks.layers.factories import Conv
 
-from .blocks import DEFAULT_ACT, DEFAULT_NORM, ResidualBlock, SkipAdapter, _as_tuple, _check_spatial_dims
+from .blocks import (
+    DEFAULT_ACT,
+    DEFAULT_NORM,
+    ResidualBlock,
+    SkipAdapter,
+    _check_spatial_dims,
+    check_input_shape,
+    level_strides,
+)
 
 __all__ = ["ResUNet", "DecoderStage"]
 
@@ -138,20 +146,7 @@ class ResUNet(nn.Module):
         _check_spatial_dims(spatial_dims)
         channels = [int(c) for c in channels]
         n_levels = len(channels)
-        if n_levels < 2:
-            raise ValueError(f"channels must have at least 2 levels, got {channels}.")
-        if any(c < 1 for c in channels):
-            raise ValueError(f"channels must be positive, got {channels}.")
-        if len(strides) != n_levels:
-            raise ValueError(
-                f"len(strides) must equal len(channels) ({n_levels}), got strides={tuple(strides)} "
-                f"and channels={tuple(channels)}."
-            )
-        stride_tuples = [_as_tuple(s, spatial_dims, f"strides[{i}]") for i, s in enumerate(strides)]
-        if any(s < 1 for st in stride_tuples for s in st):
-            raise ValueError(f"strides must be positive, got {tuple(strides)}.")
-        if any(s != 1 for s in stride_tuples[0]):
-            raise ValueError(f"strides[0] must be 1 so that the output has the input resolution, got {strides[0]}.")
+        stride_tuples, divisors = level_strides(strides, channels, spatial_dims)
 
         if decoder_channels is None:
             dec_channels = channels[:-1]
@@ -188,10 +183,7 @@ class ResUNet(nn.Module):
         self.strides = tuple(stride_tuples)
         self.separable_levels = tuple(sorted(sep_levels))
         self.deep_supervision = bool(deep_supervision)
-        self.divisors: list[int] = [1] * spatial_dims
-        for st in stride_tuples:
-            for d in range(spatial_dims):
-                self.divisors[d] *= st[d]
+        self.divisors: list[int] = divisors
 
         block_kwargs = {"kernel_size": kernel_size, "norm": norm, "act": act, "dropout": dropout}
 
@@ -235,19 +227,7 @@ class ResUNet(nn.Module):
         return self.decoder[n - 1 - level]
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != self.spatial_dims + 2:
-            raise ValueError(
-                f"ResUNet expects a {self.spatial_dims + 2}D input (B, C, *spatial), got shape {list(x.shape)}."
-            )
-        shape = x.shape
-        for d in range(self.spatial_dims):
-            size = shape[d + 2]
-            if size % self.divisors[d] != 0:
-                raise ValueError(
-                    f"ResUNet input shape {list(shape)}: spatial dim {d} has size {size}, which is not divisible "
-                    f"by {self.divisors[d]} (the product of the strides along that dim); "
-                    f"pad or crop spatial dims to multiples of {self.divisors}."
-                )
+        check_input_shape(x, self.spatial_dims, self.divisors, "ResUNet")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Segment ``x``.
