@@ -13,8 +13,8 @@ import argparse
 import nibabel as nib
 import numpy as np
 
-from scripts.data.layouts import MODALITIES
-from scripts.data.synthetic import save_preview
+from scripts.conventions import MODALITIES
+from scripts.synthetic.phantom import save_preview
 
 
 def main(argv=None) -> str:

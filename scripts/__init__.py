@@ -1,22 +1,35 @@
 """Python modules of the ResUNet BraTS bundle.
 
-Submodules load on first attribute access, so after ``import scripts`` a config expression can call
-``scripts.data.layouts.prepare_datalist(...)`` without importing every module up front.
+``import scripts`` imports the modules the configs call (``$scripts.data.layouts.prepare_datalist(...)``), so a
+missing third-party package fails here with its own ``ImportError``. The import layers are listed in
+``tests/test_import_layers.py``: :mod:`scripts.conventions` at the bottom, then :mod:`scripts.io`, the networks,
+transforms and metrics, the synthetic data, the data layouts and checks, and the workflow modules on top.
 """
 
-import importlib
+from scripts import (
+    conventions,
+    data,
+    evaluation,
+    handlers,
+    inferers,
+    interactive,
+    io,
+    metrics,
+    networks,
+    synthetic,
+    transforms,
+)
 
-
-def lazy_submodules(package: str):
-    """A module ``__getattr__`` (PEP 562) that imports ``<package>.<name>`` on first access."""
-
-    def __getattr__(name: str):
-        try:
-            return importlib.import_module(f"{package}.{name}")
-        except ModuleNotFoundError as e:
-            raise AttributeError(f"module {package!r} has no attribute {name!r}") from e
-
-    return __getattr__
-
-
-__getattr__ = lazy_submodules(__name__)
+__all__ = [
+    "conventions",
+    "data",
+    "evaluation",
+    "handlers",
+    "inferers",
+    "interactive",
+    "io",
+    "metrics",
+    "networks",
+    "synthetic",
+    "transforms",
+]

@@ -1,6 +1,6 @@
 """Evaluation of BraTS segmentations against reference label maps.
 
-Per case and per region (ET enhancing tumour, TC tumour core, WT whole tumour, derived from a BraTS label map
+Per case and per region (TC tumour core, WT whole tumour, ET enhancing tumour, derived from a BraTS label map
 with :func:`scripts.transforms.label_to_regions` and a ``labels=(necrotic, oedema, enhancing)`` convention):
 
 * ``dice``            2 |P & R| / (|P| + |R|)
@@ -65,18 +65,16 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from scripts.conventions import BRATS2020_LABELS, NIFTI_EXTENSIONS, REGIONS, case_id_from_path
 from scripts.data.checks import CaseError, case_id_of, failure, format_failure
-from scripts.data.layouts import NIFTI_EXTENSIONS, case_id_from_path, write_json_atomic
-from scripts.io import atomic_path
-from scripts.transforms import BRATS_2020_LABELS, REGION_NAMES, label_to_regions
+from scripts.io import atomic_path, write_json
+from scripts.transforms import label_to_regions
 
 logger = logging.getLogger(__name__)
 
-REGIONS = ("ET", "TC", "WT")
-"""Region order of every output (the order of ``label_to_regions`` channels is ``REGION_NAMES``: TC, WT, ET)."""
 METRICS = ("dice", "hd95", "sensitivity", "specificity", "volume_diff_ml")
 COLUMNS = tuple(f"{m}_{r}" for m in METRICS for r in (*REGIONS, "mean"))
-"""Per-case columns after ``case_id``: every metric x (ET, TC, WT, mean)."""
+"""Per-case columns after ``case_id``: every metric x (TC, WT, ET, mean)."""
 EMPTY_CONVENTIONS = ("brats", "nan")
 BRATS_MAX_HD95 = 373.13
 """HD95 (mm) when exactly one of prediction and reference is empty: diagonal of a 240 x 240 x 155 mm volume."""
@@ -167,7 +165,7 @@ def label_map_metrics(
     pred_label: np.ndarray,
     ref_label: np.ndarray,
     spacing: Sequence[float],
-    labels: Sequence[int] = BRATS_2020_LABELS,
+    labels: Sequence[int] = BRATS2020_LABELS,
     ref_labels: Sequence[int] | None = None,
     empty: str = "brats",
     pred_name: str = "<prediction>",
@@ -189,7 +187,7 @@ def label_map_metrics(
 
 
 def _regions(label: np.ndarray, labels: tuple, name: str) -> dict:
-    """{ET, TC, WT: bool mask} from a label map; ``CaseError`` naming ``name`` on unexpected values."""
+    """{TC, WT, ET: bool mask} from a label map; ``CaseError`` naming ``name`` on unexpected values."""
     label = np.asarray(label)
     if np.issubdtype(label.dtype, np.floating):
         values = np.unique(label)
@@ -207,7 +205,7 @@ def _regions(label: np.ndarray, labels: tuple, name: str) -> dict:
         msg = str(e)
         raise CaseError(name, msg[len(name) + 2 :] if msg.startswith(f"{name}: ") else msg) from e
     masks = regions.numpy() > 0.5
-    return {r: masks[REGION_NAMES.index(r)] for r in REGIONS}
+    return {r: masks[i] for i, r in enumerate(REGIONS)}
 
 
 # ------------------------------------------------------------------------------------------------ one case
@@ -230,7 +228,7 @@ def _load_label_map(path) -> tuple[np.ndarray, np.ndarray, tuple]:
 def evaluate_case(
     pred_path,
     ref_path,
-    labels: Sequence[int] = BRATS_2020_LABELS,
+    labels: Sequence[int] = BRATS2020_LABELS,
     empty: str = "brats",
     ref_labels: Sequence[int] | None = None,
 ) -> dict:
@@ -362,7 +360,7 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def summary_markdown(summary: dict, n_cases: int | None = None, empty: str = "brats") -> str:
-    """Markdown table: rows = metric, columns = ET, TC, WT, mean; cells 'mean ± std (median m)'."""
+    """Markdown table: rows = metric, columns = TC, WT, ET, mean; cells 'mean ± std (median m)'."""
     cols = (*REGIONS, "mean")
     lines = []
     if n_cases is not None:
@@ -430,7 +428,7 @@ def evaluate_folders(
     pred_dir,
     ref_dir,
     output_dir,
-    labels: Sequence[int] = BRATS_2020_LABELS,
+    labels: Sequence[int] = BRATS2020_LABELS,
     ref_labels: Sequence[int] | None = None,
     empty: str = "brats",
     plot: bool = True,
@@ -469,7 +467,7 @@ def evaluate_folders(
 def evaluate_pairs(
     pairs: Sequence[dict],
     output_dir,
-    labels: Sequence[int] = BRATS_2020_LABELS,
+    labels: Sequence[int] = BRATS2020_LABELS,
     ref_labels: Sequence[int] | None = None,
     empty: str = "brats",
     plot: bool = True,
@@ -501,7 +499,7 @@ def evaluate_datalist(
     items: Sequence[dict],
     pred_dir,
     output_dir,
-    labels: Sequence[int] = BRATS_2020_LABELS,
+    labels: Sequence[int] = BRATS2020_LABELS,
     empty: str = "brats",
     plot: bool = True,
     failed: Sequence[dict] = (),
@@ -565,13 +563,13 @@ def _evaluate_and_write(
             continue
         result.rows.append({"case_id": cid, **row})
         logger.info(
-            "[%d/%d] %s: Dice ET/TC/WT %.3f/%.3f/%.3f",
+            "[%d/%d] %s: Dice TC/WT/ET %.3f/%.3f/%.3f",
             i,
             len(pairs),
             cid,
-            row["dice_ET"],
             row["dice_TC"],
             row["dice_WT"],
+            row["dice_ET"],
         )
     result.rows.sort(key=lambda r: r["case_id"])
 
@@ -580,7 +578,7 @@ def _evaluate_and_write(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     result.outputs["csv"] = write_csv(result.rows, out / "metrics_per_case.csv")
-    result.outputs["json"] = write_json_atomic(
+    result.outputs["json"] = write_json(
         {
             "empty_convention": empty,
             "labels": list(labels),
@@ -644,7 +642,7 @@ def finish(result: EvaluationResult) -> EvaluationResult:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m scripts.evaluation",
-        description="Dice, HD95, sensitivity, specificity and volume difference of BraTS segmentations (ET, TC, WT).",
+        description="Dice, HD95, sensitivity, specificity and volume difference of BraTS segmentations (TC, WT, ET).",
     )
     parser.add_argument("--pred_dir", required=True, help="folder of <case_id>.nii.gz predictions")
     parser.add_argument("--ref_dir", required=True, help="references: <case_id>_seg.nii.gz files or BraTS case folders")
@@ -653,7 +651,7 @@ def main(argv=None) -> int:
         "--labels",
         type=int,
         nargs=3,
-        default=list(BRATS_2020_LABELS),
+        default=list(BRATS2020_LABELS),
         metavar=("NCR", "ED", "ET"),
         help="prediction labels (necrotic, oedema, enhancing); default 1 2 4",
     )

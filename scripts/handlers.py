@@ -1,6 +1,6 @@
 """Ignite handlers the bundle declares in its configs on top of MONAI's own.
 
-Checkpoints are written atomically (temporary name + rename, :func:`scripts.io.atomic_path`), so a killed
+Checkpoints are written atomically (temporary name + rename, :func:`scripts.io.save_torch`), so a killed
 job leaves either the previous or the new complete file, never a truncated one, and everything in them
 loads with ``torch.load(..., weights_only=True)`` (tensors, dicts, lists, numbers).
 """
@@ -13,15 +13,14 @@ import logging
 import os
 import random
 import re
-import time
 import warnings
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import ProgressBar
+from ignite.handlers import ProgressBar, Timer
 
-from scripts.io import atomic_path
+from scripts.io import save_torch
 
 
 class LossProgressBar(ProgressBar):
@@ -47,37 +46,25 @@ def _loss_of_first_sample(output) -> dict:
 
 class DataLoadTimer:
     """Shows whether data loading holds training back: per epoch, the time the engine waited for batches
-    (``GET_BATCH_STARTED`` -> ``GET_BATCH_COMPLETED``) against the time it spent on them (the rest of each
-    iteration) is logged; ``fraction`` keeps the last epoch's waiting fraction (0-1). It is not put in
+    (``GET_BATCH_STARTED`` -> ``GET_BATCH_COMPLETED``, an ignite ``Timer``) against the rest of the epoch is
+    logged; ``fraction`` keeps the last epoch's waiting fraction (0-1). It is not put in
     ``engine.state.metrics``, so metric logs stay free of timing noise and comparable between runs.
     """
 
     def __init__(self) -> None:
         self.wait = self.work = self.fraction = 0.0
-        self._mark = 0.0
+        self._waiting, self._epoch = Timer(), Timer()
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
-        engine.add_event_handler(Events.GET_BATCH_STARTED, self._batch_requested)
-        engine.add_event_handler(Events.GET_BATCH_COMPLETED, self._batch_received)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_done)
+        self._waiting.attach(
+            engine, start=Events.EPOCH_STARTED, resume=Events.GET_BATCH_STARTED, pause=Events.GET_BATCH_COMPLETED
+        )
+        self._epoch.attach(engine, start=Events.EPOCH_STARTED)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._report)
 
-    def _reset(self, engine: Engine) -> None:
-        self.wait = self.work = 0.0
-
-    def _batch_requested(self, engine: Engine) -> None:
-        self._mark = time.perf_counter()
-
-    def _batch_received(self, engine: Engine) -> None:
-        now = time.perf_counter()
-        self.wait += now - self._mark
-        self._mark = now
-
-    def _iteration_done(self, engine: Engine) -> None:
-        self.work += time.perf_counter() - self._mark
-
     def _report(self, engine: Engine) -> None:
+        self.wait = self._waiting.value()
+        self.work = max(self._epoch.value() - self.wait, 0.0)
         total = self.wait + self.work
         self.fraction = self.wait / total if total > 0 else 0.0
         engine.logger.info(
@@ -96,15 +83,6 @@ def _is_main_process() -> bool:
 def _unwrap(obj):
     """The module inside ``DataParallel`` / ``DistributedDataParallel`` (plain state_dict keys)."""
     return obj.module if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else obj
-
-
-def save_atomic(obj, path: str) -> None:
-    """``torch.save`` to ``path`` through a temporary file that is flushed to disk and then renamed."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def remove_stale_temporaries(folder: str, pattern: str) -> list[str]:
@@ -319,7 +297,7 @@ class TrainingCheckpoint:
             return
         os.makedirs(self.ckpt_dir, exist_ok=True)
         path = os.path.join(self.ckpt_dir, f"{self.prefix}_epoch={engine.state.epoch}.pt")
-        save_atomic(self.state_dict(engine), path)
+        save_torch(self.state_dict(engine), path)
         self._saved = [p for p in self._saved if p != path] + [path]
         keep = set(self._saved[-self.n_saved :])
         for _, old in _epoch_checkpoints(self.ckpt_dir, self.prefix):
@@ -378,7 +356,7 @@ class BestModelSaver:
         if engine.state.best_metric_epoch != engine.state.epoch or not _is_main_process():
             return
         os.makedirs(os.path.dirname(os.path.abspath(self.save_path)), exist_ok=True)
-        save_atomic(_unwrap(self.network).state_dict(), self.save_path)
+        save_torch(_unwrap(self.network).state_dict(), self.save_path)
         self.logger.info(
             f"Saved best model ({engine.state.key_metric_name}={engine.state.best_metric:.4f}, epoch "
             f"{engine.state.epoch}) to {self.save_path}"

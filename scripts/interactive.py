@@ -9,7 +9,7 @@ The interactive model (``configs/deepedit_train.json``, ``configs/deepedit_infer
   blob (sigma ``sigma`` voxels, peak 1) around each click of that label; all guidance channels 0 means
   "no clicks", i.e. automatic segmentation;
 * output: ``len(label_names)`` mutually exclusive classes (softmax), ``(len(label_names), H, W, D)``, with the
-  class indices of :data:`LABEL_NAMES`. The BraTS label values of a case (1/2/4 for BraTS 2017-2020, 1/2/3 for
+  class indices of ``scripts.conventions.LABEL_NAMES``. The BraTS label values of a case (1/2/4 for BraTS 2017-2020, 1/2/3 for
   BraTS 2023, 2/1/3 for MSD, the item's ``labels`` field, see :mod:`scripts.transforms`) are mapped to these
   consecutive indices for training (:class:`BratsToClassesd`) and back for the written label map
   (:class:`ClassesToBratsd`).
@@ -57,20 +57,12 @@ from monai.transforms import Compose, MapTransform, Transform
 from monai.utils import convert_to_dst_type
 from scipy import ndimage as ndi
 
-from scripts.transforms import (
-    BRATS_2020_LABELS,
-    LabelToRegionsd,
-    _LabelConversiond,
-    _source_name,
-)
+from scripts.conventions import BRATS2020_LABELS, LABEL_NAMES, MODALITIES
+from scripts.transforms import LabelToRegionsd, _LabelConversiond, _source_name
 
 logger = logging.getLogger(__name__)
 
-LABEL_NAMES = {"background": 0, "necrotic_core": 1, "edema": 2, "enhancing_tumor": 3}
-"""Class index of each label name: background, necrotic/non-enhancing tumour core (BraTS 1), peritumoral oedema
-(BraTS 2), enhancing tumour (BraTS 4, or 3 in BraTS 2023). The order of ``(necrotic, oedema, enhancing)`` is that
-of a case's BraTS label convention ``labels``."""
-NUMBER_INTENSITY_CH = 4
+NUMBER_INTENSITY_CH = len(MODALITIES)
 """T1, T1ce, T2, FLAIR."""
 WORLD_CLICKS_KEY = "clicks_world"
 """Where :class:`ClicksToWorldd` leaves the clicks (world mm) for :class:`ClicksToGuidanced`."""
@@ -88,7 +80,7 @@ def _check_values(label: torch.Tensor, labels: Sequence[int]) -> None:
         )
 
 
-def brats_to_classes(label: torch.Tensor, labels: Sequence[int] = BRATS_2020_LABELS) -> torch.Tensor:
+def brats_to_classes(label: torch.Tensor, labels: Sequence[int] = BRATS2020_LABELS) -> torch.Tensor:
     """BraTS label map (1, *spatial) with values ``{0} | labels`` -> float class indices (1, *spatial):
     0 background, 1 necrotic core (``labels[0]``), 2 oedema (``labels[1]``), 3 enhancing (``labels[2]``).
     Raises ``ValueError`` naming the file for other values."""
@@ -99,7 +91,7 @@ def brats_to_classes(label: torch.Tensor, labels: Sequence[int] = BRATS_2020_LAB
     return out
 
 
-def classes_to_brats(classes: torch.Tensor, labels: Sequence[int] = BRATS_2020_LABELS) -> torch.Tensor:
+def classes_to_brats(classes: torch.Tensor, labels: Sequence[int] = BRATS2020_LABELS) -> torch.Tensor:
     """Class indices (1, *spatial) in 0..3 -> uint8 BraTS label map (1, *spatial) with values ``{0} | labels``."""
     if classes.shape[0] != 1:
         raise ValueError(f"expected a single-channel class map, got shape {tuple(classes.shape)}")
@@ -127,7 +119,7 @@ class BratsToClassesd(_LabelConversiond):
     def __init__(
         self,
         keys: KeysCollection,
-        labels=BRATS_2020_LABELS,
+        labels=BRATS2020_LABELS,
         labels_key=None,
         label_names=None,
         allow_missing_keys=False,

@@ -1,23 +1,29 @@
-"""Writing results: atomic file writes and output files named after the case id."""
+"""Writing files: every output of the bundle goes through :func:`atomic_path` (a temporary name beside the
+target, flushed to disk and renamed), so a killed job or a failing case never leaves a half-written file.
+On top of it: JSON, text, torch and NIfTI writers, MONAI's ``NibabelWriter`` for ``SaveImaged``, and the
+``## `` section merging of generated markdown reports."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 from monai.data import NibabelWriter
 
-from scripts.data.layouts import case_id_from_path
+from scripts.conventions import case_id_from_path
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary name beside ``path`` to write to; on success it is renamed to ``path``, on any
-    error it is removed, so ``path`` is either the complete new file or left as it was.
+    """Yield a temporary name beside ``path`` to write to; on success it is flushed to disk and renamed to
+    ``path``, on any error it is removed, so ``path`` is either the complete new file or left as it was.
 
-    The temporary name keeps the extension (``.nii.gz`` included) so writers that choose the format from
-    it still work.
+    The temporary name ``.<name>.<pid>.tmp<ext>`` keeps the extension (``.nii.gz`` included) so writers that
+    choose the format from it still work, and names the writing process (see
+    ``scripts.handlers.remove_stale_temporaries``).
     """
     path = os.fspath(path)
     folder, name = os.path.split(path)
@@ -25,15 +31,54 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp{ext}")
     try:
         yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
+def write_text(text: str, path: str | os.PathLike) -> str:
+    """Write ``text`` to ``path`` atomically (parent folders created); returns the path."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        f.write(text)
+    return str(path)
+
+
+def write_json(obj, path: str | os.PathLike, indent: int = 2, **kwargs) -> str:
+    """Write ``obj`` as JSON to ``path`` atomically (parent folders created); returns the path."""
+    return write_text(json.dumps(obj, indent=indent, **kwargs), path)
+
+
+def save_torch(obj, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``path`` atomically."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def write_nifti(array, path: str | os.PathLike, dtype, affine=None) -> str:
+    """Write ``array`` as a NIfTI file of ``dtype`` atomically: ``affine`` (default identity, 1 mm RAS) as
+    qform and sform, units mm."""
+    import nibabel as nib
+    import numpy as np
+
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
+    img = nib.Nifti1Image(np.asarray(array).astype(dtype), affine)
+    img.header.set_data_dtype(dtype)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+    return str(path)
+
+
 class AtomicNibabelWriter(NibabelWriter):
-    """``NibabelWriter`` that writes through :func:`atomic_path`, so a killed job or a failing case never
-    leaves a half-written NIfTI behind."""
+    """``NibabelWriter`` that writes through :func:`atomic_path` (``SaveImaged(writer=...)``)."""
 
     def write(self, filename, verbose: bool = False, **obj_kwargs):
         with atomic_path(filename) as tmp:

@@ -26,8 +26,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 
-REGION_NAMES = ("TC", "WT", "ET")
-BRATS_2020_LABELS = (1, 2, 4)
+from scripts.conventions import BRATS2020_LABELS, REGION_CLASSES, REGIONS, TUMOUR_CLASSES
 
 
 def _source_name(img) -> str:
@@ -42,7 +41,7 @@ def brain_mask(img: torch.Tensor) -> torch.Tensor:
     return (img != 0).any(dim=0)
 
 
-def label_to_regions(label: torch.Tensor, labels: Sequence[int] = BRATS_2020_LABELS) -> torch.Tensor:
+def label_to_regions(label: torch.Tensor, labels: Sequence[int] = BRATS2020_LABELS) -> torch.Tensor:
     """BraTS label map (1, *spatial) -> float region channels (3, *spatial) in order TC, WT, ET.
 
     Raises ``ValueError`` naming the source file when the map is not single-channel or holds values outside
@@ -50,7 +49,6 @@ def label_to_regions(label: torch.Tensor, labels: Sequence[int] = BRATS_2020_LAB
     """
     if label.shape[0] != 1:
         raise ValueError(f"{_source_name(label)}: expected a single-channel label map, got shape {tuple(label.shape)}")
-    necrotic, oedema, enhancing = labels
     lab = label[0]
     values = torch.unique(lab).tolist()
     unexpected = sorted(set(int(v) for v in values) - {0, *labels})
@@ -59,13 +57,12 @@ def label_to_regions(label: torch.Tensor, labels: Sequence[int] = BRATS_2020_LAB
             f"{_source_name(label)}: label values {unexpected} are outside the expected set "
             f"{[0, *labels]} (necrotic, oedema, enhancing = {list(labels)})"
         )
-    tc = (lab == necrotic) | (lab == enhancing)
-    wt = tc | (lab == oedema)
-    et = lab == enhancing
-    return torch.stack([tc, wt, et]).float()
+    value = dict(zip(TUMOUR_CLASSES, labels))
+    regions = [torch.isin(lab, torch.tensor([value[c] for c in REGION_CLASSES[r]], device=lab.device)) for r in REGIONS]
+    return torch.stack(regions).float()
 
 
-def regions_to_label(regions: torch.Tensor, labels: Sequence[int] = BRATS_2020_LABELS) -> torch.Tensor:
+def regions_to_label(regions: torch.Tensor, labels: Sequence[int] = BRATS2020_LABELS) -> torch.Tensor:
     """Binary region channels (3, *spatial) in order TC, WT, ET -> uint8 label map (1, *spatial).
 
     The regions are nested the BraTS way: WT paints oedema, TC inside it paints the necrotic core, ET
@@ -94,7 +91,7 @@ class _LabelConversiond(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        labels: Sequence[int] = BRATS_2020_LABELS,
+        labels: Sequence[int] = BRATS2020_LABELS,
         labels_key: str | None = None,
         allow_missing_keys=False,
     ):
@@ -271,8 +268,6 @@ class SelectChannelsd(MapTransform):
 
 
 __all__ = [
-    "BRATS_2020_LABELS",
-    "REGION_NAMES",
     "BrainHistogramEqualized",
     "BrainNormalized",
     "LabelToRegionsd",

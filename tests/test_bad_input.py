@@ -20,6 +20,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
+from scripts.conventions import MODALITIES
 from scripts.data.checks import (
     FAILURE_KEY,
     CaseError,
@@ -29,8 +30,8 @@ from scripts.data.checks import (
     check_case,
     check_output_dirs,
 )
-from scripts.data.layouts import MODALITIES, find_brats2020_cases, find_inference_cases
-from scripts.data.synthetic import generate_case
+from scripts.data.layouts import find_brats2020_cases, find_inference_cases
+from scripts.synthetic.phantom import generate_case
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (32, 32, 24)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.data.synthetic import write_dataset
+from scripts.synthetic.phantom import write_dataset
 from tests._bundle import ROOT, TINY
 
 REAL_CASE = ROOT.parent / "shared" / "data" / "TCGA-DU-7294"

@@ -12,6 +12,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd, LoadImaged, Orientationd, SaveImage
 
+from scripts.conventions import MODALITIES
 from scripts.data.dicom import (
     dicom_seg_to_label,
     find_dicom_cases,
@@ -20,9 +21,9 @@ from scripts.data.dicom import (
     nifti_case_to_dicom,
     nifti_to_dicom_series,
 )
-from scripts.data.layouts import MODALITIES, detect_layout, find_inference_cases, prepare_datalist
-from scripts.data.synthetic import write_case
+from scripts.data.layouts import detect_layout, find_inference_cases, prepare_datalist
 from scripts.io import case_name_formatter
+from scripts.synthetic.phantom import write_case
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:builtin type .* has no __module__ attribute:DeprecationWarning"),  # SWIG (ITK)

@@ -321,7 +321,7 @@ def _run(cmd):
 
 @pytest.mark.slow
 def test_interactive_training_and_click_inference_end_to_end(tmp_path):
-    from scripts.data.synthetic import write_dataset
+    from scripts.synthetic.phantom import write_dataset
 
     write_dataset(tmp_path / "data", num_cases=4, seed=3, shape=(48, 56, 40), progress=False)
     common = ["--bundle_root", str(tmp_path), *TINY, "--num_folds", "2"]

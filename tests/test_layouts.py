@@ -4,10 +4,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from scripts.conventions import MODALITIES, case_id_from_path
 from scripts.data.layouts import (
-    MODALITIES,
     assign_folds,
-    case_id_from_path,
     find_brats2020_cases,
     find_inference_cases,
     load_datalist,

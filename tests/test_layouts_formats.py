@@ -28,9 +28,8 @@ from monai.transforms import (
     Spacingd,
 )
 
+from scripts.conventions import MODALITIES, case_id_from_path
 from scripts.data.layouts import (
-    MODALITIES,
-    case_id_from_path,
     detect_layout,
     find_brats2020_cases,
     find_brats2021_cases,
@@ -41,8 +40,8 @@ from scripts.data.layouts import (
     main,
     prepare_datalist,
 )
-from scripts.data.synthetic import generate_case, write_case
 from scripts.io import case_name_formatter
+from scripts.synthetic.phantom import generate_case, write_case
 from scripts.transforms import LabelToRegionsd, RegionsToLabeld, SelectChannelsd
 
 pytestmark = pytest.mark.filterwarnings("ignore:NvImgCodecPydicomReader:UserWarning")  # MONAI + pydicom

@@ -7,7 +7,7 @@ import pytest
 
 from apps import render_overlay, server
 from apps.resunet_brats.lib.models import MODELS, missing_files
-from scripts.data.synthetic import generate_case, write_monailabel_datastore
+from scripts.synthetic.phantom import generate_case, write_monailabel_datastore
 from tests._bundle import ROOT
 
 SHAPE = (40, 48, 32)

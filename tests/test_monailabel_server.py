@@ -25,7 +25,7 @@ import torch
 
 from apps import server
 from apps.resunet_brats.lib.models import MODELS, missing_files
-from scripts.data.synthetic import write_dataset, write_monailabel_datastore
+from scripts.synthetic.phantom import write_dataset, write_monailabel_datastore
 from tests._bundle import ROOT
 
 pytestmark = pytest.mark.slow

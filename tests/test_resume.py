@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.data.synthetic import write_dataset
 from scripts.handlers import get_random_state, remove_stale_temporaries, set_random_state
+from scripts.synthetic.phantom import write_dataset
 from tests._bundle import ROOT, TINY
 
 EPOCHS = 5

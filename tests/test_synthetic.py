@@ -1,4 +1,4 @@
-"""Tests of the synthetic BraTS-like data generator (scripts/data/synthetic.py)."""
+"""Tests of the synthetic BraTS-like data generator (scripts/synthetic/phantom.py)."""
 
 import os
 import subprocess
@@ -12,10 +12,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from scripts.data import synthetic  # noqa: E402
-from scripts.data.synthetic import (  # noqa: E402
+from scripts.conventions import MODALITIES  # noqa: E402
+from scripts.synthetic import phantom  # noqa: E402
+from scripts.synthetic.phantom import (  # noqa: E402
     CASE_PREFIX,
-    MODALITIES,
     TISSUE_LABELS,
     generate_case,
     save_preview,
@@ -41,7 +41,7 @@ def default_case():
 def test_constants():
     assert CASE_PREFIX == "BraTS20_Training_"
     assert MODALITIES == ("t1", "t1ce", "t2", "flair")
-    assert synthetic.DEFAULT_SHAPE == (112, 128, 96)
+    assert phantom.DEFAULT_SHAPE == (112, 128, 96)
 
 
 def test_keys_dtypes_shapes(small_case):
@@ -214,7 +214,7 @@ def test_write_dataset_idempotent(tmp_path):
 def test_cli(tmp_path):
     out = tmp_path / "cli"
     cmd = [
-        sys.executable, "-m", "scripts.data.synthetic",
+        sys.executable, "-m", "scripts.synthetic.phantom",
         "--output_dir", str(out), "--num_cases", "2", "--seed", "0", "--shape", *map(str, TINY), "--no_progress",
     ]  # fmt: skip
     res = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)

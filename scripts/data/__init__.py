@@ -1,5 +1,6 @@
-"""Data: the synthetic BraTS-like generator and dataset layouts -> datalists (submodules load lazily)."""
+"""Data: dataset layouts -> datalists (:mod:`~scripts.data.layouts`), DICOM input and DICOM SEG output
+(:mod:`~scripts.data.dicom`), per-case checks and the skipping dataset/loader (:mod:`~scripts.data.checks`)."""
 
-from scripts import lazy_submodules
+from scripts.data import checks, dicom, layouts
 
-__getattr__ = lazy_submodules(__name__)
+__all__ = ["checks", "dicom", "layouts"]

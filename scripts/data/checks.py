@@ -37,13 +37,11 @@ from monai.config import KeysCollection
 from monai.data import DataLoader, Dataset, list_data_collate
 from monai.transforms import MapTransform
 
-from scripts.data.layouts import case_id_from_path
+from scripts.conventions import MODALITY_NAMES, case_id_from_path
 from scripts.transforms import _source_name
 
 logger = logging.getLogger(__name__)
 
-MODALITY_NAMES = ("T1", "T1ce", "T2", "FLAIR")
-"""Bundle channel order (``scripts.data.layouts.MODALITIES``), as written in messages."""
 FAILURE_KEY = "__case_failure__"
 """Key of the record a :class:`CheckedDataset` item holds instead of data when its preprocessing failed."""
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.data.layouts import MODALITIES, MODALITY_ALIASES, modality_of
+from scripts.conventions import BRATS2020_LABELS, CLASS_DESCRIPTIONS, MODALITIES, modality_of
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 DICOM_READER = "ITKReader"
@@ -325,7 +325,8 @@ def _strip_ext(name: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # DICOM SEG (optional: needs highdicom)
 # ----------------------------------------------------------------------------------------------
-SEGMENT_NAMES = ("Necrotic / non-enhancing tumour core", "Peritumoral oedema", "Enhancing tumour")
+SEGMENT_NAMES = CLASS_DESCRIPTIONS
+"""DICOM SEG segment labels, in the order of a label-value triple (``scripts.conventions.CLASS_DESCRIPTIONS``)."""
 
 
 def _series_datasets(series_dir: str | os.PathLike):
@@ -379,7 +380,7 @@ def label_to_dicom_seg(
     label: str | os.PathLike | np.ndarray,
     series_dir: str | os.PathLike,
     out_path: str | os.PathLike,
-    labels: Sequence[int] = (1, 2, 4),
+    labels: Sequence[int] = BRATS2020_LABELS,
     series_description: str = "Brain tumour segmentation",
     algorithm_name: str = "brats_resunet",
     algorithm_version: str = "1.0",
@@ -448,7 +449,7 @@ def label_to_dicom_seg(
 
 
 def dicom_seg_to_label(
-    seg_path: str | os.PathLike, series_dir: str | os.PathLike, labels: Sequence[int] = (1, 2, 4)
+    seg_path: str | os.PathLike, series_dir: str | os.PathLike, labels: Sequence[int] = BRATS2020_LABELS
 ) -> tuple[np.ndarray, np.ndarray]:
     """(label map, RAS affine) of a DICOM SEG written by :func:`label_to_dicom_seg`, on the grid of the
     referenced series as MONAI's ITKReader loads it (indexed column, row, slice). Needs ``highdicom``."""
@@ -469,8 +470,6 @@ def dicom_seg_to_label(
 
 __all__ = [
     "DICOM_READER",
-    "MODALITIES",
-    "MODALITY_ALIASES",
     "SEGMENT_NAMES",
     "dicom_seg_to_label",
     "find_dicom_cases",
@@ -478,7 +477,6 @@ __all__ = [
     "is_dicom_series_dir",
     "keep_locale",
     "label_to_dicom_seg",
-    "modality_of",
     "new_uid",
     "nifti_case_to_dicom",
     "nifti_to_dicom_series",

@@ -44,34 +44,23 @@ from pathlib import Path
 
 import numpy as np
 
-MODALITIES = ("t1", "t1ce", "t2", "flair")
-"""BraTS 2020 file suffixes in the bundle's channel order (channel 0 T1, 1 T1ce, 2 T2, 3 FLAIR)."""
-LABEL_SUFFIX = "seg"
-NIFTI_EXTENSIONS = (".nii.gz", ".nii")
-BRATS2020_LABELS = (1, 2, 4)
-"""(necrotic, oedema, enhancing) label values of BraTS 2017-2021."""
-BRATS2021_MODALITIES = ("t1n", "t1c", "t2w", "t2f")
-"""BraTS 2023+ file suffixes (``<id>-t1n.nii.gz``) in the bundle's channel order."""
-BRATS2021_LABELS = (1, 2, 3)
-MSD_CHANNEL_ORDER = (1, 2, 3, 0)
-"""MSD Task01 4D images hold FLAIR, T1w, T1gd, T2w: bundle channel i is MSD channel MSD_CHANNEL_ORDER[i]."""
-MSD_LABELS = (2, 1, 3)
-"""MSD Task01 labels: 1 oedema, 2 non-enhancing tumour (necrotic core), 3 enhancing tumour."""
+from scripts.conventions import (
+    BRATS2020_LABELS,
+    BRATS2021_LABELS,
+    BRATS2021_MODALITIES,
+    LABEL_SUFFIX,
+    MODALITIES,
+    MSD_CHANNEL_ORDER,
+    MSD_LABELS,
+    case_id_from_path,
+    modality_of,
+    strip_nifti,
+)
+from scripts.data.dicom import find_dicom_cases
+from scripts.io import write_json
+from scripts.synthetic.phantom import write_dataset
+
 LAYOUTS = ("brats2020", "brats2021", "msd", "dicom", "nifti4d")
-
-MODALITY_ALIASES = {
-    "t1": "t1", "t1n": "t1", "t1w": "t1", "t1native": "t1", "t1pre": "t1",
-    "t1ce": "t1ce", "t1c": "t1ce", "t1gd": "t1ce", "t1wce": "t1ce", "t1post": "t1ce", "t1contrast": "t1ce",
-    "t2": "t2", "t2w": "t2",
-    "flair": "flair", "t2f": "flair", "t2flair": "flair",
-}  # fmt: skip
-"""Modality name (lower case, without ``-``, ``_``, spaces) -> bundle modality (``MODALITIES``)."""
-
-
-def modality_of(name: str) -> str | None:
-    """``"T1-Gd"`` -> ``"t1ce"``, ``"FLAIR"`` -> ``"flair"``, ``"T2w"`` -> ``"t2"``; ``None`` when unknown."""
-    key = str(name).lower().replace("-", "").replace("_", "").replace(" ", "")
-    return MODALITY_ALIASES.get(key)
 
 
 def _hidden(path: Path, root: Path) -> bool:
@@ -82,29 +71,6 @@ def _hidden(path: Path, root: Path) -> bool:
     except ValueError:
         parts = (path.name,)
     return any(p.startswith(".") or p == "__MACOSX" for p in parts)
-
-
-def _strip_nifti(name: str) -> str | None:
-    for ext in NIFTI_EXTENSIONS:
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return None
-
-
-def case_id_from_path(path: str | os.PathLike) -> str:
-    """``.../BraTS20_Training_001_t1.nii.gz`` -> ``BraTS20_Training_001``; ``.../case.nii.gz`` -> ``case``;
-    ``.../BraTS-GLI-00000-000-t1n.nii.gz`` -> ``BraTS-GLI-00000-000``; a DICOM series folder named after
-    its modality, ``.../case_007/t1``, -> ``case_007``."""
-    path = os.path.normpath(str(path))
-    name = os.path.basename(path)
-    stem = _strip_nifti(name)
-    if stem is None:
-        parent = os.path.basename(os.path.dirname(path))
-        if modality_of(name) is not None and parent:
-            return parent
-        stem = os.path.splitext(name)[0]
-    stem = re.sub(r"_(" + "|".join(MODALITIES + (LABEL_SUFFIX,)) + r")$", "", stem)
-    return re.sub(r"-(" + "|".join(BRATS2021_MODALITIES + (LABEL_SUFFIX,)) + r")$", "", stem)
 
 
 INCOMPLETE_MODES = ("raise", "keep")
@@ -121,7 +87,7 @@ def _case_anchors(root: Path, suffixes: Sequence[str], sep: str) -> list[tuple[P
     found = {}
     for suffix in suffixes:
         for path in root.rglob(f"*{sep}{suffix}.nii*"):
-            stem = _strip_nifti(path.name)
+            stem = strip_nifti(path.name)
             if stem is None or _hidden(path, root) or not stem.endswith(f"{sep}{suffix}"):
                 continue
             prefix = stem[: -len(sep + suffix)]
@@ -164,7 +130,7 @@ def _find_split_cases(
                 for p in folder.iterdir()
                 if p.is_file()
                 and not p.name.startswith(".")
-                and _strip_nifti(p.name) is not None
+                and strip_nifti(p.name) is not None
                 and p not in images
                 and "seg" in p.name.lower()
             ]
@@ -276,7 +242,7 @@ def find_msd_cases(root: str | os.PathLike) -> list[dict]:
         if not folder.is_dir():
             continue
         for path in sorted(folder.iterdir()):
-            stem = _strip_nifti(path.name)
+            stem = strip_nifti(path.name)
             if stem is None or path.name.startswith(".") or not path.is_file():
                 continue
             item = {"case_id": stem, "image": str(path)}
@@ -293,19 +259,12 @@ def find_nifti4d_cases(root: str | os.PathLike) -> list[dict]:
     """The NIfTI files directly in ``root``, each one 4D case already in the bundle's channel order."""
     root = Path(root)
     if root.is_file():
-        return [{"case_id": case_id_from_path(root), "image": str(root)}] if _strip_nifti(root.name) else []
+        return [{"case_id": case_id_from_path(root), "image": str(root)}] if strip_nifti(root.name) else []
     return [
         {"case_id": case_id_from_path(p), "image": str(p)}
         for p in sorted(root.iterdir())
-        if _strip_nifti(p.name) is not None and p.is_file() and not p.name.startswith(".")
+        if strip_nifti(p.name) is not None and p.is_file() and not p.name.startswith(".")
     ]
-
-
-def find_dicom_cases(root: str | os.PathLike) -> list[dict]:
-    """DICOM cases (one series folder per modality) at or under ``root``; see :mod:`scripts.data.dicom`."""
-    from scripts.data.dicom import find_dicom_cases as _find
-
-    return _find(root)
 
 
 LAYOUT_FINDERS = {
@@ -329,7 +288,7 @@ def detect_layout(root: str | os.PathLike) -> str | None:
     """
     root = Path(root)
     if root.is_file():
-        return "nifti4d" if _strip_nifti(root.name) is not None else None
+        return "nifti4d" if strip_nifti(root.name) is not None else None
     if not root.is_dir():
         return None
     if _msd_root(root) is not None:
@@ -412,16 +371,6 @@ def split_fold(datalist: dict, fold: int) -> tuple[list[dict], list[dict]]:
     return [c for c in training if c["fold"] != fold], [c for c in training if c["fold"] == fold]
 
 
-def write_json_atomic(obj, path: str | os.PathLike) -> str:
-    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename (never half-written)."""
-    from scripts.io import atomic_path
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    return str(path)
-
-
 def load_datalist(path: str | os.PathLike) -> dict:
     """A datalist JSON with relative paths resolved against the JSON's folder (MONAI decathlon style)."""
     path = Path(path)
@@ -466,8 +415,6 @@ def prepare_datalist(
         datalist = load_datalist(dataset_dir)
     else:
         if not dataset_dir.exists() or (not any(dataset_dir.rglob("*.nii*")) and not find_dicom_cases(dataset_dir)):
-            from scripts.data.synthetic import write_dataset
-
             write_dataset(dataset_dir, num_cases=synthetic_cases, seed=seed)
         layout, found = find_cases(dataset_dir, layout, incomplete)
         cases = [c for c in found if "label" in c]
@@ -548,7 +495,7 @@ def main(argv=None) -> None:
         datalist["training"] = [relative(c) for c in assign_folds(labelled, args.num_folds, args.seed)]
     if unlabelled:
         datalist["testing"] = [relative(c) for c in unlabelled]
-    write_json_atomic(datalist, args.output)
+    write_json(datalist, args.output)
     parts = [f"{len(labelled)} labelled cases in {args.num_folds} folds (seed {args.seed})"] if labelled else []
     parts += [f"{len(unlabelled)} unlabelled cases for testing"] if unlabelled else []
     print(f"{args.output}: {layout} layout, {', '.join(parts)}")

@@ -1,6 +1,7 @@
-"""Deterministic generator of synthetic, BraTS-2020-like multi-modal brain-tumour cases.
+"""A small geometric phantom: deterministic synthetic, BraTS-2020-like multi-modal brain-tumour cases.
 
-The bundle ships no data; every config can instead run on cases produced here. Each case is a
+Fast enough for the tests and the quick-start data (``prepare_datalist`` fills an empty ``dataset_dir`` with
+these cases). Each case is a
 skull-stripped "brain" (background exactly 0) with CSF (outer rim, sulci, interhemispheric fissure,
 two lateral ventricles), a cortical grey-matter ribbon, deep grey nuclei and white matter, plus one
 glioma-like tumour labelled with the BraTS 2020 convention:
@@ -24,7 +25,7 @@ Arrays use the axis order (x, y, z) in RAS orientation with 1 mm isotropic voxel
 
 Command line::
 
-    python -m scripts.data.synthetic --output_dir data/synthetic --num_cases 30 --seed 0
+    python -m scripts.synthetic.phantom --output_dir data/synthetic --num_cases 30 --seed 0
 """
 
 from __future__ import annotations
@@ -36,14 +37,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from scripts.data.layouts import MODALITIES
-from scripts.io import atomic_path
+from scripts.conventions import BRATS2020_LABELS, LABEL_SUFFIX, MODALITIES, MODALITY_NAMES
+from scripts.io import write_nifti
 
 __all__ = [
     "CASE_PREFIX",
-    "MODALITIES",
     "DEFAULT_SHAPE",
-    "SEG_LABELS",
     "TISSUE_LABELS",
     "generate_case",
     "case_name",
@@ -57,7 +56,6 @@ __all__ = [
 
 CASE_PREFIX = "BraTS20_Training_"
 DEFAULT_SHAPE = (112, 128, 96)
-SEG_LABELS = {"necrotic_core": 1, "edema": 2, "enhancing": 4}
 
 # internal tissue classes (returned as ``tissue`` when ``return_tissue=True``)
 BG, CSF, GM, WM, DGM, VENT, NCR, ET, ED = range(9)
@@ -72,7 +70,9 @@ TISSUE_LABELS = {
     "enhancing": ET,
     "edema": ED,
 }
-_TISSUE_TO_SEG = np.array([0, 0, 0, 0, 0, 0, 1, 4, 2], dtype=np.uint8)
+_NCR_LABEL, _ED_LABEL, _ET_LABEL = BRATS2020_LABELS
+_TISSUE_TO_SEG = np.array([0, 0, 0, 0, 0, 0, _NCR_LABEL, _ET_LABEL, _ED_LABEL], dtype=np.uint8)
+"""BraTS 2020 label of each tissue class (index: ``TISSUE_LABELS`` value)."""
 
 # Relative intensities per tissue class [BG, CSF, GM, WM, DGM, VENT, NCR, ET, ED] (white matter ~0.6-0.9).
 _CONTRAST = {
@@ -449,20 +449,7 @@ def case_files(out_dir: str, index: int, prefix: str = CASE_PREFIX) -> dict[str,
     """Paths of the five NIfTI files of one case (keys: the modalities and ``seg``)."""
     name = case_name(index, prefix)
     folder = os.path.join(str(out_dir), name)
-    return {k: os.path.join(folder, f"{name}_{k}.nii.gz") for k in (*MODALITIES, "seg")}
-
-
-def _save_nifti_atomic(array: np.ndarray, path: str, dtype) -> None:
-    import nibabel as nib
-
-    affine = np.diag([1.0, 1.0, 1.0, 1.0])
-    img = nib.Nifti1Image(np.asarray(array).astype(dtype), affine)
-    img.header.set_data_dtype(dtype)
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    with atomic_path(path) as tmp:
-        nib.save(img, tmp)
+    return {k: os.path.join(folder, f"{name}_{k}.nii.gz") for k in (*MODALITIES, LABEL_SUFFIX)}
 
 
 def write_case(
@@ -484,8 +471,8 @@ def write_case(
     os.makedirs(os.path.dirname(files["seg"]), exist_ok=True)
     case = generate_case(index, seed=seed, shape=shape)
     for mod in MODALITIES:
-        _save_nifti_atomic(case[mod], files[mod], np.int16)
-    _save_nifti_atomic(case["seg"], files["seg"], np.uint8)
+        write_nifti(case[mod], files[mod], np.int16)
+    write_nifti(case["seg"], files["seg"], np.uint8)
     return files
 
 
@@ -541,9 +528,9 @@ def write_monailabel_datastore(
             files["label"] = os.path.join(labels_dir, f"{name}.nii.gz")
         if not all(os.path.isfile(p) for p in files.values()):
             case = generate_case(index, seed=seed, shape=shape)
-            _save_nifti_atomic(np.stack([case[m] for m in MODALITIES], axis=-1), files["image"], np.int16)
+            write_nifti(np.stack([case[m] for m in MODALITIES], axis=-1), files["image"], np.int16)
             if "label" in files:
-                _save_nifti_atomic(case["seg"], files["label"], np.uint8)
+                write_nifti(case["seg"], files["label"], np.uint8)
         results.append(files)
     return results
 
@@ -602,7 +589,7 @@ def save_preview(
     def cut(a):
         return np.take(np.asarray(a), slice_index, axis=axis).T  # rows: y (axial) or z, origin lower
 
-    titles = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
+    titles = dict(zip(MODALITIES, MODALITY_NAMES))
     fig, axes = plt.subplots(1, 5, figsize=(12.5, 3.0))
     for axh, mod in zip(axes, MODALITIES):
         sl = cut(case[mod]).astype(np.float32)

@@ -1,0 +1,100 @@
+"""The bundle's conventions in one place: modalities and their channel order, BraTS label values and names,
+the region channels, case ids and file names.
+
+Standard library only: this module is the bottom of the import graph. Every module, the MONAI Label app and
+the configs (``"$scripts.conventions.BRATS2020_LABELS"``) take these from here.
+
+Label values are always given as a triple in the order of :data:`TUMOUR_CLASSES`, ``(necrotic, oedema,
+enhancing)``; each dataset layout has its own triple (BraTS 2017-2020 ``(1, 2, 4)``, BraTS 2021+ ``(1, 2, 3)``,
+MSD Task01 ``(2, 1, 3)``). The network predicts the three nested regions :data:`REGIONS` (TC, WT, ET) as
+channels in that order; every table and report lists them in that order too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+# ------------------------------------------------------------------------------------------------ modalities
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+"""The bundle's channel order (channel 0 T1, 1 T1ce, 2 T2, 3 FLAIR); also the BraTS 2020 file suffixes."""
+MODALITY_NAMES = ("T1", "T1ce", "T2", "FLAIR")
+""":data:`MODALITIES` as written in messages, reports and figures."""
+BRATS2021_MODALITIES = ("t1n", "t1c", "t2w", "t2f")
+"""BraTS 2021+ (2023/2024 naming) file suffixes (``<id>-t1n.nii.gz``) in the bundle's channel order."""
+MSD_CHANNEL_ORDER = (1, 2, 3, 0)
+"""MSD Task01 4D images hold FLAIR, T1w, T1gd, T2w: bundle channel i is MSD channel ``MSD_CHANNEL_ORDER[i]``."""
+MODALITY_ALIASES = {
+    "t1": "t1", "t1n": "t1", "t1w": "t1", "t1native": "t1", "t1pre": "t1",
+    "t1ce": "t1ce", "t1c": "t1ce", "t1gd": "t1ce", "t1wce": "t1ce", "t1post": "t1ce", "t1contrast": "t1ce",
+    "t2": "t2", "t2w": "t2",
+    "flair": "flair", "t2f": "flair", "t2flair": "flair",
+}  # fmt: skip
+"""Modality name (lower case, without ``-``, ``_``, spaces) -> bundle modality (:data:`MODALITIES`)."""
+
+
+def modality_of(name: str) -> str | None:
+    """``"T1-Gd"`` -> ``"t1ce"``, ``"FLAIR"`` -> ``"flair"``, ``"T2w"`` -> ``"t2"``; ``None`` when unknown."""
+    key = str(name).lower().replace("-", "").replace("_", "").replace(" ", "")
+    return MODALITY_ALIASES.get(key)
+
+
+# ---------------------------------------------------------------------------------------------------- labels
+TUMOUR_CLASSES = ("necrotic", "oedema", "enhancing")
+"""The order of every label-value triple: necrotic/non-enhancing core, peritumoral oedema, enhancing tumour."""
+BRATS2020_LABELS = (1, 2, 4)
+"""Label values of BraTS 2017-2020 (and the default for data that carry no convention)."""
+BRATS2021_LABELS = (1, 2, 3)
+"""Label values of BraTS 2021 and later (3 = enhancing)."""
+MSD_LABELS = (2, 1, 3)
+"""Label values of MSD Task01_BrainTumour: 1 oedema, 2 non-enhancing tumour (necrotic core), 3 enhancing."""
+CLASS_NAMES = ("background", "necrotic_core", "edema", "enhancing_tumor")
+"""Names of the background and the :data:`TUMOUR_CLASSES`, as a clinician sees them in MONAI Label (3D Slicer,
+OHIF) and as the interactive model's classes are indexed."""
+LABEL_NAMES = {name: index for index, name in enumerate(CLASS_NAMES)}
+"""Class index of each name in :data:`CLASS_NAMES` (the interactive model's ``label_names``)."""
+CLASS_DESCRIPTIONS = ("Necrotic / non-enhancing tumour core", "Peritumoral oedema", "Enhancing tumour")
+"""Long names of the :data:`TUMOUR_CLASSES` (DICOM SEG segment labels)."""
+
+# --------------------------------------------------------------------------------------------------- regions
+REGIONS = ("TC", "WT", "ET")
+"""The network's output channels and the order of every per-region table: tumour core (necrotic + enhancing),
+whole tumour (core + oedema), enhancing tumour."""
+REGION_CLASSES = {"TC": ("necrotic", "enhancing"), "WT": TUMOUR_CLASSES, "ET": ("enhancing",)}
+"""The :data:`TUMOUR_CLASSES` each region is made of."""
+
+# ----------------------------------------------------------------------------------------- files and case ids
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+LABEL_SUFFIX = "seg"
+"""Suffix of a segmentation file: ``<id>_seg.nii.gz`` (BraTS 2020) or ``<id>-seg.nii.gz`` (BraTS 2021+)."""
+PREDICTION_EXTENSION = ".nii.gz"
+"""A prediction is written as ``<case_id>.nii.gz`` (see :func:`prediction_name`)."""
+
+
+def strip_nifti(name: str) -> str | None:
+    """``"a.nii.gz"`` -> ``"a"``; ``None`` when ``name`` is not a NIfTI file name."""
+    for ext in NIFTI_EXTENSIONS:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return None
+
+
+def case_id_from_path(path: str | os.PathLike) -> str:
+    """``.../BraTS20_Training_001_t1.nii.gz`` -> ``BraTS20_Training_001``; ``.../case.nii.gz`` -> ``case``;
+    ``.../BraTS-GLI-00000-000-t1n.nii.gz`` -> ``BraTS-GLI-00000-000``; a DICOM series folder named after
+    its modality, ``.../case_007/t1``, -> ``case_007``."""
+    path = os.path.normpath(str(path))
+    name = os.path.basename(path)
+    stem = strip_nifti(name)
+    if stem is None:
+        parent = os.path.basename(os.path.dirname(path))
+        if modality_of(name) is not None and parent:
+            return parent
+        stem = os.path.splitext(name)[0]
+    stem = re.sub(r"_(" + "|".join((*MODALITIES, LABEL_SUFFIX)) + r")$", "", stem)
+    return re.sub(r"-(" + "|".join((*BRATS2021_MODALITIES, LABEL_SUFFIX)) + r")$", "", stem)
+
+
+def prediction_name(case_id: str) -> str:
+    """File name of a case's predicted label map: ``<case_id>.nii.gz``."""
+    return f"{case_id}{PREDICTION_EXTENSION}"
