@@ -4,39 +4,45 @@ Per case and per region (TC tumour core, WT whole tumour, ET enhancing tumour, d
 with :func:`scripts.transforms.label_to_regions` and a ``labels=(necrotic, oedema, enhancing)`` convention):
 
 * ``dice``            2 |P & R| / (|P| + |R|)
-* ``hd95``            95th-percentile Hausdorff distance in mm (voxel spacing from the NIfTI header), computed
-                      with MONAI's ``compute_hausdorff_distance(..., percentile=95, spacing=...)``: surface voxels
-                      by binary erosion, and the larger of the two directed 95th percentiles (pred -> ref,
-                      ref -> pred), as in MONAI's ``HausdorffDistanceMetric`` used during training and in the
-                      BraTS 2023+ evaluation (DeepMind ``compute_robust_hausdorff``). medpy's ``hd95`` instead
-                      takes the 95th percentile of both directions pooled, which is never larger and can be a
-                      few mm smaller on ragged whole-tumour outlines.
+* ``hd95``            95th-percentile Hausdorff distance in mm (voxel spacing from the NIfTI header), the official
+                      BraTS definition (``brats-evaluation``, panoptica; medpy's ``hd95`` too): surface voxels by
+                      binary erosion, the surface distances of both directions (pred -> ref, ref -> pred) pooled,
+                      their 95th percentile (:func:`scripts.metrics.hd95_mm`). As in the official evaluation,
+                      masks that do not overlap at all count as a miss (see "Empty structures").
+                      ``hd95="max_directed"`` takes the larger of the two directed 95th percentiles instead
+                      (MONAI's ``HausdorffDistanceMetric``, the training-time validation metric), which is never
+                      smaller and can be a few mm larger on ragged whole-tumour outlines.
 * ``sensitivity``     TP / (TP + FN)
 * ``specificity``     TN / (TN + FP)
 * ``volume_diff_ml``  prediction volume - reference volume in mL (voxel volume from the header)
 
-plus ``<metric>_mean``, the mean over the three regions.
+plus ``<metric>_mean``, the mean over the three regions, and the official BraTS 2023+ lesion-wise metrics per
+region (:func:`scripts.metrics.lesion_wise_metrics`; lesions are 26-connected components matched one to one):
+``pq_dsc`` (panoptic quality: lesion Dice x detection F1), ``sq_dsc`` and ``sq_hd95`` (mean Dice and HD95 of the
+matched lesions), ``tp``/``fp``/``fn`` (matched, spurious and missed lesions), e.g. ``pq_dsc_WT``.
 
 Empty structures (``empty=``)
 -----------------------------
 ``"brats"`` (default), the BraTS challenge convention; no metric is ever NaN:
 
-* both prediction and reference empty: Dice 1, HD95 0 mm;
-* exactly one of them empty: Dice 0, HD95 373.13 mm (the diagonal of the 240 x 240 x 155 mm BraTS volume);
+* both prediction and reference empty: Dice 1, HD95 0 mm; lesion-wise ``pq_dsc``/``sq_dsc`` 1, ``sq_hd95`` 0;
+* exactly one of them empty, or (pooled HD95) no voxel in common: Dice 0, HD95 373.13 mm (the diagonal of the
+  240 x 240 x 155 mm BraTS volume); no matched lesion: ``sq_hd95`` 373.13 mm (the official package: infinity);
 * sensitivity with an empty reference: 1 if the prediction is empty too, else 0;
 * specificity when the reference has no negative voxel (the region fills the volume): 1 if the prediction has
   none either, else 0.
 
 ``"nan"``: a metric that is undefined for the case is NaN and is left out of the region mean and of every
 summary statistic (each summary entry reports ``n``, the number of values it used): Dice when both are empty,
-HD95 when either is empty, sensitivity when the reference is empty, specificity when the reference has no
-negatives. Defined values stay as they are (a missed tumour still gets Dice 0, sensitivity 0). The volume
+HD95 when either is empty (or, pooled, when they do not overlap), sensitivity when the reference is empty,
+specificity when the reference has no negatives, the lesion-wise metrics as the official package leaves them
+(NaN when neither mask has a lesion; ``sq_hd95`` NaN when no lesion is matched). Defined values stay as they are (a missed tumour still gets Dice 0, sensitivity 0). The volume
 difference is always defined.
 
 Use
 ---
 ``python -m scripts.evaluation --pred_dir P --ref_dir R --output_dir O [--labels 1 2 4] [--ref_labels 1 2 3]
-[--empty brats|nan] [--no_plot]`` writes ``metrics_per_case.csv``, ``metrics_summary.json``,
+[--empty brats|nan] [--hd95 pooled|max_directed] [--no_plot]`` writes ``metrics_per_case.csv``, ``metrics_summary.json``,
 ``metrics_summary.md`` and ``metrics_boxplot.png`` into O (each atomically). Predictions are ``<case_id>.nii.gz``
 files (any NIfTI whose case id, :func:`scripts.data.layouts.case_id_from_path`, matches); references are
 ``<case_id>_seg.nii.gz`` or ``<case_id>.nii.gz`` files anywhere under R (flat, or BraTS case folders). A case
@@ -56,7 +62,6 @@ import csv
 import logging
 import math
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,13 +73,17 @@ import torch
 from scripts.conventions import BRATS2020_LABELS, NIFTI_EXTENSIONS, REGIONS, case_id_from_path
 from scripts.data.checks import CaseError, case_id_of, failure, format_failure
 from scripts.io import atomic_path, write_json
+from scripts.metrics import HD95_MODES, LESION_METRICS, hd95_mm, lesion_wise_metrics
 from scripts.transforms import label_to_regions
 
 logger = logging.getLogger(__name__)
 
 METRICS = ("dice", "hd95", "sensitivity", "specificity", "volume_diff_ml")
-COLUMNS = tuple(f"{m}_{r}" for m in METRICS for r in (*REGIONS, "mean"))
-"""Per-case columns after ``case_id``: every metric x (TC, WT, ET, mean)."""
+COLUMNS = tuple(f"{m}_{r}" for m in METRICS for r in (*REGIONS, "mean")) + tuple(
+    f"{m}_{r}" for m in LESION_METRICS for r in REGIONS
+)
+"""Per-case columns after ``case_id``: every metric x (TC, WT, ET, mean), then every lesion-wise metric x (TC,
+WT, ET)."""
 EMPTY_CONVENTIONS = ("brats", "nan")
 BRATS_MAX_HD95 = 373.13
 """HD95 (mm) when exactly one of prediction and reference is empty: diagonal of a 240 x 240 x 155 mm volume."""
@@ -83,12 +92,17 @@ AFFINE_ATOL = 1e-4
 
 _STATS = ("mean", "median", "std", "q1", "q3", "min", "max", "n")
 _MD_FORMAT = {"dice": ".3f", "hd95": ".2f", "sensitivity": ".3f", "specificity": ".4f", "volume_diff_ml": ".2f"}
+_MD_LESION_ROWS = ("pq_dsc", "sq_dsc", "sq_hd95")
+_MD_FORMAT |= {"pq_dsc": ".3f", "sq_dsc": ".3f", "sq_hd95": ".2f"}
 _MD_NAMES = {
     "dice": "Dice",
     "hd95": "HD95 (mm)",
     "sensitivity": "Sensitivity",
     "specificity": "Specificity",
     "volume_diff_ml": "Volume diff. (mL)",
+    "pq_dsc": "Lesion-wise PQ (Dice)",
+    "sq_dsc": "Lesion-wise Dice (matched)",
+    "sq_hd95": "Lesion-wise HD95 (mm, matched)",
 }
 
 
@@ -98,30 +112,18 @@ def _check_empty(empty: str) -> None:
         raise ValueError(f"empty must be one of {EMPTY_CONVENTIONS}, got {empty!r}")
 
 
-def _hd95_mm(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> float:
-    """HD95 (mm) of two non-empty boolean masks with MONAI, on their union's bounding box plus a 1-voxel margin
-    (exact: every surface voxel and every nearest surface voxel lie inside it; far faster on 240^2 x 155)."""
-    idx = np.argwhere(pred | ref)
-    lo = np.maximum(idx.min(0) - 1, 0)
-    hi = idx.max(0) + 2
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    from monai.metrics import compute_hausdorff_distance
-
-    with warnings.catch_warnings():  # MONAI warns about its own deprecated internal argument
-        warnings.simplefilter("ignore")
-        hd = compute_hausdorff_distance(
-            torch.from_numpy(np.ascontiguousarray(pred[box]))[None, None],
-            torch.from_numpy(np.ascontiguousarray(ref[box]))[None, None],
-            include_background=True,
-            percentile=95,
-            spacing=[float(s) for s in spacing],
-        )
-    return float(hd.item())
+def _check_hd95(hd95: str) -> None:
+    if hd95 not in HD95_MODES:
+        raise ValueError(f"hd95 must be one of {HD95_MODES}, got {hd95!r}")
 
 
-def region_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], empty: str = "brats") -> dict:
-    """All metrics of one region: boolean masks of the same shape, voxel ``spacing`` in mm (one per axis)."""
+def region_metrics(
+    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], empty: str = "brats", hd95: str = "pooled"
+) -> dict:
+    """All metrics of one region: boolean masks of the same shape, voxel ``spacing`` in mm (one per axis),
+    the lesion-wise ones included."""
     _check_empty(empty)
+    _check_hd95(hd95)
     pred, ref = np.asarray(pred, bool), np.asarray(ref, bool)
     nan = empty == "nan"
     n_pred, n_ref = int(pred.sum()), int(ref.sum())
@@ -136,8 +138,8 @@ def region_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], 
     else:
         out["dice"] = 2.0 * tp / (n_pred + n_ref)
 
-    if n_pred and n_ref:
-        out["hd95"] = _hd95_mm(pred, ref, spacing)
+    if n_pred and n_ref and (tp or hd95 == "max_directed"):
+        out["hd95"] = hd95_mm(pred, ref, spacing, hd95)
     elif nan:
         out["hd95"] = math.nan
     else:
@@ -153,7 +155,18 @@ def region_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], 
         out["specificity"] = tn / ref_negatives
     else:
         out["specificity"] = math.nan if nan else float(pred_negatives == 0)
-    return out
+    return out | _lesion_metrics(pred, ref, spacing, nan)
+
+
+def _lesion_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], nan: bool) -> dict:
+    """:func:`scripts.metrics.lesion_wise_metrics` with the ``brats`` convention's values for its edge cases
+    unless ``nan``: no lesion anywhere scores 1 / 1 / 0 mm, an unmatched ``sq_hd95`` :data:`BRATS_MAX_HD95`."""
+    out = lesion_wise_metrics(pred, ref, spacing)
+    if nan:
+        return out | {"sq_hd95": math.nan if math.isinf(out["sq_hd95"]) else out["sq_hd95"]}
+    if math.isnan(out["pq_dsc"]):
+        return out | {"pq_dsc": 1.0, "sq_dsc": 1.0, "sq_hd95": 0.0}
+    return out | {"sq_hd95": BRATS_MAX_HD95 if math.isinf(out["sq_hd95"]) else out["sq_hd95"]}
 
 
 def _nanmean(values) -> float:
@@ -170,6 +183,7 @@ def label_map_metrics(
     empty: str = "brats",
     pred_name: str = "<prediction>",
     ref_name: str = "<reference>",
+    hd95: str = "pooled",
 ) -> dict:
     """Flat dict of every ``COLUMNS`` entry for two 3D BraTS label maps of the same shape."""
     _check_empty(empty)
@@ -178,11 +192,14 @@ def label_map_metrics(
     pred_regions = _regions(pred_label, labels, pred_name)
     ref_regions = _regions(ref_label, ref_labels, ref_name)
     row = {}
-    per_region = {r: region_metrics(pred_regions[r], ref_regions[r], spacing, empty) for r in REGIONS}
+    per_region = {r: region_metrics(pred_regions[r], ref_regions[r], spacing, empty, hd95) for r in REGIONS}
     for m in METRICS:
         for r in REGIONS:
             row[f"{m}_{r}"] = float(per_region[r][m])
         row[f"{m}_mean"] = _nanmean([row[f"{m}_{r}"] for r in REGIONS])
+    for m in LESION_METRICS:
+        for r in REGIONS:
+            row[f"{m}_{r}"] = per_region[r][m] if m in ("tp", "fp", "fn") else float(per_region[r][m])
     return row
 
 
@@ -231,6 +248,7 @@ def evaluate_case(
     labels: Sequence[int] = BRATS2020_LABELS,
     empty: str = "brats",
     ref_labels: Sequence[int] | None = None,
+    hd95: str = "pooled",
 ) -> dict:
     """Metrics of one prediction NIfTI against its reference NIfTI: a flat dict with every ``COLUMNS`` entry.
 
@@ -251,7 +269,7 @@ def evaluate_case(
             f"affine does not match the reference {ref_path} (largest difference "
             f"{np.abs(pred_affine - ref_affine).max():.4g} mm; {_row_str(pred_affine)} vs {_row_str(ref_affine)})",
         )
-    return label_map_metrics(pred, ref, spacing, labels, ref_labels, empty, str(pred_path), str(ref_path))
+    return label_map_metrics(pred, ref, spacing, labels, ref_labels, empty, str(pred_path), str(ref_path), hd95)
 
 
 def _row_str(affine: np.ndarray) -> str:
@@ -337,26 +355,29 @@ def summarize(rows: list[dict]) -> dict:
     ``std`` is the sample standard deviation (0 for a single value); statistics of an empty set are None, so
     the JSON never holds NaN."""
     summary = {}
-    for m in METRICS:
-        summary[m] = {}
-        for r in (*REGIONS, "mean"):
-            vals = np.array([row[f"{m}_{r}"] for row in rows], dtype=float)
-            vals = vals[np.isfinite(vals)]
-            if vals.size == 0:
-                summary[m][r] = {s: None for s in _STATS[:-1]} | {"n": 0}
-                continue
-            q1, median, q3 = np.percentile(vals, [25, 50, 75])
-            summary[m][r] = {
-                "mean": float(vals.mean()),
-                "median": float(median),
-                "std": float(vals.std(ddof=1)) if vals.size > 1 else 0.0,
-                "q1": float(q1),
-                "q3": float(q3),
-                "min": float(vals.min()),
-                "max": float(vals.max()),
-                "n": int(vals.size),
-            }
+    for m in (*METRICS, *LESION_METRICS):
+        regions = (*REGIONS, "mean") if m in METRICS else REGIONS
+        summary[m] = {r: _statistics([row[f"{m}_{r}"] for row in rows]) for r in regions}
     return summary
+
+
+def _statistics(values) -> dict:
+    """{mean, median, std, q1, q3, min, max, n} of the finite ``values`` (None and n = 0 when there are none)."""
+    vals = np.array(values, dtype=float)
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return {s: None for s in _STATS[:-1]} | {"n": 0}
+    q1, median, q3 = np.percentile(vals, [25, 50, 75])
+    return {
+        "mean": float(vals.mean()),
+        "median": float(median),
+        "std": float(vals.std(ddof=1)) if vals.size > 1 else 0.0,
+        "q1": float(q1),
+        "q3": float(q3),
+        "min": float(vals.min()),
+        "max": float(vals.max()),
+        "n": int(vals.size),
+    }
 
 
 def summary_markdown(summary: dict, n_cases: int | None = None, empty: str = "brats") -> str:
@@ -366,11 +387,11 @@ def summary_markdown(summary: dict, n_cases: int | None = None, empty: str = "br
     if n_cases is not None:
         lines += [f"{n_cases} case(s); empty structures: {empty} convention; cells: mean ± std (median)", ""]
     lines += ["| metric | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    for m in METRICS:
+    for m in (*METRICS, *_MD_LESION_ROWS):
         fmt = _MD_FORMAT[m]
         cells = []
         for r in cols:
-            s = summary[m][r]
+            s = summary[m].get(r, {"n": 0})
             if not s["n"]:
                 cells.append("n/a")
                 continue
@@ -432,6 +453,7 @@ def evaluate_folders(
     ref_labels: Sequence[int] | None = None,
     empty: str = "brats",
     plot: bool = True,
+    hd95: str = "pooled",
 ) -> EvaluationResult:
     """Evaluate every prediction in ``pred_dir`` that has a reference under ``ref_dir``; write the outputs.
 
@@ -461,7 +483,7 @@ def evaluate_folders(
         logger.warning("%s: no reference for prediction %s (not evaluated)", cid, preds[cid])
 
     pairs = [{"case_id": cid, "pred": preds[cid], "ref": refs[cid]} for cid in sorted((set(preds) & set(refs)) - bad)]
-    return _evaluate_and_write(result, pairs, output_dir, labels, ref_labels, empty, plot)
+    return _evaluate_and_write(result, pairs, output_dir, labels, ref_labels, empty, plot, hd95)
 
 
 def evaluate_pairs(
@@ -472,6 +494,7 @@ def evaluate_pairs(
     empty: str = "brats",
     plot: bool = True,
     failed: Sequence[dict] = (),
+    hd95: str = "pooled",
 ) -> EvaluationResult:
     """Evaluate explicit (prediction, reference) pairs and write the same outputs as :func:`evaluate_folders`.
 
@@ -492,7 +515,7 @@ def evaluate_pairs(
         else:
             result.missing_predictions.append({"case_id": pair["case_id"], "file": str(pair["ref"])})
             logger.warning("%s: no prediction %s for reference %s", pair["case_id"], pair["pred"], pair["ref"])
-    return _evaluate_and_write(result, present, output_dir, labels, ref_labels, empty, plot)
+    return _evaluate_and_write(result, present, output_dir, labels, ref_labels, empty, plot, hd95)
 
 
 def evaluate_datalist(
@@ -505,6 +528,7 @@ def evaluate_datalist(
     failed: Sequence[dict] = (),
     image_key: str = "image",
     label_key: str = "label",
+    hd95: str = "pooled",
 ) -> EvaluationResult:
     """Evaluate the predictions the inference config wrote into ``pred_dir`` for datalist ``items`` against the
     items' ``label`` files (see :func:`evaluate_pairs`).
@@ -536,7 +560,7 @@ def evaluate_datalist(
         if item.get("labels") is not None:
             pair["labels"] = pair["ref_labels"] = [int(v) for v in item["labels"]]
         pairs.append(pair)
-    return evaluate_pairs(pairs, output_dir, labels, None, empty, plot, failed)
+    return evaluate_pairs(pairs, output_dir, labels, None, empty, plot, failed, hd95)
 
 
 def _evaluate_and_write(
@@ -547,14 +571,15 @@ def _evaluate_and_write(
     ref_labels: tuple,
     empty: str,
     plot: bool,
+    hd95: str = "pooled",
 ) -> EvaluationResult:
     """Evaluate ``pairs`` into ``result`` (rows and failures) and write the CSV, JSON, markdown and box plot."""
+    _check_hd95(hd95)
     for i, pair in enumerate(pairs, 1):
         cid = pair["case_id"]
         try:
-            row = evaluate_case(
-                pair["pred"], pair["ref"], pair.get("labels", labels), empty, pair.get("ref_labels", ref_labels)
-            )
+            labels_i, ref_labels_i = pair.get("labels", labels), pair.get("ref_labels", ref_labels)
+            row = evaluate_case(pair["pred"], pair["ref"], labels_i, empty, ref_labels_i, hd95)
         except CaseError as e:
             _fail(result, cid, e.path, e.problem)
             continue
@@ -581,6 +606,7 @@ def _evaluate_and_write(
     result.outputs["json"] = write_json(
         {
             "empty_convention": empty,
+            "hd95": hd95,
             "labels": list(labels),
             "ref_labels": list(ref_labels),
             "n_cases": len(result.rows),
@@ -669,13 +695,26 @@ def main(argv=None) -> int:
         default="brats",
         help="empty-structure convention (default brats: Dice 1/0, HD95 0/373.13 mm)",
     )
+    parser.add_argument(
+        "--hd95",
+        choices=HD95_MODES,
+        default="pooled",
+        help="HD95 definition: pooled (official BraTS, default) or max_directed (larger directed 95th percentile)",
+    )
     parser.add_argument("--no_plot", action="store_true", help="skip the box plot")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     try:
         result = evaluate_folders(
-            args.pred_dir, args.ref_dir, args.output_dir, args.labels, args.ref_labels, args.empty, not args.no_plot
+            args.pred_dir,
+            args.ref_dir,
+            args.output_dir,
+            args.labels,
+            args.ref_labels,
+            args.empty,
+            not args.no_plot,
+            args.hd95,
         )
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
