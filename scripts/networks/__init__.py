@@ -3,6 +3,7 @@
 from .blocks import InvertedResidual, ResidualBlock, SeparableConv, SkipAdapter, conv_layer, conv_norm_act
 from .resunet import ResUNet
 from .student import StudentUNet
+from .swin import SwinResUNet, SwinStage
 
 __all__ = [
     "InvertedResidual",
@@ -11,6 +12,8 @@ __all__ = [
     "SeparableConv",
     "SkipAdapter",
     "StudentUNet",
+    "SwinResUNet",
+    "SwinStage",
     "conv_layer",
     "conv_norm_act",
 ]
