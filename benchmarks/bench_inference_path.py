@@ -130,7 +130,7 @@ class Pipeline:
         train.update({"bundle_root": REPO_ROOT, "dataset_dir": args.dataset_dir or train["dataset_dir"]})
         self.cases = train.get_parsed_content("val_datalist")[: args.max_cases or None]
         parser = ConfigParser()
-        parser.read_config([os.path.join(REPO_ROOT, "configs", f) for f in ("train.json", "inference.json")])
+        parser.read_config(os.path.join(REPO_ROOT, "configs", "inference.json"))
         parser.update({"bundle_root": REPO_ROOT, "device": str(device), "prediction_dir": self._predictions.name})
         self.parser = parser
         self.preprocessing = parser.get_parsed_content("preprocessing")

@@ -291,7 +291,7 @@ def test_batch_inference_skips_bad_cases_and_exits_non_zero(arrays, checkpoint, 
         "--num_workers",
         "2",
         *TINY,
-        configs=("train.json", "inference.json"),
+        configs=("inference.json",),
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0, log[-3000:]
@@ -331,7 +331,7 @@ def test_evaluate_skips_bad_cases_and_exits_non_zero(arrays, checkpoint, tmp_pat
         "--num_workers",
         "0",
         *TINY,
-        configs=("train.json", "inference.json", "evaluate.json"),
+        configs=("inference.json", "evaluate.json"),
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0, log[-3000:]
@@ -366,7 +366,7 @@ def test_unusable_output_folder_stops_before_any_case(tmp_path, checkpoint):
         "--ckpt_path",
         str(checkpoint),
         *TINY,
-        configs=("train.json", "inference.json"),
+        configs=("inference.json",),
     )
     assert proc.returncode != 0
     assert re.search(r"error: output folder .*afile/out: cannot be created", proc.stderr), proc.stderr[-3000:]

@@ -101,7 +101,7 @@ def test_inference_on_real_case_keeps_input_geometry(trained, tmp_path):
             str(out),
             "--roi_size",
             "[64,64,64]",
-            config=("train.json", "inference.json"),
+            config=("inference.json",),
         )
     )
     written = sorted(p.name for p in out.iterdir())
@@ -125,7 +125,7 @@ def test_evaluate_writes_per_case_and_summary_metrics(trained, tmp_path):
             *common,
             "--output_dir",
             str(out),
-            config=("train.json", "inference.json", "evaluate.json"),
+            config=("inference.json", "evaluate.json"),
         )
     )
     assert "| Dice |" in log and "| HD95 (mm) |" in log  # the markdown table is printed

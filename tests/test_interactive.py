@@ -40,7 +40,7 @@ from tests.test_transforms import _label_map
 
 CONFIGS = ROOT / "configs"
 TRAIN = ["train.json", "deepedit_train.json"]
-INFER = ["train.json", "inference.json", "deepedit_train.json", "deepedit_inference.json"]
+INFER = ["inference.json", "deepedit_inference.json"]
 REAL_CASE = ROOT.parent / "shared" / "data" / "TCGA-DU-7294"
 
 

@@ -1,10 +1,11 @@
 """MONAI Label infer and train tasks over this bundle's configs.
 
 MONAI Label's stock ``BundleInferTask``/``BundleTrainTask`` read one config file each (``inference.json``,
-``train.json``). This bundle keeps one base config (``train.json``) and merges overlays over it
-(``inference.json``, ``deepedit_*.json``), as ``python -m monai.bundle run --config_file "[...]"`` does, so the tasks
-below are the stock ones with three changes: they read a list of config files, they load weights from the model's
-own file under ``models/``, and they report the BraTS label names and values that the label maps carry.
+``train.json``); the automatic model's configs stand alone. The interactive model is an overlay merged
+over them (``deepedit_inference.json``, ``deepedit_train.json``), as ``python -m monai.bundle run --config_file
+"[...]"`` does, so the tasks below are the stock ones with three changes: they read a list of config files, they
+load weights from the model's own file under ``models/``, and they report the BraTS label names and values that
+the label maps carry.
 """
 
 from __future__ import annotations

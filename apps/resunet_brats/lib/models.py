@@ -29,9 +29,9 @@ class BundleModel:
 
 
 MODELS = {
-    "resunet_brats": BundleModel(("train.json", "inference.json"), ("train.json",), "model.pt", "segmentation"),
+    "resunet_brats": BundleModel(("inference.json",), ("train.json",), "model.pt", "segmentation"),
     "resunet_brats_deepedit": BundleModel(
-        ("train.json", "inference.json", "deepedit_train.json", "deepedit_inference.json"),
+        ("inference.json", "deepedit_inference.json"),
         ("train.json", "deepedit_train.json"),
         os.path.join("deepedit", "model.pt"),
         "deepedit",
