@@ -9,6 +9,7 @@ transforms and metrics, the synthetic data, the data layouts and checks, and the
 from scripts import (
     conventions,
     data,
+    distill,
     evaluation,
     handlers,
     inferers,
@@ -23,6 +24,7 @@ from scripts import (
 __all__ = [
     "conventions",
     "data",
+    "distill",
     "evaluation",
     "handlers",
     "inferers",
