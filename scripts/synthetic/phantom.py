@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -154,286 +155,338 @@ def generate_case(
     Returns:
         dict with float32 ``t1``, ``t1ce``, ``t2``, ``flair`` (non-negative integer values that fit
         int16, exactly 0 outside the brain) and uint8 ``seg`` (labels 0, 1, 2, 4).
+
+    The steps below draw from one generator in a fixed order, so their order is part of the output.
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 16:
         raise ValueError(f"shape must be 3 ints >= 16, got {shape}")
     rng = np.random.default_rng([int(seed), int(index)])
+    p = _anatomy_parameters(rng, shape)
+    p.__dict__.update(vars(_tumour_parameters(rng, p.size)))
+    p.__dict__.update(vars(_intensity_parameters(rng)))
+    g = _brain_outline(rng, shape, p)
+    tc = _place_tumour(p, g, shape)
+    warp = _midline(rng, p, g, tc)
+    tissue = _cortex(rng, p, g, warp.depth_med, shape)
+    _deep_structures(p, g, warp, tissue)
+    tissue[~g.mask] = BG
+    tumour = _tumour(rng, p, g, tc, tissue, shape)
+    out = _render_images(rng, p, g.mask, tissue, tumour, shape)
+    out["seg"] = _TISSUE_TO_SEG[tissue]
+    if return_tissue:
+        out["tissue"] = tissue
+    return out
+
+
+def _anatomy_parameters(rng: np.random.Generator, shape: tuple[int, int, int]) -> SimpleNamespace:
+    """Brain size and position, atrophy, cortex, gyri, ventricles and fissure of one case."""
     X, Y, Z = shape
-    f32 = np.float32
-
-    # ---------------- per-case parameters (drawn in a fixed order) ----------------
-    ax = 0.5 * X * rng.uniform(0.82, 0.88)
-    ay = 0.5 * Y * rng.uniform(0.85, 0.91)
-    az = 0.5 * Z * rng.uniform(0.85, 0.91)
-    size = float(np.cbrt(ax * ay * az / np.prod(_REF_SEMI_AXES)))  # 1.0 at the default shape
-    cx = 0.5 * (X - 1) + rng.normal(0.0, 0.6)
-    cy = 0.5 * (Y - 1) + rng.normal(0.0, 0.8)
-    cz = 0.5 * (Z - 1) + 0.04 * az + rng.normal(0.0, 0.6)
-    post_widen = rng.uniform(0.04, 0.10)  # occipital part wider than frontal
-    floor_level = rng.uniform(0.8, 0.9)  # flattened base at cz - floor_level * az
+    p = SimpleNamespace()
+    p.ax = 0.5 * X * rng.uniform(0.82, 0.88)
+    p.ay = 0.5 * Y * rng.uniform(0.85, 0.91)
+    p.az = 0.5 * Z * rng.uniform(0.85, 0.91)
+    p.size = float(np.cbrt(p.ax * p.ay * p.az / np.prod(_REF_SEMI_AXES)))  # 1.0 at the default shape
+    p.cx = 0.5 * (X - 1) + rng.normal(0.0, 0.6)
+    p.cy = 0.5 * (Y - 1) + rng.normal(0.0, 0.8)
+    p.cz = 0.5 * (Z - 1) + 0.04 * p.az + rng.normal(0.0, 0.6)
+    p.post_widen = rng.uniform(0.04, 0.10)  # occipital part wider than frontal
+    p.floor_level = rng.uniform(0.8, 0.9)  # flattened base at cz - floor_level * az
     atrophy = rng.uniform(0.0, 1.0)  # wider CSF spaces / ventricles
-    csf_w = 1.0 + 0.8 * atrophy  # outer CSF rim (mm)
-    sulc_w = 0.55 + 0.45 * atrophy  # half width of sulci (mm)
-    sulc_depth = rng.uniform(9.0, 14.0) * max(size, 0.6)
-    gm_th = rng.uniform(2.0, 2.7)
-    gyr_spacing = rng.uniform(0.07, 0.09)  # angular correlation length of the gyral pattern
-    gyr_jitter = rng.uniform(0.045, 0.07)
-    vent_scale = rng.uniform(0.75, 1.0) + 0.3 * atrophy
-    vent_asym = rng.uniform(0.9, 1.1, size=2)
-    vent_tilt = np.deg2rad(rng.uniform(20.0, 35.0))
-    fis_w = rng.uniform(0.35, 0.6)
+    p.csf_w = 1.0 + 0.8 * atrophy  # outer CSF rim (mm)
+    p.sulc_w = 0.55 + 0.45 * atrophy  # half width of sulci (mm)
+    p.sulc_depth = rng.uniform(9.0, 14.0) * max(p.size, 0.6)
+    p.gm_th = rng.uniform(2.0, 2.7)
+    p.gyr_spacing = rng.uniform(0.07, 0.09)  # angular correlation length of the gyral pattern
+    p.gyr_jitter = rng.uniform(0.045, 0.07)
+    p.vent_scale = rng.uniform(0.75, 1.0) + 0.3 * atrophy
+    p.vent_asym = rng.uniform(0.9, 1.1, size=2)
+    p.vent_tilt = np.deg2rad(rng.uniform(20.0, 35.0))
+    p.fis_w = rng.uniform(0.35, 0.6)
+    return p
 
-    # tumour
-    hemi = 1.0 if rng.random() < 0.5 else -1.0
-    r_core = rng.uniform(8.0, 17.0) * size
-    rim = rng.uniform(2.6, 4.2)  # voxels; kept >= ~2.5 voxels whatever the shape
+
+def _tumour_parameters(rng: np.random.Generator, size: float) -> SimpleNamespace:
+    """Tumour side, radii, rim, oedema extent, shape harmonics, orientation, mass effect and placement draws."""
+    t = SimpleNamespace()
+    t.hemi = 1.0 if rng.random() < 0.5 else -1.0
+    t.r_core = rng.uniform(8.0, 17.0) * size
+    t.rim = rng.uniform(2.6, 4.2)  # voxels; kept >= ~2.5 voxels whatever the shape
     ed_ratio = rng.uniform(0.2, 0.7)  # oedema extent beyond the core / core radius
-    ed_min = rng.uniform(1.5, 3.0)
-    core_lump = rng.uniform(0.8, 2.0)
-    finger_amp = rng.uniform(2.0, 4.5) * max(size, 0.5)
-    core_pert_amp = rng.uniform(0.15, 0.32)
-    ed_pert_amp = rng.uniform(0.10, 0.30)
-    n_harm = 5
-    harm_dirs = rng.standard_normal((2, n_harm, 3))
-    harm_dirs /= np.linalg.norm(harm_dirs, axis=-1, keepdims=True)
-    harm_freq = rng.uniform(1.5, 5.0, size=(2, n_harm))
-    harm_phase = rng.uniform(0.0, 2 * np.pi, size=(2, n_harm))
-    harm_w = rng.dirichlet(np.ones(n_harm), size=2)
-    nod_dir = rng.standard_normal(3)
-    nod_dir /= np.linalg.norm(nod_dir)
-    nod_amp = rng.uniform(0.0, 0.6)
-    r_core = max(r_core, rim * (1.0 + 0.5 * nod_amp) + 6.0)  # leave room for a necrotic centre
-    ed_extent = ed_ratio * r_core
-    rot = _random_rotation(rng)
-    axis_scale = rng.uniform(0.85, 1.2, size=3)
-    mass_effect = rng.uniform(0.0, 0.4)
-    cand = rng.uniform(size=(60, 3))
+    t.ed_min = rng.uniform(1.5, 3.0)
+    t.core_lump = rng.uniform(0.8, 2.0)
+    t.finger_amp = rng.uniform(2.0, 4.5) * max(size, 0.5)
+    t.core_pert_amp = rng.uniform(0.15, 0.32)
+    t.ed_pert_amp = rng.uniform(0.10, 0.30)
+    t.n_harm = 5
+    t.harm_dirs = rng.standard_normal((2, t.n_harm, 3))
+    t.harm_dirs /= np.linalg.norm(t.harm_dirs, axis=-1, keepdims=True)
+    t.harm_freq = rng.uniform(1.5, 5.0, size=(2, t.n_harm))
+    t.harm_phase = rng.uniform(0.0, 2 * np.pi, size=(2, t.n_harm))
+    t.harm_w = rng.dirichlet(np.ones(t.n_harm), size=2)
+    t.nod_dir = rng.standard_normal(3)
+    t.nod_dir /= np.linalg.norm(t.nod_dir)
+    t.nod_amp = rng.uniform(0.0, 0.6)
+    t.r_core = max(t.r_core, t.rim * (1.0 + 0.5 * t.nod_amp) + 6.0)  # leave room for a necrotic centre
+    t.ed_extent = ed_ratio * t.r_core
+    t.rot = _random_rotation(rng)
+    t.axis_scale = rng.uniform(0.85, 1.2, size=3)
+    t.mass_effect = rng.uniform(0.0, 0.4)
+    t.cand = rng.uniform(size=(60, 3))
+    return t
 
-    # intensities
-    jitter = {m: rng.uniform(0.96, 1.04, size=9) for m in MODALITIES}
+
+def _intensity_parameters(rng: np.random.Generator) -> SimpleNamespace:
+    """Per-modality contrast jitter, scanner scale, noise, bias field, partial volume and texture."""
+    i = SimpleNamespace()
+    i.jitter = {m: rng.uniform(0.96, 1.04, size=9) for m in MODALITIES}
     for m in MODALITIES:
-        jitter[m][NCR:] = rng.uniform(0.9, 1.1, size=3)
-    scale = {m: float(np.exp(rng.uniform(np.log(350.0), np.log(2800.0)))) for m in MODALITIES}
-    noise_sd = {m: rng.uniform(0.015, 0.035) for m in MODALITIES}
-    bias_amp = {m: rng.uniform(0.05, 0.08) for m in MODALITIES}
-    pv_sigma = rng.uniform(0.5, 0.65)
-    tex_amp = rng.uniform(0.015, 0.03)
-    tum_tex_amp = rng.uniform(0.05, 0.10)
+        i.jitter[m][NCR:] = rng.uniform(0.9, 1.1, size=3)
+    i.scale = {m: float(np.exp(rng.uniform(np.log(350.0), np.log(2800.0)))) for m in MODALITIES}
+    i.noise_sd = {m: rng.uniform(0.015, 0.035) for m in MODALITIES}
+    i.bias_amp = {m: rng.uniform(0.05, 0.08) for m in MODALITIES}
+    i.pv_sigma = rng.uniform(0.5, 0.65)
+    i.tex_amp = rng.uniform(0.015, 0.03)
+    i.tum_tex_amp = rng.uniform(0.05, 0.10)
+    return i
 
-    # ---------------- brain outline & cortical depth ----------------
-    xs = (np.arange(X, dtype=f32) - f32(cx)).reshape(-1, 1, 1)
-    ys = (np.arange(Y, dtype=f32) - f32(cy)).reshape(1, -1, 1)
-    zs = (np.arange(Z, dtype=f32) - f32(cz)).reshape(1, 1, -1)
-    yn = ys / f32(ay)
-    zn = zs / f32(az)
-    ax_y = f32(ax) * (1.0 - f32(post_widen) * yn)
-    xn = xs / ax_y  # (X, Y, 1)
-    r = np.sqrt(xn * xn + (yn * yn + zn * zn))  # (X, Y, Z)
-    r = np.maximum(r, f32(1e-3))
-    grad = np.sqrt((xn / ax_y) ** 2 + ((yn / f32(ay)) ** 2 + (zn / f32(az)) ** 2)) / r
-    outline = _smooth_noise(rng, shape, 22.0 * size)
-    depth = (f32(1.0) + f32(0.035) * outline - r) / np.maximum(grad, f32(1e-4))
-    floor_noise = _smooth_noise(rng, shape, 18.0 * size)
-    depth_floor = zs + f32(floor_level * az) + f32(2.0) * floor_noise + f32(0.12 * az) * yn * yn
-    depth = _smin(depth, depth_floor, 4.0).astype(f32)
-    mask = depth > 0
 
-    # ---------------- tumour placement (inside parenchyma, one hemisphere) ----------------
-    reach = r_core * (1.0 + core_pert_amp) * axis_scale.max()
-    center = None
-    for k in range(cand.shape[0]):
-        shrink = 1.0 - 0.3 * k / cand.shape[0]
-        u = cand[k]
-        cxn = hemi * (0.24 + 0.38 * u[0] * shrink)
+def _brain_outline(rng: np.random.Generator, shape: tuple[int, int, int], p: SimpleNamespace) -> SimpleNamespace:
+    """Centred coordinates, normalised radius and cortical depth (mm inside the brain surface) of every voxel."""
+    f32 = np.float32
+    g = SimpleNamespace()
+    X, Y, Z = shape
+    g.xs = (np.arange(X, dtype=f32) - f32(p.cx)).reshape(-1, 1, 1)
+    g.ys = (np.arange(Y, dtype=f32) - f32(p.cy)).reshape(1, -1, 1)
+    g.zs = (np.arange(Z, dtype=f32) - f32(p.cz)).reshape(1, 1, -1)
+    g.yn = g.ys / f32(p.ay)
+    g.zn = g.zs / f32(p.az)
+    ax_y = f32(p.ax) * (1.0 - f32(p.post_widen) * g.yn)
+    g.xn = g.xs / ax_y  # (X, Y, 1)
+    r = np.sqrt(g.xn * g.xn + (g.yn * g.yn + g.zn * g.zn))  # (X, Y, Z)
+    g.r = np.maximum(r, f32(1e-3))
+    grad = np.sqrt((g.xn / ax_y) ** 2 + ((g.yn / f32(p.ay)) ** 2 + (g.zn / f32(p.az)) ** 2)) / g.r
+    g.outline = _smooth_noise(rng, shape, 22.0 * p.size)
+    depth = (f32(1.0) + f32(0.035) * g.outline - g.r) / np.maximum(grad, f32(1e-4))
+    g.floor_noise = _smooth_noise(rng, shape, 18.0 * p.size)
+    depth_floor = g.zs + f32(p.floor_level * p.az) + f32(2.0) * g.floor_noise + f32(0.12 * p.az) * g.yn * g.yn
+    g.depth = _smin(depth, depth_floor, 4.0).astype(f32)
+    g.mask = g.depth > 0
+    return g
+
+
+def _place_tumour(p: SimpleNamespace, g: SimpleNamespace, shape: tuple[int, int, int]) -> np.ndarray:
+    """The tumour centre: the first candidate point deep enough in the parenchyma of one hemisphere, else a
+    deep point of that hemisphere with a smaller tumour (``p.r_core`` and ``p.ed_extent`` shrink)."""
+    reach = p.r_core * (1.0 + p.core_pert_amp) * p.axis_scale.max()
+    for k in range(p.cand.shape[0]):
+        shrink = 1.0 - 0.3 * k / p.cand.shape[0]
+        u = p.cand[k]
+        cxn = p.hemi * (0.24 + 0.38 * u[0] * shrink)
         cyn = (u[1] - 0.5) * 1.25 * shrink
         czn = (u[2] - 0.4) * 0.9 * shrink
-        p = np.array([cx + cxn * ax, cy + cyn * ay, cz + czn * az])
-        ip = tuple(int(np.clip(round(v), 0, n - 1)) for v, n in zip(p, shape))
-        if depth[ip] >= reach + 4.0 * max(size, 0.6):
-            center = p
-            break
-    if center is None:  # fall back to a deep point of the hemisphere, shrink the tumour
-        center = np.array([cx + hemi * 0.3 * ax, cy, cz + 0.1 * az])
-        ip = tuple(int(np.clip(round(v), 0, n - 1)) for v, n in zip(center, shape))
-        f = max(0.3, min(1.0, (depth[ip] - 3.0) / (reach + 4.0)))
-        r_core = max(r_core * f, rim + 3.0)
-        ed_extent *= f
-        reach = r_core * (1.0 + core_pert_amp) * axis_scale.max()
-    tc = center
+        point = np.array([p.cx + cxn * p.ax, p.cy + cyn * p.ay, p.cz + czn * p.az])
+        ip = tuple(int(np.clip(round(v), 0, n - 1)) for v, n in zip(point, shape))
+        if g.depth[ip] >= reach + 4.0 * max(p.size, 0.6):
+            return point
+    center = np.array([p.cx + p.hemi * 0.3 * p.ax, p.cy, p.cz + 0.1 * p.az])
+    ip = tuple(int(np.clip(round(v), 0, n - 1)) for v, n in zip(center, shape))
+    f = max(0.3, min(1.0, (g.depth[ip] - 3.0) / (reach + 4.0)))
+    p.r_core = max(p.r_core * f, p.rim + 3.0)
+    p.ed_extent *= f
+    return center
 
-    # ---------------- central structures (mass effect applies here) ----------------
-    half_x = 0.55 * ax
-    bx = (slice(int(max(0, np.floor(cx - half_x))), int(min(X, np.ceil(cx + half_x) + 1))), slice(0, Y), slice(0, Z))
-    xb = xs[bx[0]]
-    push = mass_effect * (r_core + 0.5 * ed_extent)
-    ex = xb - f32(tc[0] - cx)
-    ey = ys - f32(tc[1] - cy)
-    ez = zs - f32(tc[2] - cz)
+
+def _midline(rng: np.random.Generator, p: SimpleNamespace, g: SimpleNamespace, tc: np.ndarray) -> SimpleNamespace:
+    """Coordinates of the central slab warped by the tumour's mass effect, and the cortical depth with the
+    interhemispheric fissure (a thin CSF sheet on the mid-sagittal plane above the corpus callosum)."""
+    f32 = np.float32
+    w = SimpleNamespace()
+    X, Y, Z = g.depth.shape
+    half_x = 0.55 * p.ax
+    w.bx = (
+        slice(int(max(0, np.floor(p.cx - half_x))), int(min(X, np.ceil(p.cx + half_x) + 1))),
+        slice(0, Y),
+        slice(0, Z),
+    )
+    xb = g.xs[w.bx[0]]
+    push = p.mass_effect * (p.r_core + 0.5 * p.ed_extent)
+    ex = xb - f32(tc[0] - p.cx)
+    ey = g.ys - f32(tc[1] - p.cy)
+    ez = g.zs - f32(tc[2] - p.cz)
     dist = np.sqrt(ex * ex + (ey * ey + ez * ez)) + f32(1e-3)
-    lm = 1.6 * (r_core + ed_extent) + 6.0
+    lm = 1.6 * (p.r_core + p.ed_extent) + 6.0
     fac = f32(push) * np.exp(-((dist / f32(lm)) ** 2)) / dist
-    xw = xb - ex * fac  # warped (source) coordinates relative to the brain centre
-    yw = ys - ey * fac
-    zw = zs - ez * fac
-    del ex, ey, ez, dist, fac
+    w.xw = xb - ex * fac  # warped (source) coordinates relative to the brain centre
+    w.yw = g.ys - ey * fac
+    w.zw = g.zs - ez * fac
+    w.ywn = w.yw / f32(p.ay)
+    z_bottom = f32(p.az) * (f32(0.34) - f32(2.3) * np.maximum(np.abs(w.ywn) - f32(0.45), f32(0)))
+    fis_noise = _smooth_noise(rng, (xb.shape[0], Y, Z), 14.0 * p.size)
+    d_h = np.abs(w.xw - f32(1.2) * fis_noise)
+    d_v = np.maximum(z_bottom - w.zw, f32(0))
+    d_fis = np.sqrt(d_h * d_h + d_v * d_v) - f32(p.fis_w)
+    w.depth_med = g.depth.copy()
+    w.depth_med[w.bx] = np.minimum(g.depth[w.bx], d_fis)
+    return w
 
-    # interhemispheric fissure: a thin CSF sheet on the mid-sagittal plane above the corpus callosum
-    ywn = yw / f32(ay)
-    z_bottom = f32(az) * (f32(0.34) - f32(2.3) * np.maximum(np.abs(ywn) - f32(0.45), f32(0)))
-    fis_noise = _smooth_noise(rng, (xb.shape[0], Y, Z), 14.0 * size)
-    d_h = np.abs(xw - f32(1.2) * fis_noise)
-    d_v = np.maximum(z_bottom - zw, f32(0))
-    d_fis = np.sqrt(d_h * d_h + d_v * d_v) - f32(fis_w)
-    depth_med = depth.copy()
-    depth_med[bx] = np.minimum(depth[bx], d_fis)
-    del d_h, d_v, d_fis, fis_noise
 
-    # ---------------- sulci & cortical ribbon ----------------
-    # gyral pattern: a smooth random function of the (slightly jittered) direction from the brain
-    # centre; its zero level sets are sheets roughly perpendicular to the brain surface (sulci)
-    # that meander because of the jitter
+def _cortex(
+    rng: np.random.Generator, p: SimpleNamespace, g: SimpleNamespace, depth_med: np.ndarray, shape
+) -> np.ndarray:
+    """Tissue map of CSF (outer rim, sulci), the cortical ribbon and white matter.
+
+    The gyral pattern is a smooth random function of the (slightly jittered) direction from the brain centre;
+    its zero level sets are sheets roughly perpendicular to the brain surface (sulci) that meander because of
+    the jitter."""
+    f32 = np.float32
     n_grid = 72
     half = 1.2
-    g_grid = _smooth_noise(rng, (n_grid, n_grid, n_grid), gyr_spacing * (n_grid - 1) / (2 * half))
-    inv_r = 1.0 / r
+    g_grid = _smooth_noise(rng, (n_grid, n_grid, n_grid), p.gyr_spacing * (n_grid - 1) / (2 * half))
+    inv_r = 1.0 / g.r
     coords = np.empty((3,) + shape, dtype=f32)
     s = f32((n_grid - 1) / (2 * half))
-    for k, comp in enumerate((xn, yn, zn)):
-        jit = _smooth_noise(rng, shape, 7.0 * max(size, 0.6))
-        coords[k] = (comp * inv_r + f32(gyr_jitter) * jit + f32(half)) * s
+    for k, comp in enumerate((g.xn, g.yn, g.zn)):
+        jit = _smooth_noise(rng, shape, 7.0 * max(p.size, 0.6))
+        coords[k] = (comp * inv_r + f32(p.gyr_jitter) * jit + f32(half)) * s
     gyr = ndi.map_coordinates(g_grid, coords, order=1, prefilter=False, mode="nearest")
     del coords, inv_r, jit
-    rmm = np.sqrt(xs * xs + (ys * ys + zs * zs)) + f32(5.0)
+    rmm = np.sqrt(g.xs * g.xs + (g.ys * g.ys + g.zs * g.zs)) + f32(5.0)
     # |g| / |grad g| ~ distance (mm) to the zero sheet (mean gradient of the Gaussian-kernel field)
-    d_sheet = np.abs(gyr) * rmm * f32(gyr_spacing / 1.11)
-    sd = f32(sulc_depth) * (f32(1.0) + f32(0.3) * floor_noise)  # reuse: independent enough of the outline
-    excess = np.maximum(depth - sd, f32(0))
+    d_sheet = np.abs(gyr) * rmm * f32(p.gyr_spacing / 1.11)
+    sd = f32(p.sulc_depth) * (f32(1.0) + f32(0.3) * g.floor_noise)  # reuse: independent enough of the outline
+    excess = np.maximum(g.depth - sd, f32(0))
     d_sulc = np.sqrt(d_sheet * d_sheet + excess * excess)
     del d_sheet, excess, gyr, rmm
-    csf = (depth_med < f32(csf_w)) | (d_sulc < f32(sulc_w))
-    cortex = np.minimum(depth_med - f32(csf_w), d_sulc - f32(sulc_w)) < f32(gm_th) * (f32(1.0) + f32(0.12) * outline)
-
+    csf = (depth_med < f32(p.csf_w)) | (d_sulc < f32(p.sulc_w))
+    ribbon = np.minimum(depth_med - f32(p.csf_w), d_sulc - f32(p.sulc_w))
+    cortex = ribbon < f32(p.gm_th) * (f32(1.0) + f32(0.12) * g.outline)
     tissue = np.full(shape, WM, dtype=np.uint8)
     tissue[cortex] = GM
     tissue[csf] = CSF
-    del csf, cortex, d_sulc, depth_med
+    return tissue
 
-    # deep grey nuclei (thalamus / basal ganglia) and lateral ventricles, in warped coordinates
-    xwn = xw / f32(ax)
-    zwn = zw / f32(az)
-    tb = tissue[bx]
-    q = ((np.abs(xwn) - f32(0.25)) / f32(0.09)) ** 2 + ((ywn + f32(0.08)) / f32(0.16)) ** 2
+
+def _deep_structures(p: SimpleNamespace, g: SimpleNamespace, w: SimpleNamespace, tissue: np.ndarray) -> None:
+    """Deep grey nuclei (thalamus / basal ganglia) and lateral ventricles, in warped coordinates (in place)."""
+    f32 = np.float32
+    xwn = w.xw / f32(p.ax)
+    zwn = w.zw / f32(p.az)
+    tb = tissue[w.bx]
+    q = ((np.abs(xwn) - f32(0.25)) / f32(0.09)) ** 2 + ((w.ywn + f32(0.08)) / f32(0.16)) ** 2
     q = q + ((zwn + f32(0.04)) / f32(0.12)) ** 2
     tb[(q < 1.0) & (tb == WM)] = DGM
-    cos_t, sin_t = np.cos(vent_tilt), np.sin(vent_tilt)
+    cos_t, sin_t = np.cos(p.vent_tilt), np.sin(p.vent_tilt)
     for i, side in enumerate((-1.0, 1.0)):
-        vs = vent_scale * vent_asym[i]
-        ra, rb = 7.0 * size * vs, 2.8 * size * vs  # "bat-wing" cross-section, tilted down laterally
-        u = (ywn + f32(0.08)) / f32(0.50)
+        vs = p.vent_scale * p.vent_asym[i]
+        ra, rb = 7.0 * p.size * vs, 2.8 * p.size * vs  # "bat-wing" cross-section, tilted down laterally
+        u = (w.ywn + f32(0.08)) / f32(0.50)
         up = np.maximum(-u, f32(0))  # posterior half: atrium / occipital horn diverge laterally
-        xc = f32(side) * (f32(1.1 * size + ra * cos_t) + f32(ax) * (f32(0.04) * u * u + f32(0.2) * up * up))
-        zc = f32(az) * (f32(0.16) - f32(0.22) * u * u - f32(0.12) * up)
-        dxv = (xw - xc) * f32(side)
-        dzv = zw - zc
+        xc = f32(side) * (f32(1.1 * p.size + ra * cos_t) + f32(p.ax) * (f32(0.04) * u * u + f32(0.2) * up * up))
+        zc = f32(p.az) * (f32(0.16) - f32(0.22) * u * u - f32(0.12) * up)
+        dxv = (w.xw - xc) * f32(side)
+        dzv = w.zw - zc
         along = dxv * f32(cos_t) - dzv * f32(sin_t)
         across = dxv * f32(sin_t) + dzv * f32(cos_t)
         q = (along / f32(ra)) ** 2 + (across / f32(rb)) ** 2 + u * u
         vent = (q < 1.0) & (tb != CSF)
         tb[vent] = VENT
-    tissue[bx] = tb
-    tissue[~mask] = BG
-    del xw, yw, zw, xwn, ywn, zwn, tb, q, z_bottom, dxv, dzv, along, across
+    tissue[w.bx] = tb
 
-    # ---------------- tumour (rendered inside its bounding box) ----------------
-    box_r = (r_core + ed_extent) * (1.0 + max(core_pert_amp, ed_pert_amp)) * axis_scale.max() + 3.0 * finger_amp + 4.0
-    tbx = _box(tc, box_r, shape)
-    bshape = tuple(s_.stop - s_.start for s_ in tbx)
+
+def _tumour_frame(p: SimpleNamespace, tc: np.ndarray, shape) -> tuple[tuple, np.ndarray, tuple]:
+    """The tumour's bounding box, distance from its centre in its own (rotated, anisotropic) frame, and the
+    unit direction components ``(u0, u1, u2)``, inside the box."""
+    f32 = np.float32
+    box_r = (p.r_core + p.ed_extent) * (1.0 + max(p.core_pert_amp, p.ed_pert_amp)) * p.axis_scale.max()
+    tbx = _box(tc, box_r + 3.0 * p.finger_amp + 4.0, shape)
     px = (np.arange(tbx[0].start, tbx[0].stop, dtype=f32) - f32(tc[0])).reshape(-1, 1, 1)
     py = (np.arange(tbx[1].start, tbx[1].stop, dtype=f32) - f32(tc[1])).reshape(1, -1, 1)
     pz = (np.arange(tbx[2].start, tbx[2].stop, dtype=f32) - f32(tc[2])).reshape(1, 1, -1)
-    m = (rot.T / axis_scale[:, None]).astype(f32)  # tumour frame, anisotropic
+    m = (p.rot.T / p.axis_scale[:, None]).astype(f32)  # tumour frame, anisotropic
     d0 = m[0, 0] * px + m[0, 1] * py + m[0, 2] * pz
     d1 = m[1, 0] * px + m[1, 1] * py + m[1, 2] * pz
     d2 = m[2, 0] * px + m[2, 1] * py + m[2, 2] * pz
     rho = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2) + f32(1e-3)
-    u0, u1, u2 = d0 / rho, d1 / rho, d2 / rho
-    del d0, d1, d2
+    return tbx, rho, (d0 / rho, d1 / rho, d2 / rho)
+
+
+def _tumour(rng, p: SimpleNamespace, g: SimpleNamespace, tc: np.ndarray, tissue: np.ndarray, shape) -> SimpleNamespace:
+    """Render the tumour into ``tissue`` inside its bounding box: a lobulated enhancing core with a necrotic
+    centre and finger-like oedema along white matter; returns what the images need (box, oedema and its
+    weight, the underlying tissue, tumour mask and texture)."""
+    f32 = np.float32
+    tbx, rho, u = _tumour_frame(p, tc, shape)
+    bshape = rho.shape
 
     def harmonics(j: int) -> np.ndarray:
         out = np.zeros(bshape, dtype=f32)
-        for k in range(n_harm):
-            v = harm_dirs[j, k]
-            proj = f32(v[0]) * u0 + f32(v[1]) * u1 + f32(v[2]) * u2
-            out += f32(harm_w[j, k]) * np.cos(f32(harm_freq[j, k]) * proj + f32(harm_phase[j, k]))
+        for k in range(p.n_harm):
+            v = p.harm_dirs[j, k]
+            proj = f32(v[0]) * u[0] + f32(v[1]) * u[1] + f32(v[2]) * u[2]
+            out += f32(p.harm_w[j, k]) * np.cos(f32(p.harm_freq[j, k]) * proj + f32(p.harm_phase[j, k]))
         return out
 
-    pert_c = f32(1.0) + f32(core_pert_amp) * harmonics(0)
-    pert_e = f32(1.0) + f32(ed_pert_amp) * harmonics(1)
-    n_core = _smooth_noise(rng, bshape, 6.0 * max(size, 0.6))
-    n_fing = _smooth_noise(rng, bshape, 7.0 * max(size, 0.6))
+    pert_c = f32(1.0) + f32(p.core_pert_amp) * harmonics(0)
+    pert_e = f32(1.0) + f32(p.ed_pert_amp) * harmonics(1)
+    n_core = _smooth_noise(rng, bshape, 6.0 * max(p.size, 0.6))
+    n_fing = _smooth_noise(rng, bshape, 7.0 * max(p.size, 0.6))
     n_tex = _smooth_noise(rng, bshape, 3.0)
-    brain_b = mask[tbx]
+    brain_b = g.mask[tbx]
     under = tissue[tbx].copy()
 
-    rho_c = rho / pert_c + f32(core_lump) * n_core
-    core = (rho_c < f32(r_core)) & brain_b
-    nod = f32(1.0) + f32(nod_amp) * np.maximum(
-        f32(nod_dir[0]) * u0 + f32(nod_dir[1]) * u1 + f32(nod_dir[2]) * u2, f32(0)
-    )
-    rim_local = f32(rim) * nod * (f32(1.0) + f32(0.12) * n_tex) / np.sqrt(pert_c)
+    rho_c = rho / pert_c + f32(p.core_lump) * n_core
+    core = (rho_c < f32(p.r_core)) & brain_b
+    nod = f32(1.0) + f32(p.nod_amp) * np.maximum(sum(f32(p.nod_dir[k]) * u[k] for k in range(3)), f32(0))
+    rim_local = f32(p.rim) * nod * (f32(1.0) + f32(0.12) * n_tex) / np.sqrt(pert_c)
     # the erosion by a 5x5x5 cube guarantees an enhancing rim of >= 2 voxels in every direction
-    necro = (rho_c < f32(r_core) - rim_local) & ndi.binary_erosion(
+    necro = (rho_c < f32(p.r_core) - rim_local) & ndi.binary_erosion(
         core, structure=np.ones((3, 3, 3), bool), iterations=2
     )
-    rho_e = rho / pert_e - f32(finger_amp) * n_fing
-    env = (rho_e < f32(r_core + ed_extent)) | (rho_c < f32(r_core + ed_min))
-    parench = (under == WM) | (under == DGM) | ((under == GM) & (rho_e < f32(r_core + ed_extent - 3.0)))
-    parench |= (under == GM) & (rho_c < f32(r_core + ed_min))
+    rho_e = rho / pert_e - f32(p.finger_amp) * n_fing
+    env = (rho_e < f32(p.r_core + p.ed_extent)) | (rho_c < f32(p.r_core + p.ed_min))
+    parench = (under == WM) | (under == DGM) | ((under == GM) & (rho_e < f32(p.r_core + p.ed_extent - 3.0)))
+    parench |= (under == GM) & (rho_c < f32(p.r_core + p.ed_min))
     edema = env & parench & brain_b & ~core
     lab, _ = ndi.label(edema | core)
     keep = np.unique(lab[core])
-    keep = keep[keep > 0]
-    edema &= np.isin(lab, keep)
-    ed_w = np.clip(f32(0.62) + f32(0.38) * (f32(r_core + ed_extent) - rho_e) / f32(4.0), f32(0.62), f32(1.0))
-    ed_w = np.where(rho_c < f32(r_core + ed_min), f32(1.0), ed_w)
-    del lab, env, parench, rho, nod, rim_local, pert_c, pert_e, n_fing
+    edema &= np.isin(lab, keep[keep > 0])
+    ed_w = np.clip(f32(0.62) + f32(0.38) * (f32(p.r_core + p.ed_extent) - rho_e) / f32(4.0), f32(0.62), f32(1.0))
+    ed_w = np.where(rho_c < f32(p.r_core + p.ed_min), f32(1.0), ed_w)
 
     tb = under.copy()
     tb[edema] = ED
     tb[core] = ET
     tb[necro] = NCR
     tissue[tbx] = tb
-    tumour_b = tb >= NCR
+    return SimpleNamespace(box=tbx, edema=edema, ed_w=ed_w, under=under, tumour=tb >= NCR, texture=n_tex)
 
-    seg = _TISSUE_TO_SEG[tissue]
 
-    # ---------------- image formation ----------------
+def _render_images(rng, p: SimpleNamespace, mask, tissue: np.ndarray, t: SimpleNamespace, shape) -> dict:
+    """The four modalities from the tissue map: contrasts, oedema fading towards its border, tumour texture,
+    partial volume, a smooth bias field, Rician noise and int16 scanner values (0 outside the brain)."""
+    f32 = np.float32
     tex = _smooth_noise(rng, shape, 3.0)
     brain_idx = np.flatnonzero(mask)
     out: dict[str, np.ndarray] = {}
     for mod in MODALITIES:
-        lut = (np.asarray(_CONTRAST[mod]) * jitter[mod]).astype(f32)
+        lut = (np.asarray(_CONTRAST[mod]) * p.jitter[mod]).astype(f32)
         img = lut[tissue]
-        # oedema fades towards its border; tumour tissue is heterogeneous
-        ib = img[tbx]
-        ib[edema] = lut[under[edema]] * (f32(1.0) - ed_w[edema]) + lut[ED] * ed_w[edema]
-        ib[tumour_b] *= f32(1.0) + f32(tum_tex_amp) * n_tex[tumour_b]
-        img[tbx] = ib
-        img *= f32(1.0) + f32(tex_amp) * tex
-        img = ndi.gaussian_filter(img, pv_sigma, truncate=1.6, mode="constant")  # partial volume (3-tap)
-        bias = _smooth_noise(rng, shape, 45.0 * size)
-        flat = img.reshape(-1)[brain_idx] * np.exp(f32(bias_amp[mod]) * bias.reshape(-1)[brain_idx])
-        sd = f32(noise_sd[mod] * lut[WM])
+        ib = img[t.box]
+        ib[t.edema] = lut[t.under[t.edema]] * (f32(1.0) - t.ed_w[t.edema]) + lut[ED] * t.ed_w[t.edema]
+        ib[t.tumour] *= f32(1.0) + f32(p.tum_tex_amp) * t.texture[t.tumour]
+        img[t.box] = ib
+        img *= f32(1.0) + f32(p.tex_amp) * tex
+        img = ndi.gaussian_filter(img, p.pv_sigma, truncate=1.6, mode="constant")  # partial volume (3-tap)
+        bias = _smooth_noise(rng, shape, 45.0 * p.size)
+        flat = img.reshape(-1)[brain_idx] * np.exp(f32(p.bias_amp[mod]) * bias.reshape(-1)[brain_idx])
+        sd = f32(p.noise_sd[mod] * lut[WM])
         n1 = rng.standard_normal(flat.shape[0], dtype=f32)
         n2 = rng.standard_normal(flat.shape[0], dtype=f32)
-        flat = np.sqrt((flat + sd * n1) ** 2 + (sd * n2) ** 2) * f32(scale[mod] / max(lut[WM], 0.3))
-        vol = np.zeros(X * Y * Z, dtype=f32)
+        flat = np.sqrt((flat + sd * n1) ** 2 + (sd * n2) ** 2) * f32(p.scale[mod] / max(lut[WM], 0.3))
+        vol = np.zeros(int(np.prod(shape)), dtype=f32)
         vol[brain_idx] = np.clip(np.rint(flat), 1.0, _INT16_MAX)
         out[mod] = vol.reshape(shape)
-    out["seg"] = seg
-    if return_tissue:
-        out["tissue"] = tissue
     return out
 
 
