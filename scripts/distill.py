@@ -20,8 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.bundle import ConfigParser
 from monai.inferers import Inferer
+
+from scripts.export import load_network
 
 __all__ = ["RegionDistillationLoss", "DistillationLoss", "DistillationInferer", "load_teacher"]
 
@@ -127,14 +128,6 @@ class DistillationLoss(nn.Module):
         return self.gt_weight * gt + self.kd_weight * kd
 
 
-def _state_dict(checkpoint: Mapping) -> Mapping:
-    """The network weights of a checkpoint: a plain ``state_dict`` (``models/model.pt``) or a full training
-    checkpoint holding one under ``"model"``."""
-    if "model" in checkpoint and isinstance(checkpoint["model"], Mapping):
-        return checkpoint["model"]
-    return checkpoint
-
-
 def load_teacher(
     config_file: str | Sequence[str],
     ckpt_path: str,
@@ -144,22 +137,13 @@ def load_teacher(
 ) -> nn.Module:
     """The teacher network: ``net_id`` of ``config_file`` (with ``overrides``, ids as on the command line, e.g.
     ``{"network_def#channels": [32, 64, 128, 256]}``) with the weights of ``ckpt_path``, on ``device``, in eval
-    mode and with gradients off.
+    mode and with gradients off (:func:`scripts.export.load_network`).
 
     Raises:
         FileNotFoundError: if ``ckpt_path`` does not exist (train the teacher first).
         RuntimeError: if the weights do not fit the network (a teacher trained with other settings: pass them as
-            ``overrides``).
+            ``overrides`` or an extra config file).
     """
     if not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f"teacher weights {ckpt_path} not found: train the teacher (configs/train.json) first.")
-    parser = ConfigParser()
-    parser.read_config(config_file)
-    parser.update(dict(overrides or {}))
-    teacher = parser.get_parsed_content(net_id)
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    teacher.load_state_dict(_state_dict(state))
-    teacher.to(device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher
+    return load_network(config_file, ckpt_path, device, overrides, net_id)
