@@ -1,0 +1,404 @@
+"""The peers of ``bench_peers.py``: model specs (this bundle's ResUNet as the configs build it, MONAI
+SegResNet as the model zoo configures it, nnU-Net's ResEnc-M), model builders, parameter and FLOP counts, and
+training-step estimates on the meta device."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from scripts.conventions import MODALITIES, REGIONS
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ALL_MODELS = ("resunet", "resunet_sep", "student", "segresnet", "resenc_m")
+ALL_TASKS = ("patch", "volume", "train")
+BASELINE = "segresnet"
+
+# --- sizes -------------------------------------------------------------------------------------------------
+IN_CHANNELS = len(MODALITIES)
+OUT_CHANNELS = len(REGIONS)
+REF_PATCH = (128, 128, 128)  # the FLOPs / latency reference patch (4 x 128^3)
+VOLUME_SHAPE = (240, 240, 155)  # a BraTS case
+QUICK_PATCH = (64, 32, 32)  # ResEnc-M (5 stride-2 stages) needs > 1 bottleneck voxel for InstanceNorm
+QUICK_VOLUME = (64, 64, 40)
+QUICK_TRAIN_PATCH = QUICK_PATCH
+QUICK_MATMUL = 1024
+
+# model zoo brats_mri_segmentation (configs/train.json + configs/inference.json)
+SEGRESNET_KWARGS = {
+    "spatial_dims": 3,
+    "blocks_down": [1, 2, 2, 4],
+    "blocks_up": [1, 1, 1],
+    "init_filters": 16,
+    "in_channels": IN_CHANNELS,
+    "out_channels": OUT_CHANNELS,
+    "dropout_prob": 0.2,
+}
+SEGRESNET_SW = {"roi_size": [240, 240, 160], "sw_batch_size": 1, "overlap": 0.5, "mode": "constant"}
+SEGRESNET_TRAIN = {"patch": [224, 224, 144], "batch": 1}
+
+# nnU-Net ResEnc-M 3d_fullres, BraTS-like plan
+RESENC_M_PLAN = {
+    "n_stages": 6,
+    "features_per_stage": [32, 64, 128, 256, 320, 320],
+    "kernel_sizes": [[3, 3, 3]] * 6,
+    "strides": [[1, 1, 1]] + [[2, 2, 2]] * 5,
+    "n_blocks_per_stage": [1, 3, 4, 6, 6, 6],
+    "n_conv_per_stage_decoder": [1, 1, 1, 1, 1],
+    "conv_bias": True,
+    "norm_op": "InstanceNorm3d(eps=1e-5, affine=True)",
+    "nonlin": "LeakyReLU(negative_slope=0.01, inplace=True)",
+    "dropout_op": None,
+    "patch_size": [128, 128, 128],
+}
+RESENC_SW = {"roi_size": [128, 128, 128], "sw_batch_size": 1, "overlap": 0.5, "mode": "gaussian"}
+RESENC_TRAIN = {"patch": [128, 128, 128], "batch": 2}
+
+COMMON_TRAIN = {"patch": [128, 128, 128], "batch": 1}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# =============================================================================================================
+# model specs and builders (run in the main process and in the workers)
+# =============================================================================================================
+
+
+def _bundle_settings(device: str) -> dict:
+    """``network_def``, the sliding-window inferer and the training patch/batch from ``configs/train.json``;
+    the inference backend that ``configs/inference.json`` picks on ``device``."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([os.path.join(REPO_ROOT, "configs", f) for f in ("train.json", "inference.json")])
+    parser.update({"device": device})
+    net = dict(parser.get_parsed_content("network_def", instantiate=False).get_config())
+    sw = dict(parser.get_parsed_content("sw_inferer", instantiate=False).get_config())
+    roi = [int(v) for v in parser.get_parsed_content("roi_size")]
+    batch = int(parser["train"]["dataloader"].get("batch_size", 1))
+    samples = 1
+    for t in parser["train"].get("random_transforms", []):
+        if "RandCropByPosNegLabel" in str(t.get("_target_", "")) or "RandCropByLabelClasses" in str(
+            t.get("_target_", "")
+        ):
+            samples = int(t.get("num_samples", 1))
+    return {
+        "network_def": net,
+        "sw": {
+            "roi_size": [int(v) for v in sw["roi_size"]],
+            "sw_batch_size": int(sw.get("sw_batch_size", 1)),
+            "overlap": float(sw.get("overlap", 0.25)),
+            "mode": str(sw.get("mode", "constant")),
+            "backend": parser.get_parsed_content("inference_backend"),
+        },
+        "train": {"patch": roi, "batch": batch * samples},
+    }
+
+
+def _import_target(target: str) -> Any:
+    import importlib
+
+    module, _, attr = target.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _find_student(explicit_target: str | None, explicit_kwargs: dict) -> tuple[dict | None, str]:
+    """A JSON-able builder description of the student network, or ``(None, reason)``."""
+    if explicit_target:
+        return {"target": explicit_target, "kwargs": explicit_kwargs}, f"--student_target {explicit_target}"
+    import glob
+
+    for path in sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "*.json"))):
+        try:
+            with open(path) as f:
+                cfg = json.load(f)
+        except (OSError, ValueError):
+            continue
+        for key in ("student_def", "student_network_def"):
+            if isinstance(cfg, dict) and isinstance(cfg.get(key), dict) and "_target_" in cfg[key]:
+                from monai.bundle import ConfigParser
+
+                parser = ConfigParser()
+                parser.read_config(path)
+                resolved = dict(parser.get_parsed_content(key, instantiate=False).get_config())
+                target = resolved.pop("_target_")
+                if "." not in target:
+                    target = f"scripts.networks.{target}"
+                return {"target": target, "kwargs": resolved}, f"{os.path.relpath(path, REPO_ROOT)} `{key}`"
+    import scripts.networks as nets
+
+    names = sorted(n for n in dir(nets) if "student" in n.lower() and callable(getattr(nets, n)))
+    if names:
+        return {"target": f"scripts.networks.{names[0]}", "kwargs": {}}, f"scripts.networks.{names[0]}"
+    return None, "scripts.networks has no student network (no `*student*` attribute, no `student_def` config)"
+
+
+def _call_with_supported(fn: Callable, kwargs: dict, defaults: dict) -> Any:
+    """``fn(**kwargs)`` plus those ``defaults`` that ``fn`` accepts and ``kwargs`` does not set."""
+    merged = dict(kwargs)
+    try:
+        params = inspect.signature(fn).parameters
+        for k, v in defaults.items():
+            if k in params and k not in merged:
+                merged[k] = v
+    except (TypeError, ValueError):
+        pass
+    return fn(**merged)
+
+
+def build_model(spec: dict):
+    """Build the network of ``spec`` (on the current default device)."""
+    import torch.nn as nn
+
+    kind = spec["builder"]
+    if kind == "resunet":
+        from scripts.networks import ResUNet
+
+        kwargs = {k: v for k, v in spec["kwargs"].items() if k != "_target_"}
+        return ResUNet(**kwargs)
+    if kind == "segresnet":
+        from monai.networks.nets import SegResNet
+
+        return SegResNet(**spec["kwargs"])
+    if kind == "resenc_m":
+        from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+        plan = spec["kwargs"]
+        model = ResidualEncoderUNet(
+            input_channels=IN_CHANNELS,
+            n_stages=plan["n_stages"],
+            features_per_stage=plan["features_per_stage"],
+            conv_op=nn.Conv3d,
+            kernel_sizes=plan["kernel_sizes"],
+            strides=plan["strides"],
+            n_blocks_per_stage=plan["n_blocks_per_stage"],
+            num_classes=OUT_CHANNELS,
+            n_conv_per_stage_decoder=plan["n_conv_per_stage_decoder"],
+            conv_bias=plan["conv_bias"],
+            norm_op=nn.InstanceNorm3d,
+            norm_op_kwargs={"eps": 1e-5, "affine": True},
+            dropout_op=None,
+            dropout_op_kwargs=None,
+            nonlin=nn.LeakyReLU,
+            nonlin_kwargs={"inplace": True},
+            deep_supervision=bool(spec.get("deep_supervision", False)),
+        )
+        if hasattr(model, "initialize"):  # what nnU-Net's get_network_from_plans does
+            model.apply(model.initialize)
+        return model
+    if kind == "target":
+        fn = _import_target(spec["kwargs"]["target"])
+        defaults = {"spatial_dims": 3, "in_channels": IN_CHANNELS, "out_channels": OUT_CHANNELS}
+        return _call_with_supported(fn, spec["kwargs"]["kwargs"], defaults)
+    raise ValueError(f"unknown builder {kind!r}")
+
+
+def make_specs(args, quick: bool) -> tuple[list[dict], dict[str, str]]:
+    """The model specs to benchmark (in ``ALL_MODELS`` order) and the skipped ones with the reason."""
+    specs: list[dict] = []
+    skipped: dict[str, str] = {}
+    wanted = [m for m in ALL_MODELS if m in args.models]
+    bundle = _bundle_settings(args.device) if {"resunet", "resunet_sep", "student"} & set(wanted) else None
+
+    def sw_for(sw: dict, quick_roi: list[int] | None) -> dict:
+        sw = dict(sw)
+        if "backend" in sw and (args.resunet_backend or args.precision != "fp32"):
+            sw["backend"] = args.resunet_backend or "torch"  # autocast needs the torch backend
+        if quick and quick_roi is not None:
+            sw["roi_size"] = quick_roi
+        return sw
+
+    def train_for(train: dict) -> dict:
+        return {"patch": list(QUICK_TRAIN_PATCH), "batch": train["batch"]} if quick else dict(train)
+
+    for key in wanted:
+        if key in ("resunet", "resunet_sep"):
+            net = dict(bundle["network_def"])
+            if key == "resunet_sep":
+                net["separable_levels"] = list(range(len(net["channels"])))
+                label = "ResUNet, all levels separable"
+                source = "configs/train.json `network_def` with `separable_levels` = all levels"
+            else:
+                label = "ResUNet (bundle)"
+                source = "configs/train.json `network_def`"
+            specs.append(
+                {
+                    "key": key,
+                    "label": label,
+                    "short": "ResUNet" if key == "resunet" else "ResUNet\nall separable",
+                    "source": source,
+                    "builder": "resunet",
+                    "kwargs": net,
+                    "arch": ", ".join(f"{k}={v}" for k, v in net.items() if k != "_target_"),
+                    "sw": sw_for(bundle["sw"], None),
+                    "train": train_for(bundle["train"]),
+                    "sw_source": "configs/train.json `sw_inferer`, configs/inference.json `inference_backend`",
+                    "train_source": "configs/train.json: roi_size, batch_size x RandCropByPosNegLabeld num_samples",
+                }
+            )
+        elif key == "student":
+            try:
+                kwargs = json.loads(args.student_kwargs) if args.student_kwargs else {}
+                found, reason = _find_student(args.student_target, kwargs)
+            except Exception as e:  # noqa: BLE001 - a broken student must not stop the benchmark
+                found, reason = None, f"student lookup failed: {type(e).__name__}: {e}"
+            if found is None:
+                skipped[key] = reason
+                continue
+            specs.append(
+                {
+                    "key": key,
+                    "label": "ResUNet student",
+                    "short": "ResUNet\nstudent",
+                    "source": reason,
+                    "builder": "target",
+                    "kwargs": found,
+                    "arch": f"{found['target']}({', '.join(f'{k}={v}' for k, v in found['kwargs'].items())})",
+                    "sw": sw_for(bundle["sw"], None),
+                    "train": train_for(bundle["train"]),
+                    "sw_source": "configs/train.json `sw_inferer`, configs/inference.json `inference_backend`",
+                    "train_source": "configs/train.json (same as the ResUNet)",
+                }
+            )
+        elif key == "segresnet":
+            quick_roi = [int(math.ceil(s / 8) * 8) for s in QUICK_VOLUME]
+            specs.append(
+                {
+                    "key": key,
+                    "label": "MONAI SegResNet (model zoo)",
+                    "short": "SegResNet\n(model zoo)",
+                    "source": "model-zoo brats_mri_segmentation configs/train.json + inference.json",
+                    "builder": "segresnet",
+                    "kwargs": SEGRESNET_KWARGS,
+                    "arch": ", ".join(f"{k}={v}" for k, v in SEGRESNET_KWARGS.items()),
+                    "sw": sw_for(SEGRESNET_SW, quick_roi),
+                    "train": train_for(SEGRESNET_TRAIN),
+                    "sw_source": "zoo inference.json `inferer` (mode: MONAI default 'constant')",
+                    "train_source": "zoo train.json RandSpatialCropd roi 224x224x144, batch_size 1",
+                }
+            )
+        elif key == "resenc_m":
+            try:
+                import dynamic_network_architectures  # noqa: F401
+            except ImportError as e:
+                skipped[key] = (
+                    f"dynamic_network_architectures is not installed ({e}); "
+                    "pip install -c constraints.txt -r benchmarks/requirements.txt"
+                )
+                continue
+            arch = (
+                "ResidualEncoderUNet("
+                + ", ".join(f"{k}={v}" for k, v in RESENC_M_PLAN.items() if k != "patch_size")
+                + ", deep_supervision=False at inference / True in training)"
+            )
+            specs.append(
+                {
+                    "key": key,
+                    "label": "nnU-Net ResEnc-M 3d_fullres",
+                    "short": "nnU-Net\nResEnc-M",
+                    "source": "dynamic_network_architectures ResidualEncoderUNet, BraTS-like ResEnc-M plan",
+                    "builder": "resenc_m",
+                    "kwargs": RESENC_M_PLAN,
+                    "arch": arch,
+                    "sw": sw_for(RESENC_SW, list(QUICK_PATCH)),
+                    "train": train_for(RESENC_TRAIN),
+                    "sw_source": "nnU-Net default: tile = patch size 128^3, step 0.5, gaussian; no mirroring TTA",
+                    "train_source": "nnU-Net plan patch 128^3, batch 2; deep supervision on (5 outputs)",
+                    "train_deep_supervision": True,
+                }
+            )
+    return specs, skipped
+
+
+# =============================================================================================================
+# static analysis on the meta device (no compute, no memory)
+# =============================================================================================================
+
+
+def count_params(spec: dict) -> int:
+    import torch
+
+    with torch.device("meta"):
+        model = build_model(spec)
+    return sum(p.numel() for p in model.parameters())
+
+
+def forward_flops(spec: dict, shape: tuple[int, ...], batch: int = 1) -> int:
+    """FLOPs of one forward pass on ``(batch, 4, *shape)`` (FlopCounterMode: multiply-add = 2 FLOPs)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = build_model(spec)
+    model.eval()
+    x = torch.empty((batch, IN_CHANNELS, *shape), device="meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def _conv_backward_flop(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    _bias,
+    _stride,
+    _padding,
+    _dilation,
+    transposed,
+    _output_padding,
+    _groups,
+    output_mask,
+    out_shape,
+    **kwargs,
+) -> int:
+    """``aten.convolution_backward`` FLOPs: grad-input and grad-weight each cost what the forward conv costs.
+
+    torch's own formula counts the grad-weight of a grouped conv as if it were dense (``groups`` times too many
+    FLOPs: 16-320x for depthwise convs); for dense convs it gives the same numbers as this one.
+    """
+    from torch.utils.flop_counter import conv_flop_count
+
+    fwd = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed)
+    return fwd * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def train_step_estimates(spec: dict, shape: tuple[int, ...], batch: int) -> dict:
+    """Forward+backward FLOPs of one training step and an estimate of its memory (saved activations +
+    parameters, gradients and the two Adam moments), both on the meta device."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ds_spec = dict(spec, deep_supervision=spec.get("train_deep_supervision", False))
+    with torch.device("meta"):
+        model = build_model(ds_spec)
+    model.train()
+    x = torch.empty((batch, IN_CHANNELS, *shape), device="meta")
+    saved: dict[int, int] = {}
+    keep: list = []
+
+    def pack(t):
+        if id(t) not in saved:
+            saved[id(t)] = t.numel() * t.element_size()
+            keep.append(t)
+        return t
+
+    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flop}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(x)
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        loss = sum(o.float().mean() for o in outs)
+        loss.backward()
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    largest = max(saved.values()) if saved else 0
+    est = sum(saved.values()) + 4 * param_bytes + 2 * largest
+    return {"train_flops_fwd_bwd": int(counter.get_total_flops()), "train_mem_estimate_bytes": int(est)}
