@@ -183,7 +183,7 @@ class ResUNet(nn.Module):
         self.strides = tuple(stride_tuples)
         self.separable_levels = tuple(sorted(sep_levels))
         self.deep_supervision = bool(deep_supervision)
-        self.divisors: list[int] = divisors
+        self.divisors = divisors  # List[int] for TorchScript (inferred)
 
         block_kwargs = {"kernel_size": kernel_size, "norm": norm, "act": act, "dropout": dropout}
 
