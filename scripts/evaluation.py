@@ -71,10 +71,10 @@ import numpy as np
 import torch
 
 from scripts.conventions import BRATS2020_LABELS, NIFTI_EXTENSIONS, REGIONS, case_id_from_path
-from scripts.data.checks import CaseError, case_id_of, failure, format_failure
+from scripts.data.checks import case_id_of, failure, format_failure
 from scripts.io import atomic_path, write_json
 from scripts.metrics import HD95_MODES, LESION_METRICS, hd95_mm, lesion_wise_metrics
-from scripts.transforms import label_to_regions
+from scripts.transforms import CaseError, label_to_regions
 
 logger = logging.getLogger(__name__)
 
@@ -410,6 +410,8 @@ def _fmt_csv(v) -> str:
 
 
 def write_csv(rows: list[dict], path) -> str:
+    """One row per case, ``case_id`` then :data:`COLUMNS`. (Not MONAI's ``MetricsSaver``: that saves an engine's
+    metric handlers, and these metrics are computed afterwards on the written label maps in the input space.)"""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(("case_id", *COLUMNS))

@@ -1,4 +1,4 @@
-"""The few transforms this bundle needs that MONAI lacks.
+"""The transforms this bundle needs that MONAI lacks (the configs use MONAI's for everything else).
 
 * :class:`LabelToRegionsd` / :class:`RegionsToLabeld` convert between a BraTS label map and the three
   overlapping region channels the network predicts, in the fixed order TC, WT, ET:
@@ -12,6 +12,12 @@
 * :class:`BrainNormalized` scales every channel to [0, 1] inside the brain (robust percentiles), keeping the
   background at exactly 0.
 * :class:`BrainHistogramEqualized` equalises the histogram of every channel inside the brain only.
+* :class:`SelectChannelsd` reorders channels per item (e.g. MSD's FLAIR, T1w, T1gd, T2w into T1, T1ce, T2, FLAIR).
+* :class:`CheckImageDatad` checks the loaded data (channels, NaN/Inf, empty modalities) and raises
+  :class:`CaseError` naming the file; ``scripts.data.checks`` turns these errors into skipped cases.
+
+The interactive model's click and guidance transforms are in ``scripts.interactive``, with the rest of that
+model.
 
 The brain is the set of voxels where any channel is non-zero: BraTS-style images are skull-stripped, so the
 background is exactly 0 in every modality.
@@ -19,6 +25,7 @@ background is exactly 0 in every modality.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping, Sequence
 
 import torch
@@ -26,7 +33,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 
-from scripts.conventions import BRATS2020_LABELS, REGION_CLASSES, REGIONS, TUMOUR_CLASSES
+from scripts.conventions import BRATS2020_LABELS, MODALITY_NAMES, REGION_CLASSES, REGIONS, TUMOUR_CLASSES
 
 
 def _source_name(img) -> str:
@@ -267,7 +274,95 @@ class SelectChannelsd(MapTransform):
         return d
 
 
+# ----------------------------------------------------------------------------------------------
+# data checks (the bad-input handling around them is in scripts.data.checks)
+# ----------------------------------------------------------------------------------------------
+class CaseError(ValueError):
+    """A case that cannot be used: ``path`` is the file at fault, ``problem`` what is wrong with it.
+
+    ``case_id`` names the case when known; ``channel`` is the image channel at fault for data-level problems
+    (a :class:`CheckedDataset` turns it into the modality file of a multi-file case)."""
+
+    def __init__(self, path, problem: str, case_id: str | None = None, channel: int | None = None):
+        self.path, self.problem, self.case_id, self.channel = str(path), problem, case_id, channel
+        prefix = f"case {case_id}: " if case_id else ""
+        super().__init__(f"{prefix}{path}: {problem}")
+
+
+def shape_str(shape) -> str:
+    """``(240, 240, 155)`` for messages."""
+    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+
+
+class CheckImageDatad(MapTransform):
+    """Data-level checks, right after ``LoadImaged`` (before any channel reordering): every image of ``keys``
+    is channel-first with ``channels`` channels and 3 spatial dims, and has no NaN/Inf voxel and no all-zero
+    channel; every array of ``finite_keys`` (label maps) has no NaN/Inf voxel. Raises :class:`CaseError`
+    naming the file (``channel`` set for channel problems) and leaves the data unchanged otherwise.
+
+    Channel ``c`` is reported as the bundle modality it becomes: ``channel_order`` of the item when it has
+    one (MSD Task01), else channel ``c`` of T1, T1ce, T2, FLAIR.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        channels: int | None = 4,
+        finite_keys: KeysCollection = ("label",),
+        order_key: str | None = "channel_order",
+        allow_missing_keys: bool = True,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.channels = channels
+        self.finite_keys = [finite_keys] if isinstance(finite_keys, str) else list(finite_keys or ())
+        self.order_key = order_key
+
+    def _modality(self, d: Mapping, c: int) -> str:
+        order = d.get(self.order_key) if self.order_key else None
+        try:
+            order = None if order is None else _int_list(order, self.order_key)
+        except (TypeError, ValueError):
+            order = None
+        i = order.index(c) if order is not None and c in order else c
+        return MODALITY_NAMES[i] if 0 <= i < len(MODALITY_NAMES) else f"channel {c}"
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            name = _source_name(img)
+            t = torch.as_tensor(img)
+            if t.ndim != 4 or (self.channels and t.shape[0] != self.channels):
+                raise CaseError(
+                    name, f"expected {self.channels or 'C'} channels of a 3D image, got shape {shape_str(t.shape)}"
+                )
+            flat = t.reshape(t.shape[0], -1)
+            if flat.is_floating_point():
+                nan = torch.isnan(flat).sum(1)
+                inf = torch.isinf(flat).sum(1)
+                for c in range(t.shape[0]):
+                    if nan[c] or inf[c]:
+                        raise CaseError(
+                            name, f"{self._modality(d, c)}: {int(nan[c])} NaN and {int(inf[c])} Inf voxel(s)", channel=c
+                        )
+            nonzero = (flat != 0).any(1)
+            for c in range(t.shape[0]):
+                if not nonzero[c]:
+                    raise CaseError(name, f"{self._modality(d, c)}: all voxels are zero (empty image)", channel=c)
+        for key in self.finite_keys:
+            if key not in d or d[key] is None or isinstance(d[key], (str, bytes, os.PathLike)):
+                continue
+            t = torch.as_tensor(d[key])
+            if t.is_floating_point():
+                bad = int((~torch.isfinite(t)).sum())
+                if bad:
+                    raise CaseError(_source_name(d[key]), f"{bad} NaN/Inf voxel(s) in the label map")
+        return d
+
+
 __all__ = [
+    "CaseError",
+    "CheckImageDatad",
     "BrainHistogramEqualized",
     "BrainNormalized",
     "LabelToRegionsd",

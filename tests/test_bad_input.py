@@ -23,7 +23,6 @@ from monai.transforms import Compose
 from scripts.conventions import MODALITIES
 from scripts.data.checks import (
     FAILURE_KEY,
-    CaseError,
     CheckedDataset,
     OutputDirError,
     SkipFailuresCollate,
@@ -32,6 +31,7 @@ from scripts.data.checks import (
 )
 from scripts.data.layouts import find_brats2020_cases, find_inference_cases
 from scripts.synthetic.phantom import generate_case
+from scripts.transforms import CaseError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (32, 32, 24)

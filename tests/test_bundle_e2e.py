@@ -133,10 +133,10 @@ def test_evaluate_writes_per_case_and_summary_metrics(trained, tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == 2  # the 2 validation cases of fold 0 (6 cases, 3 folds)
     metrics = ("dice", "hd95", "sensitivity", "specificity", "volume_diff_ml")
-    assert {f"{m}_{r}" for m in metrics for r in ("ET", "TC", "WT", "mean")} <= set(rows[0])
+    assert {f"{m}_{r}" for m in metrics for r in ("TC", "WT", "ET", "mean")} <= set(rows[0])
     summary = json.loads((out / "metrics_summary.json").read_text())
     assert summary["n_cases"] == 2 and summary["failed"] == [] and summary["missing_predictions"] == []
-    assert all(summary["metrics"][m][r]["n"] == 2 for m in metrics for r in ("ET", "TC", "WT", "mean"))
+    assert all(summary["metrics"][m][r]["n"] == 2 for m in metrics for r in ("TC", "WT", "ET", "mean"))
     assert "| Dice |" in (out / "metrics_summary.md").read_text()
     assert (out / "metrics_boxplot.png").read_bytes()[:4] == b"\x89PNG"
     preds = sorted((out / "predictions").iterdir())

@@ -306,7 +306,7 @@ def test_evaluate_folders(tree, tmp_path):
     assert summary["metrics"]["dice"]["TC"]["min"] == pytest.approx(result.rows[2]["dice_TC"])
     assert {f["case_id"] for f in summary["failed"]} == set(failed)
     md = (out / "metrics_summary.md").read_text()
-    assert "| metric | ET | TC | WT | mean |" in md and all(name in md for name in ("Dice", "HD95 (mm)", "Specificity"))
+    assert "| metric | TC | WT | ET | mean |" in md and all(name in md for name in ("Dice", "HD95 (mm)", "Specificity"))
     assert (out / "metrics_boxplot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -327,7 +327,7 @@ def test_cli_subprocess_reports_failures(tree, tmp_path):
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "| metric | ET | TC | WT | mean |" in proc.stdout
+    assert "| metric | TC | WT | ET | mean |" in proc.stdout
     assert "2 case(s) FAILED" in proc.stdout
     assert f"BraTS20_Training_004: {pred_dir / 'BraTS20_Training_004.nii.gz'}: cannot read" in proc.stdout
     assert "BraTS20_Training_005" in proc.stdout and "does not match the reference" in proc.stdout

@@ -85,3 +85,17 @@ def test_inference_cases_from_folder_file_and_datalist(tmp_path):
     assert find_inference_cases(dl)[0]["image"] == str(tmp_path / "4d" / "study.nii.gz")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         find_inference_cases(tmp_path / "nowhere")
+
+
+def test_load_datalist_resolves_only_image_and_label(tmp_path):
+    """Why not monai.data.load_decathlon_datalist: it also turns a case id into a path when a folder of that name
+    sits next to the JSON."""
+    from monai.data import load_decathlon_datalist
+
+    (tmp_path / "case_001").mkdir()
+    item = {"case_id": "case_001", "image": "case_001/img.nii.gz", "label": "case_001/seg.nii.gz", "fold": 0}
+    (tmp_path / "list.json").write_text(json.dumps({"training": [item]}))
+    ours = load_datalist(tmp_path / "list.json")["training"][0]
+    assert ours["case_id"] == "case_001" and ours["image"] == str(tmp_path / "case_001" / "img.nii.gz")
+    monai_item = load_decathlon_datalist(tmp_path / "list.json")[0]
+    assert monai_item["case_id"] == str(tmp_path / "case_001")

@@ -1,14 +1,14 @@
 """Bad input: per-case checks that name the case, the file and the problem, and a dataset + loader that skip
 bad cases, finish the good ones and report the bad ones at the end.
 
-Two levels of checks, both raising :class:`CaseError` (``case_id``, ``path``, ``problem``):
+Two levels of checks, both raising ``scripts.transforms.CaseError`` (``case_id``, ``path``, ``problem``):
 
 * :func:`check_case`, header level and cheap (nibabel headers only, run on every case in the main process
   before any data is loaded): every file exists and is a readable NIfTI whose data are all there (a truncated
   ``.nii.gz`` is caught from its gzip trailer, a truncated ``.nii`` from its size), modality files are 3D (or
   the case is one 4D file with 4 channels), all modalities have the same shape and affine
   (``numpy.allclose``, as MONAI requires to stack them), and a label map is 3D with the images' geometry.
-* :class:`CheckImageDatad`, data level, the transform right after ``LoadImaged`` in the configs'
+* ``scripts.transforms.CheckImageDatad``, data level, the transform right after ``LoadImaged`` in the configs'
   ``preprocessing_transforms``: the image has 4 channels and no NaN/Inf voxel and no all-zero channel; a label map has no NaN/Inf voxel. Labels outside the expected set are rejected by
   ``scripts.transforms.LabelToRegionsd`` and by :mod:`scripts.evaluation`.
 
@@ -32,30 +32,15 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
-from monai.config import KeysCollection
 from monai.data import DataLoader, Dataset, list_data_collate
-from monai.transforms import MapTransform
 
 from scripts.conventions import MODALITY_NAMES, case_id_from_path
-from scripts.transforms import _source_name
+from scripts.transforms import CaseError, shape_str
 
 logger = logging.getLogger(__name__)
 
 FAILURE_KEY = "__case_failure__"
 """Key of the record a :class:`CheckedDataset` item holds instead of data when its preprocessing failed."""
-
-
-class CaseError(ValueError):
-    """A case that cannot be used: ``path`` is the file at fault, ``problem`` what is wrong with it.
-
-    ``case_id`` names the case when known; ``channel`` is the image channel at fault for data-level problems
-    (a :class:`CheckedDataset` turns it into the modality file of a multi-file case)."""
-
-    def __init__(self, path, problem: str, case_id: str | None = None, channel: int | None = None):
-        self.path, self.problem, self.case_id, self.channel = str(path), problem, case_id, channel
-        prefix = f"case {case_id}: " if case_id else ""
-        super().__init__(f"{prefix}{path}: {problem}")
 
 
 class OutputDirError(OSError):
@@ -87,10 +72,6 @@ def case_id_of(item: Mapping, image_key: str = "image") -> str:
 
 
 # ------------------------------------------------------------------------------------------------ headers
-def _shape_str(shape) -> str:
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
-
-
 def _read_header(path: str):
     """nibabel image (header only, data not read) of an existing file; ``CaseError`` when it is not a readable
     NIfTI or its data are cut short."""
@@ -172,20 +153,20 @@ def _check_case(item: Mapping, image_key: str, label_key: str | None, channels: 
     for i, (path, shape) in enumerate(zip(files, shapes)):
         if multi and len(shape) != 3:
             raise CaseError(
-                path, f"expected a 3D image ({MODALITY_NAMES[i]}), got {len(shape)}D shape {_shape_str(shape)}"
+                path, f"expected a 3D image ({MODALITY_NAMES[i]}), got {len(shape)}D shape {shape_str(shape)}"
             )
         if not multi and not (len(shape) == 4 and shape[3] == channels):
             raise CaseError(
                 path,
                 f"expected a 4D image with {channels} channels (T1, T1ce, T2, FLAIR) or one 3D file per modality, "
-                f"got {len(shape)}D shape {_shape_str(shape)}",
+                f"got {len(shape)}D shape {shape_str(shape)}",
             )
     for i in range(1, len(files)):
         if shapes[i] != shapes[0]:
             raise CaseError(
                 files[i],
-                f"{MODALITY_NAMES[i]} shape {_shape_str(shapes[i])} does not match the {MODALITY_NAMES[0]} file's "
-                f"{_shape_str(shapes[0])} ({files[0]})",
+                f"{MODALITY_NAMES[i]} shape {shape_str(shapes[i])} does not match the {MODALITY_NAMES[0]} file's "
+                f"{shape_str(shapes[0])} ({files[0]})",
             )
         a, b = np.asarray(headers[i].affine, float), np.asarray(headers[0].affine, float)
         if not np.allclose(a, b):
@@ -205,82 +186,13 @@ def _check_case(item: Mapping, image_key: str, label_key: str | None, channels: 
     while len(lshape) > 3 and lshape[-1] == 1:
         lshape = lshape[:-1]
     if len(lshape) != 3:
-        raise CaseError(label, f"expected a 3D label map, got {len(lshape)}D shape {_shape_str(lshape)}")
+        raise CaseError(label, f"expected a 3D label map, got {len(lshape)}D shape {shape_str(lshape)}")
     if lshape != shapes[0][:3]:
         raise CaseError(
-            label, f"label shape {_shape_str(lshape)} does not match the image shape {_shape_str(shapes[0][:3])}"
+            label, f"label shape {shape_str(lshape)} does not match the image shape {shape_str(shapes[0][:3])}"
         )
     if not np.allclose(np.asarray(header.affine, float), np.asarray(headers[0].affine, float)):
         raise CaseError(label, f"label affine does not match the image's ({files[0]})")
-
-
-# ---------------------------------------------------------------------------------------------------- data
-class CheckImageDatad(MapTransform):
-    """Data-level checks, right after ``LoadImaged`` (before any channel reordering): every image of ``keys``
-    is channel-first with ``channels`` channels and 3 spatial dims, and has no NaN/Inf voxel and no all-zero
-    channel; every array of ``finite_keys`` (label maps) has no NaN/Inf voxel. Raises :class:`CaseError`
-    naming the file (``channel`` set for channel problems) and leaves the data unchanged otherwise.
-
-    Channel ``c`` is reported as the bundle modality it becomes: ``channel_order`` of the item when it has
-    one (MSD Task01), else channel ``c`` of T1, T1ce, T2, FLAIR.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection = "image",
-        channels: int | None = 4,
-        finite_keys: KeysCollection = ("label",),
-        order_key: str | None = "channel_order",
-        allow_missing_keys: bool = True,
-    ):
-        super().__init__(keys, allow_missing_keys)
-        self.channels = channels
-        self.finite_keys = [finite_keys] if isinstance(finite_keys, str) else list(finite_keys or ())
-        self.order_key = order_key
-
-    def _modality(self, d: Mapping, c: int) -> str:
-        order = d.get(self.order_key) if self.order_key else None
-        try:
-            order = (
-                [int(v) for v in (order.tolist() if hasattr(order, "tolist") else order)] if order is not None else None
-            )
-        except (TypeError, ValueError):
-            order = None
-        i = order.index(c) if order is not None and c in order else c
-        return MODALITY_NAMES[i] if 0 <= i < len(MODALITY_NAMES) else f"channel {c}"
-
-    def __call__(self, data: Mapping) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            img = d[key]
-            name = _source_name(img)
-            t = torch.as_tensor(img)
-            if t.ndim != 4 or (self.channels and t.shape[0] != self.channels):
-                raise CaseError(
-                    name, f"expected {self.channels or 'C'} channels of a 3D image, got shape {_shape_str(t.shape)}"
-                )
-            flat = t.reshape(t.shape[0], -1)
-            if flat.is_floating_point():
-                nan = torch.isnan(flat).sum(1)
-                inf = torch.isinf(flat).sum(1)
-                for c in range(t.shape[0]):
-                    if nan[c] or inf[c]:
-                        raise CaseError(
-                            name, f"{self._modality(d, c)}: {int(nan[c])} NaN and {int(inf[c])} Inf voxel(s)", channel=c
-                        )
-            nonzero = (flat != 0).any(1)
-            for c in range(t.shape[0]):
-                if not nonzero[c]:
-                    raise CaseError(name, f"{self._modality(d, c)}: all voxels are zero (empty image)", channel=c)
-        for key in self.finite_keys:
-            if key not in d or d[key] is None or isinstance(d[key], (str, bytes, os.PathLike)):
-                continue
-            t = torch.as_tensor(d[key])
-            if t.is_floating_point():
-                bad = int((~torch.isfinite(t)).sum())
-                if bad:
-                    raise CaseError(_source_name(d[key]), f"{bad} NaN/Inf voxel(s) in the label map")
-        return d
 
 
 # ------------------------------------------------------------------------------------- errors -> records
@@ -502,8 +414,6 @@ def exit_on_failures(failures: Sequence[Mapping], done: int | None = None, what:
 
 __all__ = [
     "FAILURE_KEY",
-    "CaseError",
-    "CheckImageDatad",
     "CheckedDataset",
     "OutputDirError",
     "SkipFailuresCollate",

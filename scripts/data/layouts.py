@@ -372,7 +372,12 @@ def split_fold(datalist: dict, fold: int) -> tuple[list[dict], list[dict]]:
 
 
 def load_datalist(path: str | os.PathLike) -> dict:
-    """A datalist JSON with relative paths resolved against the JSON's folder (MONAI decathlon style)."""
+    """A datalist JSON with relative paths resolved against the JSON's folder (MONAI decathlon style).
+
+    Not ``monai.data.load_decathlon_datalist``: it reads one list per call and also rewrites every other string
+    field that happens to name an existing path (a ``case_id`` next to a case folder of that name), so only
+    ``image`` and ``label`` are resolved here, in every list at once.
+    """
     path = Path(path)
     try:
         datalist = json.loads(path.read_text())
