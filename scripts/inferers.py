@@ -7,7 +7,7 @@ import importlib.util
 import io
 import itertools
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from monai.inferers import Inferer
@@ -26,16 +26,20 @@ class FlipTTAInferer(Inferer):
         self.inferer = inferer
         self.spatial_axes = tuple(spatial_axes)
 
-    def __call__(self, inputs: torch.Tensor, network: Callable, *args, **kwargs) -> torch.Tensor:
-        total, count = None, 0
+    def passes(self, inputs: torch.Tensor, network: Callable, *args, **kwargs) -> Iterator[torch.Tensor]:
+        """Each flipped pass's prediction, flipped back (the unflipped pass first)."""
         for n in range(len(self.spatial_axes) + 1):
             for axes in itertools.combinations(self.spatial_axes, n):
                 dims = [a + 2 for a in axes]
                 x = torch.flip(inputs, dims) if dims else inputs
                 pred = self.inferer(x, network, *args, **kwargs)
-                pred = torch.flip(pred, dims) if dims else pred
-                total = pred if total is None else total + pred
-                count += 1
+                yield torch.flip(pred, dims) if dims else pred
+
+    def __call__(self, inputs: torch.Tensor, network: Callable, *args, **kwargs) -> torch.Tensor:
+        total, count = None, 0
+        for pred in self.passes(inputs, network, *args, **kwargs):
+            total = pred if total is None else total + pred
+            count += 1
         return total / count
 
 
