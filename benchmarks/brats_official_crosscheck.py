@@ -70,7 +70,8 @@ def ensure_venv(path: Path = DEFAULT_VENV) -> Path:
     if not official_available(path):
         print(f"creating {path} and installing {REQUIREMENTS.name} (once) ...", flush=True)
         venv.EnvBuilder(with_pip=True, clear=True).create(path)
-        subprocess.run([str(venv_python(path)), "-m", "pip", "install", "-r", str(REQUIREMENTS)], check=True)
+        pip = [str(venv_python(path)), "-m", "pip", "install", "--quiet", "-r", str(REQUIREMENTS)]
+        subprocess.run(pip, check=True)
     return venv_python(path)
 
 
@@ -167,8 +168,11 @@ def main(argv=None) -> int:
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="the official package's environment")
     parser.add_argument("--case_dir", type=Path, default=REAL_CASE)
     parser.add_argument("--write_docs", action="store_true", help="write the section into docs/clinical.md")
+    parser.add_argument("--setup_only", action="store_true", help="only make the environment (CI)")
     args = parser.parse_args(argv)
     python = ensure_venv(args.venv)
+    if args.setup_only:
+        return 0
     pairs = real_case_pairs(args.case_dir)
     rows = compare(pairs, official_metrics(pairs, python))
     text = markdown(rows, python)
