@@ -5,9 +5,9 @@ Peers:
 
 * ``resunet``     -- this bundle's ResUNet exactly as ``configs/train.json`` ``network_def`` builds it.
 * ``resunet_sep`` -- the same ResUNet with every level depthwise-separable (``separable_levels = all``).
-* ``student``     -- the bundle's distilled student, if one can be found (``--student_target``, a
-  ``student_def`` / ``student_network_def`` entry in ``configs/*.json``, or a ``scripts.networks`` attribute
-  whose name contains "student"); skipped with a note otherwise.
+* ``student``     -- the distilled MobileNetV3-style student as ``configs/student.json`` builds it (or
+  ``--student_target``/``--student_kwargs``).
+* ``swin``        -- the ResUNet-Swin hybrid as ``configs/swin.json`` builds it.
 * ``segresnet``   -- MONAI ``SegResNet`` as the model zoo's ``brats_mri_segmentation`` bundle configures it.
 * ``resenc_m``    -- nnU-Net's ResEnc-M ``3d_fullres`` network (``dynamic_network_architectures``
   ``ResidualEncoderUNet``) with a BraTS-like plan.

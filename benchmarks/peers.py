@@ -16,7 +16,7 @@ from scripts.conventions import MODALITIES, REGIONS
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-ALL_MODELS = ("resunet", "resunet_sep", "student", "segresnet", "resenc_m")
+ALL_MODELS = ("resunet", "resunet_sep", "student", "swin", "segresnet", "resenc_m")
 ALL_TASKS = ("patch", "volume", "train")
 BASELINE = "segresnet"
 
@@ -110,35 +110,51 @@ def _import_target(target: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def _find_student(explicit_target: str | None, explicit_kwargs: dict) -> tuple[dict | None, str]:
-    """A JSON-able builder description of the student network, or ``(None, reason)``."""
-    if explicit_target:
-        return {"target": explicit_target, "kwargs": explicit_kwargs}, f"--student_target {explicit_target}"
-    import glob
+# the bundle's other networks, each selected by a config overlay over train.json + inference.json
+OVERLAYS = {
+    "student": ("student.json", "ResUNet student (MobileNetV3-style)", "ResUNet\nstudent"),
+    "swin": ("swin.json", "ResUNet-Swin hybrid", "ResUNet-Swin\nhybrid"),
+}
 
-    for path in sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "*.json"))):
-        try:
-            with open(path) as f:
-                cfg = json.load(f)
-        except (OSError, ValueError):
-            continue
-        for key in ("student_def", "student_network_def"):
-            if isinstance(cfg, dict) and isinstance(cfg.get(key), dict) and "_target_" in cfg[key]:
-                from monai.bundle import ConfigParser
 
-                parser = ConfigParser()
-                parser.read_config(path)
-                resolved = dict(parser.get_parsed_content(key, instantiate=False).get_config())
-                target = resolved.pop("_target_")
-                if "." not in target:
-                    target = f"scripts.networks.{target}"
-                return {"target": target, "kwargs": resolved}, f"{os.path.relpath(path, REPO_ROOT)} `{key}`"
-    import scripts.networks as nets
+def _overlay_network(overlay: str, device: str) -> tuple[dict, str]:
+    """``network_def`` of ``configs/train.json`` + ``inference.json`` + ``overlay`` as a builder description
+    (``{"target", "kwargs"}``), and the inference backend those configs pick on ``device``."""
+    from monai.bundle import ConfigParser
 
-    names = sorted(n for n in dir(nets) if "student" in n.lower() and callable(getattr(nets, n)))
-    if names:
-        return {"target": f"scripts.networks.{names[0]}", "kwargs": {}}, f"scripts.networks.{names[0]}"
-    return None, "scripts.networks has no student network (no `*student*` attribute, no `student_def` config)"
+    parser = ConfigParser()
+    parser.read_config([os.path.join(REPO_ROOT, "configs", f) for f in ("train.json", "inference.json", overlay)])
+    parser.update({"device": device})
+    net = dict(parser.get_parsed_content("network_def", instantiate=False).get_config())
+    return {"target": net.pop("_target_"), "kwargs": net}, parser.get_parsed_content("inference_backend")
+
+
+def _overlay_spec(key: str, args, bundle: dict, sw_for: Callable, train_for: Callable) -> tuple[dict | None, str]:
+    """The spec of ``OVERLAYS[key]`` (``--student_target`` replaces the student's config), or ``(None, reason)``."""
+    overlay, label, short = OVERLAYS[key]
+    sw = dict(bundle["sw"])
+    try:
+        if key == "student" and args.student_target:
+            kwargs = json.loads(args.student_kwargs) if args.student_kwargs else {}
+            found, source = {"target": args.student_target, "kwargs": kwargs}, f"--student_target {args.student_target}"
+        else:
+            (found, sw["backend"]), source = _overlay_network(overlay, args.device), f"configs/{overlay} `network_def`"
+    except Exception as e:  # noqa: BLE001 - a broken overlay must not stop the benchmark
+        return None, f"configs/{overlay} failed: {type(e).__name__}: {e}"
+    spec = {
+        "key": key,
+        "label": label,
+        "short": short,
+        "source": source,
+        "builder": "target",
+        "kwargs": found,
+        "arch": f"{found['target']}({', '.join(f'{k}={v}' for k, v in found['kwargs'].items())})",
+        "sw": sw_for(sw, None),
+        "train": train_for(bundle["train"]),
+        "sw_source": f"configs/train.json `sw_inferer`, `inference_backend` of inference.json + {overlay}",
+        "train_source": "configs/train.json (same as the ResUNet)",
+    }
+    return spec, source
 
 
 def _call_with_supported(fn: Callable, kwargs: dict, defaults: dict) -> Any:
@@ -206,7 +222,7 @@ def make_specs(args, quick: bool) -> tuple[list[dict], dict[str, str]]:
     specs: list[dict] = []
     skipped: dict[str, str] = {}
     wanted = [m for m in ALL_MODELS if m in args.models]
-    bundle = _bundle_settings(args.device) if {"resunet", "resunet_sep", "student"} & set(wanted) else None
+    bundle = _bundle_settings(args.device) if {"resunet", "resunet_sep", *OVERLAYS} & set(wanted) else None
 
     def sw_for(sw: dict, quick_roi: list[int] | None) -> dict:
         sw = dict(sw)
@@ -244,30 +260,12 @@ def make_specs(args, quick: bool) -> tuple[list[dict], dict[str, str]]:
                     "train_source": "configs/train.json: roi_size, batch_size x RandCropByPosNegLabeld num_samples",
                 }
             )
-        elif key == "student":
-            try:
-                kwargs = json.loads(args.student_kwargs) if args.student_kwargs else {}
-                found, reason = _find_student(args.student_target, kwargs)
-            except Exception as e:  # noqa: BLE001 - a broken student must not stop the benchmark
-                found, reason = None, f"student lookup failed: {type(e).__name__}: {e}"
-            if found is None:
+        elif key in OVERLAYS:
+            spec, reason = _overlay_spec(key, args, bundle, sw_for, train_for)
+            if spec is None:
                 skipped[key] = reason
                 continue
-            specs.append(
-                {
-                    "key": key,
-                    "label": "ResUNet student",
-                    "short": "ResUNet\nstudent",
-                    "source": reason,
-                    "builder": "target",
-                    "kwargs": found,
-                    "arch": f"{found['target']}({', '.join(f'{k}={v}' for k, v in found['kwargs'].items())})",
-                    "sw": sw_for(bundle["sw"], None),
-                    "train": train_for(bundle["train"]),
-                    "sw_source": "configs/train.json `sw_inferer`, configs/inference.json `inference_backend`",
-                    "train_source": "configs/train.json (same as the ResUNet)",
-                }
-            )
+            specs.append(spec)
         elif key == "segresnet":
             quick_roi = [int(math.ceil(s / 8) * 8) for s in QUICK_VOLUME]
             specs.append(
