@@ -128,14 +128,8 @@ class DistillationLoss(nn.Module):
         return self.gt_weight * gt + self.kd_weight * kd
 
 
-def load_teacher(
-    config_file: str | Sequence[str],
-    ckpt_path: str,
-    device: str | torch.device = "cpu",
-    overrides: Mapping | None = None,
-    net_id: str = "network_def",
-) -> nn.Module:
-    """The teacher network: ``net_id`` of ``config_file`` (with ``overrides``, ids as on the command line, e.g.
+def load_teacher(config_file: str | Sequence[str], ckpt_path: str, device="cpu", overrides=None) -> nn.Module:
+    """The frozen teacher: ``network_def`` of ``config_file`` (plus ``overrides``, ids as on the command line, e.g.
     ``{"network_def#channels": [32, 64, 128, 256]}``) with the weights of ``ckpt_path``, on ``device``, in eval
     mode and with gradients off (:func:`scripts.export.load_network`).
 
@@ -146,4 +140,4 @@ def load_teacher(
     """
     if not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f"teacher weights {ckpt_path} not found: train the teacher (configs/train.json) first.")
-    return load_network(config_file, ckpt_path, device, overrides, net_id)
+    return load_network(config_file, ckpt_path, device, overrides)
