@@ -15,7 +15,7 @@ a binary distribution ``sigmoid(z / T)`` rather than a softmax over classes.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
