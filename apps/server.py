@@ -100,14 +100,17 @@ def _check(cmd: list[str], what: str, env: dict[str, str], quiet: bool) -> None:
         )
 
 
-def server_command(venv_dir: Path, studies: str, host: str, port: int, conf: list[tuple[str, str]]) -> list[str]:
-    """The ``monailabel start_server`` command line serving this bundle's app over ``studies``."""
-    confs = {"bundle_path": str(ROOT), **dict(conf)}
+def server_command(
+    venv_dir: Path, studies: str, host: str, port: int, conf: list[tuple[str, str]], app_dir: Path = APP_DIR
+) -> list[str]:
+    """The ``monailabel start_server`` command line serving ``app_dir`` (default: this bundle's app, which reads
+    the bundle at ``--conf bundle_path``) over ``studies``."""
+    confs = {"bundle_path": str(ROOT), **dict(conf)} if Path(app_dir) == APP_DIR else dict(conf)
     cmd = [
         str(bin_dir(venv_dir) / "monailabel"),
         "start_server",
         "--app",
-        str(APP_DIR),
+        str(app_dir),
         "--studies",
         studies,
         "--host",
@@ -118,6 +121,11 @@ def server_command(venv_dir: Path, studies: str, host: str, port: int, conf: lis
     for key, value in confs.items():
         cmd += ["--conf", key, value]
     return cmd
+
+
+def stock_app(venv_dir: Path) -> Path:
+    """MONAI Label's own ``monaibundle`` sample app as the server environment's monailabel package ships it."""
+    return venv_dir / "monailabel" / "sample-apps" / "monaibundle"
 
 
 def server_env(venv_dir: Path) -> dict[str, str]:

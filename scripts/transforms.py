@@ -12,6 +12,8 @@
 * :class:`BrainNormalized` scales every channel to [0, 1] inside the brain (robust percentiles), keeping the
   background at exactly 0.
 * :class:`BrainHistogramEqualized` equalises the histogram of every channel inside the brain only.
+* :class:`LoadLabeld` loads the label map when the item has one; :class:`PathSafeSpacingd` is MONAI's ``Spacingd``
+  tolerating MONAI Label's ``image_path`` entry.
 * :class:`SelectChannelsd` reorders channels per item (e.g. MSD's FLAIR, T1w, T1gd, T2w into T1, T1ce, T2, FLAIR).
 * :class:`CheckImageDatad` checks the loaded data (channels, NaN/Inf, empty modalities) and raises
   :class:`CaseError` naming the file; ``scripts.data.checks`` turns these errors into skipped cases.
@@ -30,7 +32,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import LoadImaged, MapTransform, Spacingd
 from monai.utils import convert_to_dst_type
 
 from scripts.conventions import BRATS2020_LABELS, MODALITY_NAMES, REGION_CLASSES, REGIONS, TUMOUR_CLASSES
@@ -235,6 +237,38 @@ def _item_labels(data: Mapping, labels_key: str | None, default: tuple[int, ...]
     return labels
 
 
+class LoadLabeld(MapTransform):
+    """``LoadImaged`` (channel first) of the optional label map: loads ``keys`` the item has, skips the others.
+
+    A transform of its own rather than a ``LoadImaged``: MONAI Label's bundle task wraps every ``LoadImaged`` of
+    the preprocessing and requires all of its keys, and an inference request carries no label."""
+
+    def __init__(self, keys: KeysCollection = "label", **load_kwargs):
+        super().__init__(keys, allow_missing_keys=True)
+        load_kwargs.setdefault("ensure_channel_first", True)
+        self.loader = LoadImaged(keys, allow_missing_keys=True, **load_kwargs)
+
+    def __call__(self, data: Mapping) -> dict:
+        return self.loader(data)
+
+
+class PathSafeSpacingd(Spacingd):
+    """MONAI's ``Spacingd`` that leaves alone the ``<key>_*`` items which are not metadata dicts.
+
+    ``Spacingd`` updates every ``<key>_*`` item of a NIfTI image as a metadata dict; MONAI Label puts the image's
+    path in ``image_path`` (a string), which would make it fail."""
+
+    def __call__(self, data: Mapping, lazy: bool | None = None) -> dict:
+        d = dict(data)
+        prefixes = tuple(f"{key}_" for key in self.keys)
+        kept = {
+            k: d.pop(k) for k in list(d) if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], dict)
+        }
+        d = super().__call__(d, lazy=lazy)
+        d.update(kept)
+        return d
+
+
 class SelectChannelsd(MapTransform):
     """Reorder (or select) the channels of channel-first images, per item.
 
@@ -363,6 +397,8 @@ class CheckImageDatad(MapTransform):
 __all__ = [
     "CaseError",
     "CheckImageDatad",
+    "LoadLabeld",
+    "PathSafeSpacingd",
     "BrainHistogramEqualized",
     "BrainNormalized",
     "LabelToRegionsd",

@@ -6,6 +6,7 @@ The server environment is made by ``apps/server.py setup`` (several GB on its fi
 cache while the pinned files are unchanged); the tests are skipped, with the reason, only if it cannot be made.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -123,16 +124,12 @@ def _multipart(fields, files):
     }
 
 
-@pytest.fixture(scope="module")
-def live_server(venv_dir, bundle_copy, tmp_path_factory):
-    root, served = bundle_copy
-    studies = tmp_path_factory.mktemp("studies")
-    write_monailabel_datastore(studies, num_cases=4, num_labelled=2, seed=9, shape=SHAPE, progress=False)
+@contextlib.contextmanager
+def _serving(venv_dir, studies, conf, log_path, app_dir=server.APP_DIR):
+    """A MONAI Label server on a free loopback port serving ``app_dir`` over ``studies``: yields its URL and
+    ``/info/``, stops it afterwards."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = server.server_command(
-        venv_dir, str(studies), "127.0.0.1", port, [("bundle_path", str(root)), ("preload", "false")]
-    )
+    cmd = server.server_command(venv_dir, str(studies), "127.0.0.1", port, conf, app_dir)
     log = open(log_path, "w")
     proc = subprocess.Popen(
         cmd, env=server.server_env(venv_dir), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -148,7 +145,7 @@ def live_server(venv_dir, bundle_copy, tmp_path_factory):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"server did not come up (exit {proc.poll()}):\n{log_path.read_text()[-6000:]}")
                 time.sleep(2)
-        yield {"url": url, "info": info, "root": root, "served": served, "studies": studies, "log": log_path}
+        yield url, info
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -158,6 +155,41 @@ def live_server(venv_dir, bundle_copy, tmp_path_factory):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def live_server(venv_dir, bundle_copy, tmp_path_factory):
+    root, served = bundle_copy
+    studies = tmp_path_factory.mktemp("studies")
+    write_monailabel_datastore(studies, num_cases=4, num_labelled=2, seed=9, shape=SHAPE, progress=False)
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    conf = [("bundle_path", str(root)), ("preload", "false")]
+    with _serving(venv_dir, studies, conf, log_path) as (url, info):
+        yield {"url": url, "info": info, "root": root, "served": served, "studies": studies, "log": log_path}
+
+
+def test_stock_monaibundle_app_segments_a_four_modality_study(venv_dir, bundle_copy, tmp_path):
+    """MONAI Label's own ``monaibundle`` app, unchanged, with the bundle copied into ``<app>/model/<name>``: it
+    reads configs/inference.json alone and returns a BraTS label map on the study's grid."""
+    root, _ = bundle_copy
+    app = tmp_path / "monaibundle"
+    shutil.copytree(server.stock_app(venv_dir), app, ignore=shutil.ignore_patterns("__pycache__"))
+    bundle = app / "model" / "resunet_brats"
+    for part in ("configs", "scripts", "models"):
+        shutil.copytree(root / part, bundle / part, ignore=shutil.ignore_patterns("__pycache__", "checkpoint_*"))
+    studies = tmp_path / "studies"
+    write_monailabel_datastore(studies, num_cases=1, seed=11, shape=SHAPE, progress=False)
+    # the bundle is local (no model-zoo download); this test is about automatic inference, so no trainers
+    conf = [("models", "resunet_brats"), ("zoo_source", "local"), ("sam2", "false"), ("skip_trainers", "true")]
+    with _serving(venv_dir, studies, conf, tmp_path / "server.log", app) as (url, info):
+        assert info["models"]["resunet_brats"]["type"] == "segmentation"
+        srv = {"url": url, "studies": studies}
+        study = _study(srv, "BraTS20_Training_001")
+        pred = _infer(srv, "resunet_brats", "BraTS20_Training_001")
+    assert study.shape == (*SHAPE, 4) and pred.shape == SHAPE
+    np.testing.assert_allclose(pred.affine, study.affine, atol=1e-4)
+    values = set(np.unique(np.asarray(pred.dataobj)).tolist())
+    assert values <= BRATS_VALUES, values
 
 
 def _infer(srv, model, image, params=None):
