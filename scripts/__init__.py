@@ -7,6 +7,7 @@ transforms and metrics, the synthetic data, the data layouts and checks, and the
 """
 
 from scripts import (
+    casework,
     conventions,
     data,
     distill,
@@ -27,6 +28,7 @@ from scripts import (
 )
 
 __all__ = [
+    "casework",
     "conventions",
     "data",
     "distill",

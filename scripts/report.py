@@ -29,19 +29,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import MetaTensor, decollate_batch
+from monai.data import MetaTensor
 from monai.transforms import Invertd
-from tqdm import tqdm
 
+from scripts.casework import CaseWorkflow, nested, sources_of
 from scripts.conventions import BRATS2020_LABELS, MODALITY_NAMES, REGIONS, TUMOUR_CLASSES
-from scripts.data.checks import (
-    CheckedDataset,
-    SkippingDataLoader,
-    case_id_of,
-    exit_on_failures,
-    failure,
-    format_failure,
-)
+from scripts.data.checks import case_id_of, exit_on_failures
 from scripts.data.layouts import find_cases, find_inference_cases
 from scripts.evaluation import label_map_metrics
 from scripts.explain import RegionGradCAM
@@ -66,18 +59,6 @@ def find_report_cases(source, layout: str = "auto") -> list[dict]:
             for c in cases]  # fmt: skip
 
 
-def load_weights(network: torch.nn.Module, path, device) -> torch.nn.Module:
-    """Load a state dict (or a ``{"model": state_dict}`` checkpoint) into ``network``; a clear error when the
-    file is missing."""
-    if not Path(path).is_file():
-        raise SystemExit(f"error: checkpoint {path} not found (train first, or pass --ckpt_path)")
-    state = torch.load(path, map_location=device, weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    network.load_state_dict(state)
-    return network.eval()
-
-
 def file_sha256(path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -86,7 +67,7 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
-class ReportWorkflow:
+class ReportWorkflow(CaseWorkflow):
     """Report every case of ``datalist`` (see the module docstring). ``network`` gets the weights of
     ``ckpt_path``; ``inference_network`` (e.g. the ONNX Runtime wrapper) runs the TTA passes through
     ``inferer``; Grad-CAM runs on ``network`` itself (it needs gradients). ``labels``: the output label values
@@ -108,32 +89,27 @@ class ReportWorkflow:
         uncertainty_threshold: float = DEFAULT_THRESHOLD,
         info: dict | None = None,
     ) -> None:
-        self.datalist, self.preprocessing = list(datalist), preprocessing
-        self.network, self.inference_network, self.inferer = network, inference_network, inferer
-        self.ckpt_path, self.output_dir, self.device = str(ckpt_path), Path(output_dir), torch.device(device)
+        super().__init__(datalist, network, inference_network, inferer, ckpt_path, output_dir, device)
+        self.preprocessing = preprocessing
         self.labels, self.tta_axes = tuple(int(v) for v in labels), tuple(int(a) for a in tta_axes)
         self.gradcam_layer, self.threshold = gradcam_layer, float(uncertainty_threshold)
         self.info = dict(info or {})
-        self.done: list[str] = []
+
+    desc = "report"
 
     def run(self) -> list[str]:
-        load_weights(self.network, self.ckpt_path, self.device)
-        self.info |= {"checkpoint": self.ckpt_path, "checkpoint sha256": file_sha256(self.ckpt_path)}
-        self.gradcam = RegionGradCAM(self.network, self.gradcam_layer)
-        self.info["Grad-CAM target layer"] = self.gradcam.target_layer
-        dataset = CheckedDataset(self.datalist, self.preprocessing)
-        loader = SkippingDataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
-        failures = []
-        for batch in tqdm(loader, desc="report", unit="case", total=len(dataset)):
-            item = decollate_batch(batch)[0]
-            try:
-                self.done.append(self.report_case(item))
-            except Exception as e:  # one bad case must not stop the others
-                source = item.get("reference") if "reference" in str(e) else _sources(item)[0]
-                failures.append(failure(case_id_of(item), source, f"{type(e).__name__}: {e}"))
-                logger.warning("case skipped: %s", format_failure(failures[-1]))
-        exit_on_failures(loader.failures + failures, len(self.done), "reported")
-        return self.done
+        """Report every case; exits with code 1 after the others when a case failed."""
+        self.gradcam = None
+        done, failures = self.each_case(self.preprocessing)
+        exit_on_failures(failures, len(done), "reported")
+        return done
+
+    def process(self, item: dict) -> str:
+        if self.gradcam is None:  # after each_case loaded the weights
+            self.info |= {"checkpoint": self.ckpt_path, "checkpoint sha256": file_sha256(self.ckpt_path)}
+            self.gradcam = RegionGradCAM(self.network, self.gradcam_layer)
+            self.info["Grad-CAM target layer"] = self.gradcam.target_layer
+        return self.report_case(item)
 
     def report_case(self, item: dict) -> str:
         """All outputs of one preprocessed item; returns the case folder."""
@@ -143,7 +119,7 @@ class ReportWorkflow:
         with torch.no_grad():
             tta = tta_uncertainty(x, self.inference_network, FlipTTAInferer(self.inferer, self.tta_axes))
         timings["segmentation and uncertainty (TTA)"] = time.perf_counter() - start
-        masks = tta.logits > 0
+        masks = nested(tta.logits[0] > 0)[None]  # the regions of the written label map
         cams = self.gradcam(x, masks).cpu()
         timings["Grad-CAM"] = time.perf_counter() - start - sum(timings.values())
         maps = torch.cat([torch.sigmoid(tta.logits[0]).cpu(), cams, tta.entropy[0].cpu()])
@@ -244,7 +220,7 @@ class _CasePage:
         )
 
     def _provenance(self, timings: dict, total: float) -> list:
-        sources = _sources(self.item)
+        sources = sources_of(self.item)
         rows = [(k, v) for k, v in self.workflow.info.items()]
         rows += [("TTA passes (flipped axes)", f"{self.tta.passes} ({list(self.workflow.tta_axes)})"),
                  ("input files", "<br>".join(_e(str(s)) for s in np.atleast_1d(sources))),
@@ -253,11 +229,6 @@ class _CasePage:
                  ("generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))]  # fmt: skip
         rows += [(f"time: {k}", f"{v:.1f} s") for k, v in timings.items()] + [("time: total", f"{total:.1f} s")]
         return rows
-
-
-def _sources(item: dict) -> list[str]:
-    """The input files of a preprocessed item (from the image's metadata)."""
-    return [str(s) for s in np.atleast_1d(item["image"].meta.get("filename_or_obj", "<unknown>"))]
 
 
 def _spacing_of(item: dict) -> tuple:

@@ -3,7 +3,8 @@
 
 The preprocessing is split before its first intensity normalisation (:class:`scripts.transforms.BrainNormalized`):
 the degradation acts on the loaded, reoriented, resampled and brain-cropped raw image, then the intensity steps
-and the network run as in inference (sliding window, region threshold 0.5). Per case, degradation and severity:
+and the network run as in inference (sliding window, region threshold 0.5, regions nested as in the label map).
+Per case, degradation and severity:
 
 * ``dice_TC``, ``dice_WT``, ``dice_ET``: Dice against the reference segmentation (NaN without one);
 * ``dice_clean_<region>``: Dice against the clean prediction of the same case;
@@ -28,16 +29,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import decollate_batch
 from monai.transforms import Compose
 from tqdm import tqdm
 
+from scripts.casework import CaseWorkflow, nested
 from scripts.conventions import REGIONS
-from scripts.data.checks import CheckedDataset, SkippingDataLoader, case_id_of, exit_on_failures, failure
+from scripts.data.checks import case_id_of, exit_on_failures
 from scripts.data.layouts import find_cases, find_inference_cases
 from scripts.degradations import DEGRADATIONS, degrade
 from scripts.io import atomic_path, write_text
-from scripts.report import load_weights
 from scripts.transforms import BrainNormalized
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def case_seed(seed: int, case_id: str, degradation: str) -> int:
     return zlib.crc32(f"{seed}:{case_id}:{degradation}".encode()) & 0x7FFFFFFF
 
 
-class RobustnessStudy:
+class RobustnessStudy(CaseWorkflow):
     """Run the study over ``datalist`` (see the module docstring); ``degradations``: names to run (all of
     :data:`scripts.degradations.DEGRADATIONS` when None)."""
 
@@ -99,10 +99,8 @@ class RobustnessStudy:
         degradations: Sequence[str] | None = None,
         seed: int = 0,
     ) -> None:
-        self.datalist = list(datalist)
+        super().__init__(datalist, network, inference_network, inferer, ckpt_path, output_dir, device)
         self.geometry, self.intensity = split_preprocessing(preprocessing_transforms)
-        self.network, self.inference_network, self.inferer = network, inference_network, inferer
-        self.ckpt_path, self.output_dir, self.device = ckpt_path, Path(output_dir), torch.device(device)
         self.degradations = list(degradations or DEGRADATIONS)
         unknown = [d for d in self.degradations if d not in DEGRADATIONS]
         if unknown:
@@ -110,22 +108,18 @@ class RobustnessStudy:
         self.seed = int(seed)
         self.rows: list[dict] = []
 
+    desc = "robustness"
+
     def run(self) -> list[dict]:
-        load_weights(self.network, self.ckpt_path, self.device)
-        dataset = CheckedDataset(self.datalist, self.geometry)
-        loader = SkippingDataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
-        failures, done = [], 0
-        for batch in loader:
-            item = decollate_batch(batch)[0]
-            try:
-                self.rows += self.study_case(item)
-                done += 1
-            except Exception as e:  # one bad case must not stop the others
-                source = str(np.atleast_1d(item["image"].meta.get("filename_or_obj", "<unknown>"))[0])
-                failures.append(failure(case_id_of(item), source, f"{type(e).__name__}: {e}"))
+        """Study every case, write the outputs; exits with code 1 after the others when a case failed."""
+        per_case, failures = self.each_case(self.geometry)
+        self.rows = [row for rows in per_case for row in rows]
         self.write_outputs()
-        exit_on_failures(loader.failures + failures, done, "studied")
+        exit_on_failures(failures, len(per_case), "studied")
         return self.rows
+
+    def process(self, item: dict) -> list[dict]:
+        return self.study_case(item)
 
     def _predict(self, item: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(predicted regions (R, *S) bool, reference regions or None) of a geometry-preprocessed item."""
@@ -133,7 +127,7 @@ class RobustnessStudy:
         with torch.no_grad():
             logits = self.inferer(data["image"][None].to(self.device), self.inference_network)
         label = data.get("label")
-        return (logits[0] > 0).cpu(), (None if label is None else torch.as_tensor(label).cpu() > 0.5)
+        return nested(logits[0] > 0).cpu(), (None if label is None else torch.as_tensor(label).cpu() > 0.5)
 
     def study_case(self, item: dict) -> list[dict]:
         case_id = case_id_of(item)

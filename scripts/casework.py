@@ -1,0 +1,85 @@
+"""What the per-case workflows (``report``, ``robustness``) share: the weights, a skipping loader over the cases,
+one try per case with a progress bar, and the end-of-run list of the cases that failed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import decollate_batch
+from tqdm import tqdm
+
+from scripts.conventions import REGIONS
+from scripts.data.checks import CheckedDataset, SkippingDataLoader, case_id_of, failure, format_failure
+
+logger = logging.getLogger(__name__)
+
+
+def load_weights(network: torch.nn.Module, path, device) -> torch.nn.Module:
+    """Load a state dict (or a ``{"model": state_dict}`` checkpoint) into ``network``; a clear error when the
+    file is missing."""
+    if not Path(path).is_file():
+        raise SystemExit(f"error: checkpoint {path} not found (train first, or pass --ckpt_path)")
+    state = torch.load(path, map_location=device, weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    network.load_state_dict(state)
+    return network.eval()
+
+
+def sources_of(item: dict) -> list[str]:
+    """The input files of a preprocessed item (from the image's metadata)."""
+    return [str(s) for s in np.atleast_1d(item["image"].meta.get("filename_or_obj", "<unknown>"))]
+
+
+def nested(regions: torch.Tensor) -> torch.Tensor:
+    """Region masks (TC, WT, ET) as the written label map has them: ET inside TC inside WT."""
+    tc, wt, et = (regions[REGIONS.index(r)] for r in ("TC", "WT", "ET"))
+    out = torch.empty_like(regions)
+    out[REGIONS.index("ET")] = et
+    out[REGIONS.index("TC")] = tc | et
+    out[REGIONS.index("WT")] = wt | tc | et
+    return out
+
+
+class CaseWorkflow:
+    """Base of a workflow that loads ``network``'s weights from ``ckpt_path`` and processes every case of
+    ``datalist`` with :meth:`process` (subclasses), skipping the cases that fail."""
+
+    desc = "cases"
+
+    def __init__(
+        self,
+        datalist: Sequence[dict],
+        network: torch.nn.Module,
+        inference_network: torch.nn.Module,
+        inferer,
+        ckpt_path: str,
+        output_dir: str,
+        device="cpu",
+    ) -> None:
+        self.datalist = list(datalist)
+        self.network, self.inference_network, self.inferer = network, inference_network, inferer
+        self.ckpt_path, self.output_dir, self.device = str(ckpt_path), Path(output_dir), torch.device(device)
+
+    def process(self, item: dict):
+        raise NotImplementedError
+
+    def each_case(self, transform) -> tuple[list, list[dict]]:
+        """(results of :meth:`process`, failure records) over the cases, ``transform`` applied to each."""
+        load_weights(self.network, self.ckpt_path, self.device)
+        dataset = CheckedDataset(self.datalist, transform)
+        loader = SkippingDataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
+        results, failures = [], []
+        for batch in tqdm(loader, desc=self.desc, unit="case", total=len(dataset)):
+            item = decollate_batch(batch)[0]
+            try:
+                results.append(self.process(item))
+            except Exception as e:  # one bad case must not stop the others
+                source = item.get("reference") if "reference" in str(e) else sources_of(item)[0]
+                failures.append(failure(case_id_of(item), source, f"{type(e).__name__}: {e}"))
+                logger.warning("case skipped: %s", format_failure(failures[-1]))
+        return results, loader.failures + failures
