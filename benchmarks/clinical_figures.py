@@ -1,0 +1,161 @@
+"""Measurements of docs/clinical.md with the shipped weights: the per-case report on the real case (time per case,
+Grad-CAM and segmentation figures, the model-randomisation sanity test) and the robustness curves on the real
+case and on held-out synthetic cases.
+
+    python benchmarks/clinical_figures.py [--ckpt_path models/model.pt] [--num_synthetic 3] [--skip_robustness]
+
+Runs the bundle workflows as a user does (``python -m monai.bundle run report|robustness`` with
+``configs/inference.json``), reads their outputs and writes the sections "Per-case report", "Grad-CAM on the
+real case", "Robustness: real case" and "Robustness: synthetic cases" of docs/clinical.md (other sections are
+kept) and the figures under docs/images/. Synthetic cases come from the bundle's generator
+(:mod:`scripts.synthetic.generator`) with a seed the training does not use. Extra bundle overrides (e.g. the
+network widths of other weights) follow ``--``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scripts.io import replace_markdown_sections, write_text  # noqa: E402
+
+REAL_CASE = ROOT.parent / "shared" / "data" / "TCGA-DU-7294"
+DOC = ROOT / "docs" / "clinical.md"
+IMAGES = ROOT / "docs" / "images"
+
+
+def bundle(run_id: str, overlay: str, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Run a workflow; (process, wall seconds)."""
+    configs = str([str(ROOT / "configs" / "inference.json"), str(ROOT / "configs" / overlay)])
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--meta_file", str(ROOT / "configs" / "metadata.json"),
+           "--config_file", configs, *args]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{run_id} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return proc, time.perf_counter() - start
+
+
+def page_images(html: str) -> dict[str, bytes]:
+    """{alt: PNG bytes} of the figures embedded in a report page."""
+    found = re.findall(r"<img alt='([^']+)' src='data:image/png;base64,([^']+)'>", html)
+    return {alt: base64.b64decode(data) for alt, data in found}
+
+
+def page_rows(html: str) -> dict[str, str]:
+    """{first cell: second cell} of the page's two-column table rows."""
+    return dict(re.findall(r"<tr><td>([^<]+)</td><td>([^<]*)</td></tr>", html))
+
+
+def report_section(out: Path, wall: float, sanity: dict) -> str:
+    html = (out / "TCGA-DU-7294" / "report.html").read_text()
+    for alt, png in page_images(html).items():
+        (IMAGES / f"clinical_{alt}_TCGA-DU-7294.png").write_bytes(png)
+    rows = page_rows(html)
+    timing = "; ".join(f"{k[6:]} {v}" for k, v in rows.items() if k.startswith("time: "))
+    metrics = re.search(r"<h2>Metrics against.*?</table>", html, re.S)
+    sanity_text = ", ".join(f"{r} {v:.2f}" for r, v in sanity.items())
+    return (
+        "## Per-case report: measured time\n\n"
+        f"`python -m monai.bundle run report` on TCGA-DU-7294 (240 x 240 x 155, 2 CPU cores, shared machine): "
+        f"**{wall:.0f} s** for the whole command (process start, weights, one case), per case: {timing}. "
+        f"Model: {rows.get('model', '?')}, {rows.get('network', '?')}; {rows.get('TTA passes (flipped axes)', '?')} "
+        f"TTA passes; backend {rows.get('inference backend', '?')}.\n\n"
+        "## Grad-CAM on the real case\n\n"
+        "![segmentation](images/clinical_segmentation_TCGA-DU-7294.png)\n\n"
+        "![Grad-CAM](images/clinical_gradcam_TCGA-DU-7294.png)\n\n"
+        "![uncertainty](images/clinical_uncertainty_TCGA-DU-7294.png)\n\n"
+        f"Model-randomisation sanity test (Spearman correlation of the maps with those of re-initialised "
+        f"weights; near 1 would mean the maps ignore the weights): {sanity_text}.\n\n"
+        + (_html_table_to_markdown(metrics.group(0)) if metrics else "")
+    )
+
+
+def _html_table_to_markdown(html: str) -> str:
+    """The report's metrics heading and table as markdown."""
+    title = re.search(r"<h2>(.*?)</h2>", html).group(1)
+    rows = [re.findall(r"<t[hd]>(.*?)</t[hd]>", r) for r in re.findall(r"<tr>(.*?)</tr>", html)]
+    lines = [f"{title} (the five-algorithm consensus, not an expert annotation):", "", "| " + " | ".join(rows[0]) + " |",
+             "|" + "---|" * len(rows[0])]  # fmt: skip
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]]) + "\n"
+
+
+def robustness_section(title: str, out: Path, image: str, wall: float) -> str:
+    (IMAGES / image).write_bytes((out / "robustness.png").read_bytes())
+    table = (out / "robustness.md").read_text().split("\n", 2)[2]
+    with open(out / "robustness.csv") as f:
+        n = len({r["case_id"] for r in csv.DictReader(f)})
+    return f"## {title}\n\n{n} case(s), {wall / 60:.1f} min.\n\n![{title}](images/{image})\n\n{table}\n"
+
+
+def sanity_check(ckpt: str, overrides: list[str]) -> dict:
+    """Adebayo's randomisation test on the real case, preprocessed by the inference config."""
+    from monai.bundle import ConfigParser
+
+    from scripts.casework import load_weights
+    from scripts.explain import randomisation_check
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "inference.json"))
+    for key, value in zip(overrides[::2], overrides[1::2]):
+        parser[key.lstrip("-")] = eval(value) if value[:1] in "[{(0123456789" else value  # noqa: S307
+    parser["device"] = "cpu"
+    net = load_weights(parser.get_parsed_content("network_def"), ckpt, "cpu")
+    files = [str(REAL_CASE / f"TCGA-DU-7294_{m}.nii.gz") for m in ("t1", "t1ce", "t2", "flair")]
+    image = parser.get_parsed_content("preprocessing")({"image": files})["image"]
+    return randomisation_check(net, image[None])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt_path", default=str(ROOT / "models" / "model.pt"))
+    parser.add_argument("--num_synthetic", type=int, default=3)
+    parser.add_argument("--skip_robustness", action="store_true")
+    parser.add_argument("--doc", type=Path, default=DOC, help="markdown page to update (figures: its images/)")
+    args, extra = parser.parse_known_args(argv)
+    extra = [a for a in extra if a != "--"]
+    common = ["--ckpt_path", args.ckpt_path, "--device", "cpu", "--num_workers", "0", *extra]
+    global IMAGES
+    IMAGES = args.doc.parent / "images"
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        _, wall = bundle(
+            "report", "report.json", "--dataset_dir", str(REAL_CASE), "--output_dir", str(tmp / "r"), *common
+        )
+        sections = [report_section(tmp / "r", wall, sanity_check(args.ckpt_path, extra))]
+        if not args.skip_robustness:
+            sections += robustness_sections(tmp, common, args.num_synthetic)
+    old = args.doc.read_text() if args.doc.is_file() else "# Clinical validation\n\n"
+    write_text(replace_markdown_sections(old, "\n".join(sections)), args.doc)
+    print("\n".join(sections))
+
+
+def robustness_sections(tmp: Path, common: list[str], num_synthetic: int) -> list[str]:
+    from scripts.synthetic.generator import write_dataset
+
+    _, wall = bundle("robustness", "robustness.json", "--dataset_dir", str(REAL_CASE), "--output_dir",
+                     str(tmp / "real"), *common)  # fmt: skip
+    out = [robustness_section("Robustness: real case", tmp / "real", "clinical_robustness_real.png", wall)]
+    write_dataset(str(tmp / "synthetic"), num_synthetic, seed=9001)
+    _, wall = bundle("robustness", "robustness.json", "--dataset_dir", str(tmp / "synthetic"), "--output_dir",
+                     str(tmp / "syn"), *common)  # fmt: skip
+    out.append(
+        robustness_section("Robustness: synthetic cases", tmp / "syn", "clinical_robustness_synthetic.png", wall)
+    )
+    return out
+
+
+if __name__ == "__main__":
+    main()
