@@ -237,83 +237,91 @@ def make_specs(args, quick: bool) -> tuple[list[dict], dict[str, str]]:
 
     for key in wanted:
         if key in ("resunet", "resunet_sep"):
-            net = dict(bundle["network_def"])
-            if key == "resunet_sep":
-                net["separable_levels"] = list(range(len(net["channels"])))
-                label = "ResUNet, all levels separable"
-                source = "configs/train.json `network_def` with `separable_levels` = all levels"
-            else:
-                label = "ResUNet (bundle)"
-                source = "configs/train.json `network_def`"
-            specs.append(
-                {
-                    "key": key,
-                    "label": label,
-                    "short": "ResUNet" if key == "resunet" else "ResUNet\nall separable",
-                    "source": source,
-                    "builder": "resunet",
-                    "kwargs": net,
-                    "arch": ", ".join(f"{k}={v}" for k, v in net.items() if k != "_target_"),
-                    "sw": sw_for(bundle["sw"], None),
-                    "train": train_for(bundle["train"]),
-                    "sw_source": "configs/train.json `sw_inferer`, configs/inference.json `inference_backend`",
-                    "train_source": "configs/train.json: roi_size, batch_size x RandCropByPosNegLabeld num_samples",
-                }
-            )
+            spec, reason = _resunet_spec(key, bundle, sw_for, train_for), None
         elif key in OVERLAYS:
             spec, reason = _overlay_spec(key, args, bundle, sw_for, train_for)
-            if spec is None:
-                skipped[key] = reason
-                continue
-            specs.append(spec)
         elif key == "segresnet":
-            quick_roi = [int(math.ceil(s / 8) * 8) for s in QUICK_VOLUME]
-            specs.append(
-                {
-                    "key": key,
-                    "label": "MONAI SegResNet (model zoo)",
-                    "short": "SegResNet\n(model zoo)",
-                    "source": "model-zoo brats_mri_segmentation configs/train.json + inference.json",
-                    "builder": "segresnet",
-                    "kwargs": SEGRESNET_KWARGS,
-                    "arch": ", ".join(f"{k}={v}" for k, v in SEGRESNET_KWARGS.items()),
-                    "sw": sw_for(SEGRESNET_SW, quick_roi),
-                    "train": train_for(SEGRESNET_TRAIN),
-                    "sw_source": "zoo inference.json `inferer` (mode: MONAI default 'constant')",
-                    "train_source": "zoo train.json RandSpatialCropd roi 224x224x144, batch_size 1",
-                }
-            )
-        elif key == "resenc_m":
-            try:
-                import dynamic_network_architectures  # noqa: F401
-            except ImportError as e:
-                skipped[key] = (
-                    f"dynamic_network_architectures is not installed ({e}); "
-                    "pip install -c constraints.txt -r benchmarks/requirements.txt"
-                )
-                continue
-            arch = (
-                "ResidualEncoderUNet("
-                + ", ".join(f"{k}={v}" for k, v in RESENC_M_PLAN.items() if k != "patch_size")
-                + ", deep_supervision=False at inference / True in training)"
-            )
-            specs.append(
-                {
-                    "key": key,
-                    "label": "nnU-Net ResEnc-M 3d_fullres",
-                    "short": "nnU-Net\nResEnc-M",
-                    "source": "dynamic_network_architectures ResidualEncoderUNet, BraTS-like ResEnc-M plan",
-                    "builder": "resenc_m",
-                    "kwargs": RESENC_M_PLAN,
-                    "arch": arch,
-                    "sw": sw_for(RESENC_SW, list(QUICK_PATCH)),
-                    "train": train_for(RESENC_TRAIN),
-                    "sw_source": "nnU-Net default: tile = patch size 128^3, step 0.5, gaussian; no mirroring TTA",
-                    "train_source": "nnU-Net plan patch 128^3, batch 2; deep supervision on (5 outputs)",
-                    "train_deep_supervision": True,
-                }
-            )
+            spec, reason = _segresnet_spec(sw_for, train_for), None
+        else:
+            spec, reason = _resenc_spec(sw_for, train_for)
+        if spec is None:
+            skipped[key] = reason
+        else:
+            specs.append(spec)
     return specs, skipped
+
+
+def _resunet_spec(key: str, bundle: dict, sw_for: Callable, train_for: Callable) -> dict:
+    """This bundle's ResUNet as configs/train.json builds it (``resunet_sep``: every level separable)."""
+    net = dict(bundle["network_def"])
+    if key == "resunet_sep":
+        net["separable_levels"] = list(range(len(net["channels"])))
+        label = "ResUNet, all levels separable"
+        source = "configs/train.json `network_def` with `separable_levels` = all levels"
+    else:
+        label = "ResUNet (bundle)"
+        source = "configs/train.json `network_def`"
+    return {
+        "key": key,
+        "label": label,
+        "short": "ResUNet" if key == "resunet" else "ResUNet\nall separable",
+        "source": source,
+        "builder": "resunet",
+        "kwargs": net,
+        "arch": ", ".join(f"{k}={v}" for k, v in net.items() if k != "_target_"),
+        "sw": sw_for(bundle["sw"], None),
+        "train": train_for(bundle["train"]),
+        "sw_source": "configs/train.json `sw_inferer`, configs/inference.json `inference_backend`",
+        "train_source": "configs/train.json: roi_size, batch_size x RandCropByPosNegLabeld num_samples",
+    }
+
+
+def _segresnet_spec(sw_for: Callable, train_for: Callable) -> dict:
+    """MONAI SegResNet as the model zoo's brats_mri_segmentation bundle configures it."""
+    quick_roi = [int(math.ceil(s / 8) * 8) for s in QUICK_VOLUME]
+    return {
+        "key": "segresnet",
+        "label": "MONAI SegResNet (model zoo)",
+        "short": "SegResNet\n(model zoo)",
+        "source": "model-zoo brats_mri_segmentation configs/train.json + inference.json",
+        "builder": "segresnet",
+        "kwargs": SEGRESNET_KWARGS,
+        "arch": ", ".join(f"{k}={v}" for k, v in SEGRESNET_KWARGS.items()),
+        "sw": sw_for(SEGRESNET_SW, quick_roi),
+        "train": train_for(SEGRESNET_TRAIN),
+        "sw_source": "zoo inference.json `inferer` (mode: MONAI default 'constant')",
+        "train_source": "zoo train.json RandSpatialCropd roi 224x224x144, batch_size 1",
+    }
+
+
+def _resenc_spec(sw_for: Callable, train_for: Callable) -> tuple[dict | None, str | None]:
+    """nnU-Net's ResEnc-M with a BraTS-like plan, or None and the reason when its package is missing."""
+    try:
+        import dynamic_network_architectures  # noqa: F401
+    except ImportError as e:
+        return None, (
+            f"dynamic_network_architectures is not installed ({e}); "
+            "pip install -c constraints.txt -r benchmarks/requirements.txt"
+        )
+    arch = (
+        "ResidualEncoderUNet("
+        + ", ".join(f"{k}={v}" for k, v in RESENC_M_PLAN.items() if k != "patch_size")
+        + ", deep_supervision=False at inference / True in training)"
+    )
+    return {
+        "key": "resenc_m",
+        "label": "nnU-Net ResEnc-M 3d_fullres",
+        "short": "nnU-Net\nResEnc-M",
+        "source": "dynamic_network_architectures ResidualEncoderUNet, BraTS-like ResEnc-M plan",
+        "builder": "resenc_m",
+        "kwargs": RESENC_M_PLAN,
+        "arch": arch,
+        "sw": sw_for(RESENC_SW, list(QUICK_PATCH)),
+        "train": train_for(RESENC_TRAIN),
+        "sw_source": "nnU-Net default: tile = patch size 128^3, step 0.5, gaussian; no mirroring TTA",
+        "train_source": "nnU-Net plan patch 128^3, batch 2; deep supervision on (5 outputs)",
+        "train_deep_supervision": True,
+    }
 
 
 # =============================================================================================================
