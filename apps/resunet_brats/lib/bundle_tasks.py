@@ -91,14 +91,6 @@ class ResUNetInferTask(infer_bundle.BundleInferTask):
     def _load_bundle_config(self, path, config):
         return read_configs(path, self.model.infer_configs)
 
-    def run_pre_transforms(self, data, transforms):
-        # MONAI's Spacingd updates every "image_*" entry as a metadata dict; MONAI Label's "image_path" is a str.
-        image_path = data.pop("image_path", None)
-        data = super().run_pre_transforms(data, transforms)
-        if image_path is not None:
-            data["image_path"] = image_path
-        return data
-
 
 class ResUNetTrainTask(train_bundle.BundleTrainTask):
     """Training with the merged ``model.train_configs`` on the datastore's saved labels, starting from the
