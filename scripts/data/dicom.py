@@ -181,10 +181,35 @@ def nifti_to_dicom_series(
     Returns the written file paths in slice order. Raises ``ValueError`` for sheared affines (not
     representable as a DICOM series) and for arrays that are not 3D after picking ``channel``.
     """
-    import nibabel as nib
-    import SimpleITK as sitk
-
     nifti_path, out_dir = Path(nifti_path), Path(out_dir)
+    data, affine = _read_volume(nifti_path, channel)
+    stored, slope, intercept = _to_stored(data)
+    volume, direction, spacing = _sitk_volume(stored, affine, nifti_path)
+    uids = {
+        "0020|000d": study_instance_uid or new_uid(),
+        "0020|000e": series_instance_uid or new_uid(),
+        "0020|0052": frame_of_reference_uid or new_uid(),
+    }
+    common = _series_tags(
+        uids,
+        series_description or _strip_ext(nifti_path.name),
+        series_number,
+        patient_id,
+        patient_name,
+        modality,
+        direction,
+        spacing,
+        (slope, intercept),
+    )
+    if stored.dtype.kind == "f":  # GDCM rescales the float values to unsigned 16-bit stored pixels
+        common.update({"0028|0100": "16", "0028|0101": "16", "0028|0102": "15", "0028|0103": "0"})
+    return _write_slices(volume, common, direction, out_dir, file_prefix)
+
+
+def _read_volume(nifti_path: Path, channel: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(3D data, affine) of a NIfTI file, or of its ``channel`` for a 4D one."""
+    import nibabel as nib
+
     img = nib.load(str(nifti_path))
     data = np.asarray(img.dataobj)
     if data.ndim == 4 and channel is not None:
@@ -193,30 +218,44 @@ def nifti_to_dicom_series(
         data = data[:, :, :, 0, channel]
     if data.ndim != 3:
         raise ValueError(f"{nifti_path}: expected a 3D volume (or a 4D one with channel=...), got shape {data.shape}")
+    return data, np.asarray(img.affine, dtype=np.float64)
 
-    lps = _LPS @ np.asarray(img.affine, dtype=np.float64)
+
+def _sitk_volume(stored: np.ndarray, affine: np.ndarray, nifti_path: Path):
+    """(SimpleITK image in LPS, direction cosines, spacing) of the stored pixels; ``ValueError`` for degenerate
+    or sheared affines."""
+    import SimpleITK as sitk
+
+    lps = _LPS @ affine
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     if np.any(spacing <= 0):
-        raise ValueError(f"{nifti_path}: degenerate affine {img.affine.tolist()}")
+        raise ValueError(f"{nifti_path}: degenerate affine {affine.tolist()}")
     direction = lps[:3, :3] / spacing
     if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
         raise ValueError(f"{nifti_path}: the affine is sheared, which a DICOM series cannot represent")
-    origin = lps[:3, 3]
-
-    stored, slope, intercept = _to_stored(data)
     volume = sitk.GetImageFromArray(np.ascontiguousarray(stored.transpose(2, 1, 0)))  # (z, y, x) for SimpleITK
     volume.SetSpacing([float(s) for s in spacing])
-    volume.SetOrigin([float(o) for o in origin])
+    volume.SetOrigin([float(o) for o in lps[:3, 3]])
     volume.SetDirection([float(v) for v in direction.ravel()])
+    return volume, direction, spacing
 
+
+def _series_tags(
+    uids: dict,
+    description: str,
+    series_number: int,
+    patient_id: str,
+    patient_name,
+    modality: str,
+    direction,
+    spacing,
+    rescale,
+) -> dict[str, str]:
+    """The DICOM tags every slice of the series shares (``uids``: study, series, frame of reference)."""
+    slope, intercept = rescale
     now = datetime.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    study_instance_uid = study_instance_uid or new_uid()
-    frame_of_reference_uid = frame_of_reference_uid or new_uid()
-    series_instance_uid = series_instance_uid or new_uid()
-    description = series_description or _strip_ext(nifti_path.name)
-    orientation = "\\".join(_ds(v) for v in (*direction[:, 0], *direction[:, 1]))
-    common = {
+    return {
         "0008|0008": "DERIVED\\SECONDARY",
         "0008|0016": MR_IMAGE_STORAGE,
         "0008|0020": date,
@@ -239,17 +278,18 @@ def nifti_to_dicom_series(
         "0020|1040": "",
         "0018|0050": _ds(spacing[2]),
         "0018|0088": _ds(spacing[2]),
-        "0020|000d": study_instance_uid,
-        "0020|000e": series_instance_uid,
+        **uids,
         "0020|0011": str(int(series_number)),
-        "0020|0052": frame_of_reference_uid,
-        "0020|0037": orientation,
+        "0020|0037": "\\".join(_ds(v) for v in (*direction[:, 0], *direction[:, 1])),
         "0028|1052": _ds(intercept),
         "0028|1053": _ds(slope),
         "0028|1054": "US",
     }
-    if stored.dtype.kind == "f":  # GDCM rescales the float values to unsigned 16-bit stored pixels
-        common.update({"0028|0100": "16", "0028|0101": "16", "0028|0102": "15", "0028|0103": "0"})
+
+
+def _write_slices(volume, common: dict, direction, out_dir: Path, file_prefix: str) -> list[str]:
+    """One DICOM file per slice of ``volume`` with the ``common`` tags plus its own position and UID."""
+    import SimpleITK as sitk
 
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
