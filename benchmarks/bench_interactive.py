@@ -55,7 +55,7 @@ def scores(pred: np.ndarray, ref: np.ndarray, label_names: dict) -> dict:
     return out
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle_root", default=str(ROOT), help="the model is <bundle_root>/models/deepedit/model.pt")
     parser.add_argument("--ckpt_path", default=None, help="other weights (default: the bundle_root's)")
@@ -67,15 +67,47 @@ def main(argv=None) -> None:
     parser.add_argument("--max_clicks", type=int, default=5)
     parser.add_argument("--max_cases", type=int, default=None)
     parser.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "results" / "interactive"))
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    model = _load_model(args)
+    t0 = time.time()
+    per_case = [_click_curve(item, model, args.max_clicks) for item in model["cases"]]
+    keys = (*CLASSES, *REGIONS, "mean_classes", "mean_regions")
+    mean = [{k: float(np.mean([c["curve"][n][k] for c in per_case])) for k in keys} for n in range(args.max_clicks + 1)]
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "checkpoint": str(model["ckpt"]),
+        "dataset_dir": args.dataset_dir,
+        "fold": args.fold,
+        "num_cases": len(per_case),
+        "seconds": round(time.time() - t0, 1),
+        "mean": mean,
+        "cases": per_case,
+    }
+    (out / "click_curve.json").write_text(json.dumps(result, indent=1))
+    header = "| clicks | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 1) + "\n"
+    rows = "".join(f"| {n} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |\n" for n, m in enumerate(mean))
+    table = header + rows
+    (out / "click_curve.md").write_text(table)
+    print(f"\n{len(per_case)} validation case(s), {time.time() - t0:.0f} s\n\n{table}")
+    _plot(mean, len(per_case), args.max_clicks, out / "click_curve.png")
+    print(f"wrote {out / 'click_curve.json'}, click_curve.md, click_curve.png")
+
+
+def _load_model(args) -> dict:
+    """The interactive model with its weights, its preprocessing, inferer and guidance, and the validation cases
+    of the training configs' fold."""
     from monai.bundle import ConfigParser
     from monai.transforms import Compose
 
     import scripts  # noqa: F401  (config expressions use it)
-    from scripts.interactive import AddGuidanceSignald, largest_error_click
+    from scripts.interactive import AddGuidanceSignald
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     cfg = ConfigParser()
     cfg.read_config([str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "deepedit_train.json")])
     cfg.update(
@@ -96,66 +128,57 @@ def main(argv=None) -> None:
     ckpt = args.ckpt_path or cfg.get_parsed_content("ckpt_path")
     network.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
     network.eval()
-    inferer = cfg.get_parsed_content("sw_inferer")
-    preprocessing = Compose(cfg.get_parsed_content("interactive_preprocessing_transforms"))
     guidance_signal = AddGuidanceSignald(
         sigma=cfg.get_parsed_content("guidance_sigma"),
         number_intensity_ch=cfg.get_parsed_content("number_intensity_ch"),
         label_names=label_names,
     )
-    cases = cfg.get_parsed_content("val_datalist")[: args.max_cases]
-
-    per_case = []
-    t0 = time.time()
-    for item in cases:
-        d = preprocessing(dict(item))
-        image, ref = d["image"], np.asarray(d["label"][0]).round().astype(int)
-        clicks = {name: [] for name in label_names}
-        curve, placed = [], []
-        for n in range(args.max_clicks + 1):
-            x = guidance_signal({"image": image, "guidance": clicks})["image"]
-            with torch.no_grad():
-                pred = inferer(torch.as_tensor(x)[None].float(), network)[0].argmax(0).numpy()
-            curve.append(scores(pred, ref, label_names))
-            if n == args.max_clicks:
-                break
-            click = largest_error_click(pred, ref, label_names)
-            if click is None:  # perfect: further clicks change nothing
-                curve += [curve[-1]] * (args.max_clicks - n)
-                break
-            clicks[click[0]].append(click[1])
-            placed.append(click)
-        case_id = item.get("case_id") or Path(item["image"][0]).parent.name
-        per_case.append({"case_id": case_id, "curve": curve, "clicks": placed})
-        print(f"{case_id}: mean region Dice " + " -> ".join(f"{c['mean_regions']:.3f}" for c in curve), flush=True)
-
-    keys = (*CLASSES, *REGIONS, "mean_classes", "mean_regions")
-    mean = [{k: float(np.mean([c["curve"][n][k] for c in per_case])) for k in keys} for n in range(args.max_clicks + 1)]
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    result = {
-        "checkpoint": str(ckpt),
-        "dataset_dir": args.dataset_dir,
-        "fold": args.fold,
-        "num_cases": len(per_case),
-        "seconds": round(time.time() - t0, 1),
-        "mean": mean,
-        "cases": per_case,
+    return {
+        "ckpt": ckpt,
+        "label_names": label_names,
+        "network": network,
+        "inferer": cfg.get_parsed_content("sw_inferer"),
+        "preprocessing": Compose(cfg.get_parsed_content("interactive_preprocessing_transforms")),
+        "guidance_signal": guidance_signal,
+        "cases": cfg.get_parsed_content("val_datalist")[: args.max_cases],
     }
-    (out / "click_curve.json").write_text(json.dumps(result, indent=1))
-    header = "| clicks | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 1) + "\n"
-    rows = "".join(f"| {n} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |\n" for n, m in enumerate(mean))
-    table = header + rows
-    (out / "click_curve.md").write_text(table)
-    print(f"\n{len(per_case)} validation case(s), {time.time() - t0:.0f} s\n\n{table}")
 
+
+def _click_curve(item: dict, model: dict, max_clicks: int) -> dict:
+    """Scores of one case with 0..``max_clicks`` simulated clicks, each at the centre of the largest error."""
+    from scripts.interactive import largest_error_click
+
+    label_names = model["label_names"]
+    d = model["preprocessing"](dict(item))
+    image, ref = d["image"], np.asarray(d["label"][0]).round().astype(int)
+    clicks = {name: [] for name in label_names}
+    curve, placed = [], []
+    for n in range(max_clicks + 1):
+        x = model["guidance_signal"]({"image": image, "guidance": clicks})["image"]
+        with torch.no_grad():
+            pred = model["inferer"](torch.as_tensor(x)[None].float(), model["network"])[0].argmax(0).numpy()
+        curve.append(scores(pred, ref, label_names))
+        if n == max_clicks:
+            break
+        click = largest_error_click(pred, ref, label_names)
+        if click is None:  # perfect: further clicks change nothing
+            curve += [curve[-1]] * (max_clicks - n)
+            break
+        clicks[click[0]].append(click[1])
+        placed.append(click)
+    case_id = item.get("case_id") or Path(item["image"][0]).parent.name
+    print(f"{case_id}: mean region Dice " + " -> ".join(f"{c['mean_regions']:.3f}" for c in curve), flush=True)
+    return {"case_id": case_id, "curve": curve, "clicks": placed}
+
+
+def _plot(mean: list[dict], num_cases: int, max_clicks: int, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    xs = np.arange(args.max_clicks + 1)
+    xs = np.arange(max_clicks + 1)
     for k, style in zip((*REGIONS, "mean_regions"), ("-o", "-s", "-^", "--k")):
         ax.plot(xs, [m[k] for m in mean], style, label=k.replace("mean_regions", "mean (TC, WT, ET)"))
     ax.set_xlabel("simulated corrective clicks")
@@ -163,10 +186,9 @@ def main(argv=None) -> None:
     ax.set_xticks(xs)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"Interactive ResUNet, {len(per_case)} validation cases", fontsize=10)
+    ax.set_title(f"Interactive ResUNet, {num_cases} validation cases", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / "click_curve.png", dpi=120)
-    print(f"wrote {out / 'click_curve.json'}, click_curve.md, click_curve.png")
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
