@@ -35,8 +35,9 @@ from typing import Any
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
+from scripts.conventions import REGIONS  # noqa: E402
+
 SECTION = "Inference path, step by step"
-REGIONS = ("TC", "WT", "ET")
 EQUIVALENCE = 0.99  # Dice of every case and region against the unoptimised path
 # the unoptimised path: the sliding window as configs/train.json shipped it before this benchmark
 BASELINE = {

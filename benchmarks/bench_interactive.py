@@ -32,8 +32,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CLASSES = ("necrotic_core", "edema", "enhancing_tumor")
-REGIONS = ("TC", "WT", "ET")
+from scripts.conventions import CLASS_NAMES, REGIONS  # noqa: E402
+
+CLASSES = CLASS_NAMES[1:]
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
