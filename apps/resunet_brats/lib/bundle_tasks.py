@@ -21,7 +21,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer import bundle as infer_bundle
 from monailabel.tasks.train import bundle as train_bundle
 
-from .models import LABEL_NAMES, BundleModel
+from .models import BundleModel
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +35,13 @@ def read_configs(bundle_path: str, files: Sequence[str]) -> ConfigParser:
 
 
 def label_names(parser: ConfigParser, with_background: bool) -> dict[str, int]:
-    """Label name -> value in the label maps the bundle writes (its ``brats_labels``, e.g. 1, 2, 4)."""
+    """Label name -> value in the label maps the bundle writes: the bundle's class names
+    (``scripts.conventions.CLASS_NAMES``, read through its configs) with its ``brats_labels`` (e.g. 1, 2, 4)."""
     values = [int(v) for v in parser.get_parsed_content("brats_labels")]
-    names = dict(zip(LABEL_NAMES, values))
-    return {"background": 0, **names} if with_background else names
+    parser["class_names"] = "$list(scripts.conventions.CLASS_NAMES)"
+    background, *classes = parser.get_parsed_content("class_names")
+    names = dict(zip(classes, values))
+    return {background: 0, **names} if with_background else names
 
 
 class _InferConstants(infer_bundle.BundleConstants):

@@ -5,10 +5,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-# Names a clinician sees in 3D Slicer / OHIF, in the order of the bundle's ``brats_labels`` (necrotic, oedema,
-# enhancing). DeepEdit clicks arrive under these names (and "background").
-LABEL_NAMES = ("necrotic_core", "edema", "enhancing_tumor")
-
 
 @dataclass(frozen=True)
 class BundleModel:
