@@ -33,7 +33,7 @@ from monai.data import MetaTensor
 from monai.transforms import Invertd
 
 from scripts.casework import CaseWorkflow, nested, sources_of
-from scripts.conventions import BRATS2020_LABELS, MODALITY_NAMES, REGIONS, TUMOUR_CLASSES
+from scripts.conventions import BRATS2020_LABELS, MODALITY_NAMES, REGION_CLASSES, REGIONS, TUMOUR_CLASSES
 from scripts.data.checks import case_id_of, exit_on_failures
 from scripts.data.layouts import find_cases, find_inference_cases
 from scripts.evaluation import label_map_metrics
@@ -129,8 +129,10 @@ class ReportWorkflow(CaseWorkflow):
         seg = self._write_volumes(folder, case_id, original, labels)
         timings["writing volumes"] = time.perf_counter() - start - sum(timings.values())
         page = _CasePage(case_id, item, image, masks[0].cpu(), cams, tta, seg, labels, self)
-        write_text(page.html(timings, time.perf_counter() - start), folder / "report.html")
-        logger.info("%s: report written in %.1f s", case_id, time.perf_counter() - start)
+        write_text(page.html(timings, start), folder / "report.html")
+        score = tta.case_score()
+        flag = " (flagged uncertain)" if score > self.threshold else ""
+        logger.info("%s: TTA disagreement %.3f%s; report in %.1f s", case_id, score, flag, time.perf_counter() - start)
         return str(folder)
 
     def _invert(self, maps: torch.Tensor, image: MetaTensor) -> MetaTensor:
@@ -162,7 +164,8 @@ class _CasePage:
         self.tta, self.seg, self.labels, self.workflow = tta, seg, labels, workflow
         self.spacing = _spacing_of(item)
 
-    def html(self, timings: dict, total: float) -> str:
+    def html(self, timings: dict, start: float) -> str:
+        """The page; ``timings`` of the steps so far, ``start``: ``time.perf_counter()`` at the case's start."""
         score = self.tta.case_score()
         flag = score > self.workflow.threshold
         parts = [
@@ -178,18 +181,18 @@ class _CasePage:
             "<h2>Uncertainty (flip TTA)</h2>" + self._figure("uncertainty"),
             _table(["region", "TTA disagreement"], [(r, f"{v:.3f}") for r, v in self.tta.region_scores.items()]),
             self._metrics_section(),
-            "<h2>Model and inputs</h2>" + _table(["item", "value"], self._provenance(timings, total)),
         ]
+        timings["figures and metrics"] = time.perf_counter() - start - sum(timings.values())
+        total = time.perf_counter() - start
+        parts.append("<h2>Model and inputs</h2>" + _table(["item", "value"], self._provenance(timings, total)))
         return _PAGE.format(title=_e(f"Report {self.case_id}"), body="\n".join(p for p in parts if p))
 
     def _volumes(self) -> list:
         voxel_ml = float(np.prod(self.spacing)) / 1000.0
-        regions = {"TC": (0, 2), "WT": (0, 1, 2), "ET": (2,)}
-        rows = [(r, f"{sum(int((self.seg == self.labels[c]).sum()) for c in cls) * voxel_ml:.2f}")
-                for r, cls in regions.items()]  # fmt: skip
-        rows += [(f"label {v} ({n})", f"{int((self.seg == v).sum()) * voxel_ml:.2f}")
-                 for v, n in zip(self.labels, TUMOUR_CLASSES)]  # fmt: skip
-        return rows
+        value = dict(zip(TUMOUR_CLASSES, self.labels))
+        count = {c: int((self.seg == value[c]).sum()) for c in TUMOUR_CLASSES}
+        rows = [(r, f"{sum(count[c] for c in REGION_CLASSES[r]) * voxel_ml:.2f}") for r in REGIONS]
+        return rows + [(f"label {value[c]} ({c})", f"{count[c] * voxel_ml:.2f}") for c in TUMOUR_CLASSES]
 
     def _figure(self, kind: str) -> str:
         img = self.image.detach().cpu().numpy()
