@@ -361,3 +361,43 @@ class BestModelSaver:
             f"Saved best model ({engine.state.key_metric_name}={engine.state.best_metric:.4f}, epoch "
             f"{engine.state.epoch}) to {self.save_path}"
         )
+
+
+def _md5(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def shipped_weights(bundle_root: str) -> dict[str, str]:
+    """``{absolute path: md5}`` of the weight files listed in the bundle's ``large_files.yml``."""
+    import yaml
+
+    listing = os.path.join(bundle_root, "large_files.yml")
+    if not os.path.isfile(listing):
+        return {}
+    with open(listing) as f:
+        entries = (yaml.safe_load(f) or {}).get("large_files") or []
+    return {os.path.abspath(os.path.join(bundle_root, e["path"])): str(e["hash_val"]) for e in entries}
+
+
+def guard_shipped_weights(ckpt_path: str, bundle_root: str, overwrite: bool = False) -> None:
+    """Stop a training run before it starts when it would overwrite the shipped weights.
+
+    A run writes its best model to ``ckpt_path``; when that file is a shipped weight file (listed in
+    ``large_files.yml``) and still holds the shipped weights (same md5), training must say where else to write
+    (``--ckpt_dir runs/<name>``) or replace them on purpose (``--overwrite_shipped true``).
+    """
+    path = os.path.abspath(ckpt_path)
+    expected = shipped_weights(bundle_root).get(path)
+    if overwrite or expected is None or not os.path.isfile(path) or _md5(path) != expected:
+        return
+    raise SystemExit(
+        f"error: {ckpt_path} holds the shipped weights (md5 listed in large_files.yml); training would overwrite "
+        "them. Train into a run folder with --ckpt_dir runs/<name> (then use it with --ckpt_path "
+        "runs/<name>/model.pt), or pass --overwrite_shipped true to replace them on purpose."
+    )

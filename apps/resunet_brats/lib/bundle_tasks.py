@@ -121,6 +121,8 @@ class ResUNetTrainTask(train_bundle.BundleTrainTask):
         # Validate at least once however short the run, so that the best model (the served weights) is written.
         epochs = int(overrides[self.const.key_train_trainer_max_epochs()])
         overrides["val_interval"] = max(1, min(int(self.bundle_config.get("val_interval", 1)), epochs))
+        # Retraining from the clinicians' labels replaces the served weights on purpose.
+        overrides["overwrite_shipped"] = True
         return overrides
 
     def run_single_gpu(self, request, overrides):
