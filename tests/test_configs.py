@@ -279,9 +279,10 @@ def test_inference_backend_and_overlap_overrides(backend):
     network = parser.get_parsed_content("network")
     evaluator_net = parser.get_parsed_content("inference_network")
     assert (evaluator_net is network) == (backend == "torch")
+    network.eval()  # as the evaluator runs it (BatchNorm uses its running statistics)
     x = torch.rand(2, 4, 16, 16, 16)
     with torch.no_grad():
-        torch.testing.assert_close(evaluator_net(x), network.eval()(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(evaluator_net(x), network(x), rtol=1e-4, atol=1e-4)
 
 
 def test_default_inference_backend_is_onnxruntime_on_cpu():
