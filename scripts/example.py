@@ -29,12 +29,12 @@ BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CASE = BUNDLE_ROOT / "examples" / "TCGA-DU-7294"
 
 
-def run_inference(case_dir: Path, prediction_dir: Path, ckpt_path: Path) -> None:
-    """The bundle's inference workflow on one case folder, as a user runs it."""
+def run_inference(case_dir: Path, prediction_dir: Path, ckpt_path: Path, extra=()) -> None:
+    """The bundle's inference workflow on one case folder, as a user runs it (``extra``: more overrides)."""
     command = [sys.executable, "-m", "monai.bundle", "run", "--meta_file", str(BUNDLE_ROOT / "configs/metadata.json")]
     command += ["--config_file", str(BUNDLE_ROOT / "configs/inference.json"), "--bundle_root", str(BUNDLE_ROOT)]
     command += ["--dataset_dir", str(case_dir), "--output_dir", str(prediction_dir), "--ckpt_path", str(ckpt_path)]
-    subprocess.run(command, check=True)
+    subprocess.run([*command, *extra], check=True)
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:

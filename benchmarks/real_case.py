@@ -1,0 +1,85 @@
+"""Score weights on the real shared case: Dice/HD95 (WT, TC, ET) against the consensus and agreement with each of
+the five BraTS 2020 algorithm outputs; optionally a learning curve over saved epoch checkpoints.
+
+    python benchmarks/real_case.py --ckpt models/model.pt [--ckpt runs/curve/checkpoint_epoch=2.pt ...] \\
+        --case_dir ../shared/data/TCGA-DU-7294 --output results/real_case.json [--window_size '[64,64,64]']
+
+The case folder holds ``<id>_{t1,t1ce,t2,flair}.nii.gz``, the reference ``<id>_seg_consensus.nii.gz`` (or
+``<id>_seg.nii.gz``) and ``algorithms/*.nii.gz``. Inference runs through ``configs/inference.json`` as a user
+runs it (``scripts.example.run_inference``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from scripts.conventions import REGIONS
+from scripts.evaluation import evaluate_case
+from scripts.example import run_inference
+
+
+def _reference(case_dir: Path) -> Path:
+    for name in (f"{case_dir.name}_seg_consensus.nii.gz", f"{case_dir.name}_seg.nii.gz"):
+        if (case_dir / name).is_file():
+            return case_dir / name
+    raise SystemExit(f"{case_dir.name}: {case_dir}: no reference <id>_seg_consensus.nii.gz or <id>_seg.nii.gz")
+
+
+def _scores(pred: Path, ref: Path) -> dict:
+    metrics = evaluate_case(pred, ref)
+    return {f"{m}_{r}": round(float(metrics[f"{m}_{r}"]), 4) for m in ("dice", "hd95") for r in REGIONS}
+
+
+def score_checkpoint(ckpt: Path, case_dir: Path, window: str | None = None, first: Path | None = None) -> dict:
+    """Inference with ``ckpt`` on the case (``window``: a ``window_size`` override), then its scores against the
+    consensus, each algorithm and (``first``) another prediction."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        run_inference(case_dir, Path(tmp), ckpt, ["--window_size", window] if window else [])
+        seconds = time.perf_counter() - start
+        pred = Path(tmp) / f"{case_dir.name}.nii.gz"
+        row = {"ckpt": str(ckpt), "window_size": window or "config default", "inference_s": round(seconds, 1)}
+        row["consensus"] = _scores(pred, _reference(case_dir))
+        for algo in sorted((case_dir / "algorithms").glob("*.nii.gz")):
+            row[algo.name.split(".")[0]] = _scores(pred, algo)
+        if first is not None:
+            row["agreement_with_first"] = _scores(pred, first)
+        else:
+            shutil.copy(pred, Path(tempfile.gettempdir()) / f"real_case_first_{os.getpid()}.nii.gz")
+    return row
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", type=Path, action="append", required=True)
+    parser.add_argument("--case_dir", type=Path, default=Path("../shared/data/TCGA-DU-7294"))
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument(
+        "--window_size",
+        action="append",
+        default=[],
+        help="also run the last --ckpt with this window, e.g. "
+        "'[64,64,64]', and compare its label map with the default window's",
+    )
+    args = parser.parse_args(argv)
+    rows, first = [], Path(tempfile.gettempdir()) / f"real_case_first_{os.getpid()}.nii.gz"
+    runs = [(ckpt, None) for ckpt in args.ckpt] + [(args.ckpt[-1], w) for w in args.window_size]
+    for ckpt, window in runs:
+        rows.append(score_checkpoint(ckpt, args.case_dir, window, first if window else None))
+        c = rows[-1]["consensus"]
+        print(
+            f"{ckpt}: WT {c['dice_WT']:.3f} TC {c['dice_TC']:.3f} ET {c['dice_ET']:.3f} ({rows[-1]['inference_s']} s)"
+        )
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
