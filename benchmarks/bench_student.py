@@ -1,13 +1,16 @@
 #!/usr/bin/env python
-"""The distilled student against its ResUNet teacher, in one run: parameters and whole-case CPU inference time.
+"""The distilled student against its ResUNet teacher, in one run: parameters, whole-case CPU inference time, Dice.
 
 Both networks are loaded with their weights from the bundle's configs (teacher: ``configs/inference.json`` +
 ``models/model.pt``; student: ``configs/inference.json`` + ``configs/student.json`` + ``models/student.pt``), one
 real case is preprocessed as inference does, and the sliding-window inferer of the configs runs over the whole
 case with each network on each backend (ONNX Runtime, the CPU default, and torch), repetitions interleaved so
-that both see the same machine load; the median is reported::
+that both see the same machine load; the median is reported. Dice per region (sigmoid > 0.5, ONNX Runtime) is
+measured on the real case against its consensus and, with ``--datalist``, on the validation fold of a datalist
+(held-out synthetic cases), for the teacher, the student and any ``--extra_student NAME=CKPT``::
 
-    python benchmarks/bench_student.py --case ../shared/data/TCGA-DU-7294 --repeats 3 --output_md docs/benchmarks.md
+    python benchmarks/bench_student.py --case ../shared/data/TCGA-DU-7294 --repeats 3 --datalist datalist.json \
+        --extra_student no_teacher=models/runs/scratch.pt --output_md docs/benchmarks.md
 
 With ``--output_md`` the "Student vs teacher" section of that page is replaced (other sections are kept).
 """
@@ -27,7 +30,7 @@ if REPO_ROOT not in sys.path:
 
 import torch  # noqa: E402
 
-from scripts.export import load_network, preprocess_case  # noqa: E402
+from scripts.export import load_network  # noqa: E402
 from scripts.inferers import inference_network  # noqa: E402
 
 SECTION = "## Student vs teacher"
@@ -51,58 +54,113 @@ def time_case(image: torch.Tensor, networks: dict, inferer, repeats: int) -> dic
     return times
 
 
+def load_item(parser, item: dict) -> dict:
+    """``item`` (image files, label file, label values) after the configs' ``preprocessing_transforms``."""
+    from monai.transforms import Compose
+
+    return Compose(parser.get_parsed_content("preprocessing_transforms"))(dict(item))
+
+
+def region_dice(networks: dict, items: list[dict], parser, inferer) -> dict[str, list[list[float]]]:
+    """Per network, per case: Dice of TC, WT, ET (sigmoid > 0.5 against the label's regions; NaN where the
+    reference region is empty)."""
+    from monai.metrics import DiceMetric
+
+    metric = DiceMetric(include_background=True, reduction="none", ignore_empty=True)
+    dice: dict[str, list[list[float]]] = {k: [] for k in networks}
+    with torch.no_grad():
+        for item in items:
+            data = load_item(parser, item)
+            image, label = torch.as_tensor(data["image"])[None].float(), torch.as_tensor(data["label"])[None]
+            for key, net in networks.items():
+                pred = (torch.sigmoid(inferer(image, net)) > 0.5).float()
+                dice[key].append([float(v) for v in metric(pred, label)[0]])
+    return dice
+
+
+def real_case_item(case: str, parser) -> dict:
+    """The real case's image item with its consensus segmentation as label."""
+    from pathlib import Path
+
+    from scripts.data.layouts import find_inference_cases
+
+    item = find_inference_cases(case, "testing", parser.get_parsed_content("layout"))[0]
+    (label,) = sorted(Path(case).glob("*seg*.nii*"))
+    return dict(item, label=str(label), labels=[1, 2, 4])
+
+
+def _mean(rows: list[list[float]]) -> list[float]:
+    return [float(torch.tensor([r[i] for r in rows]).nanmean()) for i in range(3)]
+
+
 def measure(args) -> dict:
-    teacher_cfg = _configs("inference.json")
-    student_cfg = _configs("inference.json", "student.json")
-    teacher = load_network(teacher_cfg, args.teacher_ckpt)
-    student = load_network(student_cfg, args.student_ckpt)
-    image = preprocess_case(teacher_cfg, args.case)
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(teacher_cfg)
+    parser.read_config(_configs("inference.json"))
     inferer = parser.get_parsed_content("sw_inferer")
-    networks = {
-        f"{name}/{backend}": inference_network(net, backend)
-        for backend in ("onnxruntime", "torch")
-        for name, net in (("teacher", teacher), ("student", student))
+    nets = {"teacher": load_network(_configs("inference.json"), args.teacher_ckpt)}
+    for name, ckpt in [("student", args.student_ckpt), *(e.split("=", 1) for e in args.extra_student)]:
+        nets[name] = load_network(_configs("inference.json", "student.json"), ckpt)
+    real = real_case_item(args.case, parser)
+    image = torch.as_tensor(load_item(parser, real)["image"])[None].float()
+    timed = {
+        f"{n}/{b}": inference_network(nets[n], b) for b in ("onnxruntime", "torch") for n in ("teacher", "student")
     }
-    times = time_case(image, networks, inferer, args.repeats)
-    medians = {k: statistics.median(v) for k, v in times.items()}
-    params = {
-        name: sum(p.numel() for p in net.parameters()) for name, net in (("teacher", teacher), ("student", student))
-    }
-    return {
-        "case": os.path.basename(os.path.normpath(args.case)),
-        "case_shape": list(image.shape[2:]),
-        "threads": torch.get_num_threads(),
-        "repeats": args.repeats,
-        "params": params,
-        "params_ratio": params["teacher"] / params["student"],
-        "seconds": times,
-        "median_s": medians,
-        "speedup": {b: medians[f"teacher/{b}"] / medians[f"student/{b}"] for b in ("onnxruntime", "torch")},
-    }
+    medians = {k: statistics.median(v) for k, v in time_case(image, timed, inferer, args.repeats).items()}
+    ort = {n: inference_network(net, "onnxruntime") for n, net in nets.items()}
+    result = {"case": os.path.basename(os.path.normpath(args.case)), "case_shape": list(image.shape[2:])}
+    result.update(threads=torch.get_num_threads(), repeats=args.repeats, median_s=medians)
+    result["params"] = {n: sum(p.numel() for p in net.parameters()) for n, net in nets.items()}
+    result["params_ratio"] = result["params"]["teacher"] / result["params"]["student"]
+    result["speedup"] = {b: medians[f"teacher/{b}"] / medians[f"student/{b}"] for b in ("onnxruntime", "torch")}
+    result["real_dice_tc_wt_et"] = {n: d[0] for n, d in region_dice(ort, [real], parser, inferer).items()}
+    if args.datalist:
+        from scripts.data.layouts import prepare_datalist
+
+        held_out = prepare_datalist(args.datalist)["validation"]
+        per_case = region_dice(ort, held_out, parser, inferer)
+        result["held_out"] = {"n": len(held_out), "mean_dice_tc_wt_et": {n: _mean(d) for n, d in per_case.items()}}
+    return result
+
+
+def _dice_rows(r: dict) -> list[str]:
+    names = [n for n in r["params"] if n != "teacher"]
+    fmt = "| {} | {} | " + " | ".join("{}" for _ in names) + " |"
+    rows = []
+    if "held_out" in r:
+        for i, region in enumerate(("TC", "WT", "ET")):
+            values = [f"{r['held_out']['mean_dice_tc_wt_et'][n][i]:.3f}" for n in ["teacher", *names]]
+            rows.append(fmt.format(f"Dice {region}, {r['held_out']['n']} held-out synthetic cases (mean)", *values))
+    for i, region in enumerate(("TC", "WT")):
+        values = [f"{r['real_dice_tc_wt_et'][n][i]:.3f}" for n in ["teacher", *names]]
+        rows.append(fmt.format(f"Dice {region}, {r['case']} (consensus)", *values))
+    return rows
 
 
 def markdown(r: dict) -> str:
-    rows = [
-        f"| parameters | {r['params']['teacher']:,} | {r['params']['student']:,} | {r['params_ratio']:.1f}x fewer |",
-    ]
+    names = [n for n in r["params"] if n != "teacher"]
+    header = "| | teacher (ResUNet) | " + " | ".join(names) + " |"
+    sep = "|---|---|" + "---|" * len(names)
+    pad = " |" * (len(names) - 1)
+    rows = [f"| parameters | {r['params']['teacher']:,} | " + " | ".join(f"{r['params'][n]:,}" for n in names) + " |"]
     for b in ("onnxruntime", "torch"):
         t, s = r["median_s"][f"teacher/{b}"], r["median_s"][f"student/{b}"]
-        rows.append(f"| whole case, {b} (s, median of {r['repeats']}) | {t:.2f} | {s:.2f} | {t / s:.2f}x faster |")
+        rows.append(f"| whole case, {b} (s, median of {r['repeats']}) | {t:.2f} | {s:.2f} ({t / s:.2f}x faster) |{pad}")
     return "\n".join(
         [
             SECTION,
             "",
-            f"`benchmarks/bench_student.py`: sliding-window inference of the network over the whole preprocessed "
-            f"{r['case']} case ({' x '.join(map(str, r['case_shape']))} voxels after brain cropping), "
-            f"{r['threads']} torch threads, repetitions interleaved (same load for both networks).",
+            f"`benchmarks/bench_student.py`, one run: parameters; sliding-window inference of the network over the "
+            f"whole preprocessed {r['case']} case ({' x '.join(map(str, r['case_shape']))} voxels after brain "
+            f"cropping), {r['threads']} torch thread(s), repetitions interleaved so that every network sees the same "
+            f"load; Dice (sigmoid > 0.5 per region, ONNX Runtime) on held-out synthetic cases and on the real case "
+            f"({r['params_ratio']:.1f}x fewer parameters).",
             "",
-            "| | teacher (ResUNet) | student (StudentUNet) | ratio |",
-            "|---|---|---|---|",
+            header,
+            sep,
             *rows,
+            *_dice_rows(r),
             "",
         ]
     )
@@ -114,11 +172,13 @@ def main(argv=None) -> dict:
     p.add_argument("--teacher_ckpt", default=os.path.join(REPO_ROOT, "models", "model.pt"))
     p.add_argument("--student_ckpt", default=os.path.join(REPO_ROOT, "models", "student.pt"))
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--datalist", default=None, help="datalist JSON whose validation fold is the held-out set")
+    p.add_argument("--extra_student", action="append", default=[], help="NAME=CKPT, another student's weights")
     p.add_argument("--output_json", default=None)
     p.add_argument("--output_md", default=None, help="replace the section of this Markdown page")
     args = p.parse_args(argv)
     result = measure(args)
-    print(json.dumps({k: v for k, v in result.items() if k != "seconds"}, indent=1))
+    print(json.dumps(result, indent=1))
     print(markdown(result))
     from scripts.io import replace_markdown_sections, write_json, write_text
 
