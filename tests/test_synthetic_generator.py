@@ -1,0 +1,75 @@
+"""Tests of the MNI152-based glioma generator (scripts/synthetic/) on real files."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from scripts.conventions import BRATS2020_LABELS, MODALITIES
+from scripts.data.layouts import find_cases
+from scripts.synthetic import anatomy, generator, intensity, tumour
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic_mni")
+    files = generator.write_dataset(str(out), num_cases=1, seed=0, first=2)
+    return out, files[0]
+
+
+def test_written_case_is_a_brats2020_case(written):
+    out, files = written
+    layout, cases = find_cases(out)
+    assert layout == "brats2020" and len(cases) == 1 and cases[0]["case_id"] == "SynthGlioma_0002"
+    seg = nib.load(files["seg"])
+    assert seg.shape == anatomy.BRATS_SHAPE and nib.aff2axcodes(seg.affine) == ("L", "P", "S")
+    labels = np.asarray(seg.dataobj)
+    assert set(np.unique(labels)) <= {0, *BRATS2020_LABELS} and (labels > 0).sum() > 1000
+    brain = None
+    for mod in MODALITIES:
+        img = nib.load(files[mod])
+        assert img.get_data_dtype() == np.int16 and np.allclose(img.affine, seg.affine)
+        data = np.asarray(img.dataobj)
+        brain = data > 0 if brain is None else brain | (data > 0)
+    assert brain[labels > 0].mean() > 0.99  # tumour inside the skull-stripped brain
+    assert 0.8e6 < brain.sum() < 2.2e6  # brain volume in mm³ (mL x 1000): a human brain
+
+
+def test_generation_is_deterministic(written):
+    _, files = written
+    again = generator.generate_case(2, seed=0)
+    stored = np.asarray(nib.as_closest_canonical(nib.load(files["seg"])).dataobj)
+    assert np.array_equal(again["seg"], stored)
+
+
+def test_oedema_is_bright_on_flair_and_t2(written):
+    _, files = written
+    seg = np.asarray(nib.load(files["seg"]).dataobj)
+    for mod in ("flair", "t2"):
+        image = np.asarray(nib.load(files[mod]).dataobj).astype(float)
+        assert image[seg == 2].mean() > image[(seg == 0) & (image > 0)].mean()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_contrasts_respect_mri_physics(seed):
+    c = intensity.sample_contrasts(np.random.default_rng(seed))
+    assert c["t1"]["wm"] > c["t1"]["gm"] > c["t1"]["csf"] and c["t1"]["necrosis"] < c["t1"]["gm"]
+    assert c["t1ce"]["enhancing"] > c["t1ce"]["wm"] and c["t1ce"]["vessel"] > c["t1ce"]["wm"]
+    assert c["t2"]["csf"] > c["t2"]["gm"] > c["t2"]["wm"] and c["t2"]["oedema"] > c["t2"]["gm"]
+    assert c["flair"]["csf"] < c["flair"]["wm"] and c["flair"]["oedema"] > c["flair"]["gm"]
+
+
+def test_fixed_contrast_ablation_is_the_midpoint():
+    assert intensity.sample_contrasts(None) == intensity.sample_contrasts(None)
+
+
+def test_tumour_volumes_follow_the_drawn_distribution():
+    template = anatomy.load_template()
+    rng = np.random.default_rng(0)
+    volumes = []
+    for _ in range(30):
+        warp = anatomy.random_warp(rng, template, deform=False)
+        spec = tumour.sample_tumour(rng, template, warp, warp.target_box(template))
+        assert 3.0 <= spec.wt_ml <= 250.0 and 0.15 * spec.wt_ml <= spec.core_ml <= 0.75 * spec.wt_ml
+        assert spec.kind in tumour.KINDS
+        volumes.append(spec.wt_ml)
+    assert min(volumes) < 15 and max(volumes) > 80  # log-uniform over 3-250 mL
