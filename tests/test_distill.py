@@ -79,11 +79,20 @@ def test_inferer_and_loss_combine_teacher_and_ground_truth():
         DistillationLoss(gt_loss, DistillationInferer(teacher))(pred, label)
 
 
+def _teacher_from_config(configs):
+    """The ResUNet as the configs build it (the shipped norm and activation), with fresh weights."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(configs)
+    return parser.get_parsed_content("network_def")
+
+
 @pytest.mark.parametrize("full_checkpoint", [False, True])
 def test_load_teacher_from_config_and_weights(tmp_path, full_checkpoint):
     overlay = tmp_path / "teacher.json"
     overlay.write_text(json.dumps({"network_def#channels": list(SMALL)}))
-    original = ResUNet(channels=SMALL).eval()
+    original = _teacher_from_config([str(ROOT / "configs" / "train.json"), str(overlay)]).eval()
     state = original.state_dict()
     torch.save({"model": state, "epoch": 3} if full_checkpoint else state, tmp_path / "model.pt")
     teacher = load_teacher([str(ROOT / "configs" / "train.json"), str(overlay)], str(tmp_path / "model.pt"))
@@ -102,9 +111,10 @@ def test_one_distillation_epoch_of_the_bundle(tmp_path):
     """``python -m monai.bundle run training`` with train.json + student.json + distill.json on tiny real files."""
     write_dataset(tmp_path / "data", num_cases=4, seed=5, shape=(48, 56, 40), progress=False)
     (tmp_path / "models").mkdir()
-    torch.save(ResUNet(channels=SMALL).state_dict(), tmp_path / "models" / "model.pt")
     teacher_overlay = tmp_path / "teacher.json"
     teacher_overlay.write_text(json.dumps({"network_def#channels": list(SMALL)}))
+    teacher = _teacher_from_config([str(ROOT / "configs" / "train.json"), str(teacher_overlay)])
+    torch.save(teacher.state_dict(), tmp_path / "models" / "model.pt")
     configs = [str(ROOT / "configs" / c) for c in ("train.json", "student.json", "distill.json")]
     cmd = [
         sys.executable,
