@@ -15,13 +15,16 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from scripts.conventions import REGIONS
-from scripts.evaluation import evaluate_case
-from scripts.example import run_inference
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.conventions import REGIONS  # noqa: E402
+from scripts.evaluation import evaluate_case  # noqa: E402
+from scripts.example import run_inference  # noqa: E402
 
 
 def _reference(case_dir: Path) -> Path:
