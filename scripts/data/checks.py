@@ -34,7 +34,7 @@ import nibabel as nib
 import numpy as np
 from monai.data import DataLoader, Dataset, list_data_collate
 
-from scripts.conventions import MODALITY_NAMES, case_id_from_path
+from scripts.conventions import MODALITY_NAMES, case_id_from_path, prediction_name
 from scripts.transforms import CaseError, shape_str
 
 logger = logging.getLogger(__name__)
@@ -376,12 +376,56 @@ def _check_output_dir(path) -> None:
         raise OutputDirError(f"output folder {p}: not writable ({e.strerror or e})") from e
 
 
-def check_output_dirs(*paths, exit_on_error: bool = False) -> list[str]:
+def output_ids(item: Mapping, image_key: str = "image") -> list[str]:
+    """The case ids a prediction of ``item`` can be named after: its ``case_id`` and the id of its first image
+    file (what ``scripts.io.case_name_formatter`` names the output after), each once."""
+    ids = [case_id_of(item, image_key)]
+    files = _as_list(item.get(image_key))
+    if files and case_id_from_path(files[0]) not in ids:
+        ids.append(case_id_from_path(files[0]))
+    return ids
+
+
+def _input_files(items: Iterable, keys: Sequence[str]) -> Iterator[str]:
+    for item in items:
+        if not isinstance(item, Mapping):
+            continue
+        for key in keys:
+            yield from _as_list(item.get(key))
+
+
+def check_no_input_overwrite(path, inputs: Iterable, image_key: str = "image", label_key: str = "label") -> None:
+    """Raise :class:`OutputDirError` (one line, ``case: file: problem``) when a prediction written to the
+    output folder ``path`` (``<case_id>.nii.gz``, see :func:`output_ids`) would replace one of the ``inputs``'
+    image or label files. An output folder that holds inputs is fine as long as no output name collides with
+    one of them (a BraTS folder's ``<id>_t1.nii.gz`` files; not a folder of 4D ``<id>.nii.gz`` studies)."""
+    items = [i for i in inputs if isinstance(i, Mapping)]
+    real = {os.path.realpath(f): f for f in _input_files(items, (image_key, label_key))}
+    hits = []
+    for item in items:
+        for cid in output_ids(item, image_key):
+            target = os.path.realpath(os.path.join(str(path), prediction_name(cid)))
+            if target in real:
+                hits.append((cid, real[target]))
+    if hits:
+        (cid, file), more = hits[0], len({h[1] for h in hits}) - 1
+        raise OutputDirError(
+            f"{cid}: {file}: input file would be overwritten by the prediction {prediction_name(cid)} in the output "
+            f"folder {path}" + (f" ({more} more input file(s) likewise)" if more else "") + "; choose another output "
+            "folder (--output_dir)"
+        )
+
+
+def check_output_dirs(*paths, inputs: Iterable | None = None, exit_on_error: bool = False) -> list[str]:
     """Create the output folders if needed and make sure they can be read and written (a probe file is
-    created and removed), before any case is processed. Raises :class:`OutputDirError` with one clear line,
-    or with ``exit_on_error`` (the configs) exits with that line and code 1."""
+    created and removed), before any case is processed; with ``inputs`` (the run's datalist items) also refuse
+    a folder where a prediction would overwrite an input file (:func:`check_no_input_overwrite`). Raises
+    :class:`OutputDirError` with one clear line, or with ``exit_on_error`` (the configs) exits with that line
+    and code 1."""
     try:
         for p in paths:
+            if inputs is not None:
+                check_no_input_overwrite(p, inputs)
             _check_output_dir(p)
     except OutputDirError as e:
         if exit_on_error:
@@ -420,10 +464,12 @@ __all__ = [
     "SkippingDataLoader",
     "case_id_of",
     "check_case",
+    "check_no_input_overwrite",
     "check_output_dirs",
     "describe_error",
     "exit_on_failures",
     "failure",
     "format_failure",
+    "output_ids",
     "report",
 ]

@@ -1,0 +1,120 @@
+"""Nothing lost, nothing silently wrong (issue 13): inputs are never overwritten, case ids are unique, no
+synthetic data unless asked for, non-integer labels are rejected.
+
+Real NIfTI files written with tiny phantom cases, checked through the library functions and through real
+``python -m monai.bundle`` runs (an untrained tiny network as checkpoint), in the style of
+``tests/test_bad_input.py``.
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from scripts.conventions import MODALITIES
+from scripts.data.checks import OutputDirError, check_output_dirs
+from scripts.data.layouts import find_brats2020_cases, find_inference_cases
+from scripts.synthetic.phantom import generate_case
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = (32, 32, 24)
+AFFINE = np.eye(4)
+TINY = ["--network_def#channels", "[8,16,32,64]", "--roi_size", "[32,32,32]", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    case = generate_case(1, seed=0, shape=SHAPE)
+    return {k: (v.astype(np.uint8) if k == "seg" else v.astype(np.int16)) for k, v in case.items()}
+
+
+def save(path, array, affine=AFFINE):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(array), affine), str(path))
+
+
+def write_case(root: Path, case_id: str, arrays: dict) -> dict:
+    """A BraTS 2020-style case folder; returns {modality or 'seg': path}."""
+    paths = {k: root / case_id / f"{case_id}_{k}.nii.gz" for k in (*MODALITIES, "seg")}
+    for k, p in paths.items():
+        save(p, arrays[k])
+    return paths
+
+
+def write_4d(path: Path, arrays: dict) -> Path:
+    save(path, np.stack([arrays[m] for m in MODALITIES], -1))
+    return path
+
+
+def checksums(root: Path) -> dict:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+def bundle(*args, configs=("inference.json",)):
+    cmd = [sys.executable, "-m", "monai.bundle", "run", *args, "--meta_file", str(ROOT / "configs" / "metadata.json")]
+    cmd += ["--config_file", str([str(ROOT / "configs" / c) for c in configs])]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """Untrained weights of the configs' network with the TINY channels (the runs below pass the same)."""
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(ROOT), "network_def#channels": [8, 16, 32, 64]})
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
+    return path
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+# ------------------------------------------------------------------------------- outputs never overwrite inputs
+def test_output_folder_holding_colliding_inputs_is_refused(arrays, tmp_path):
+    studies = tmp_path / "studies"
+    for name in ("study_a", "study_b"):
+        write_4d(studies / f"{name}.nii.gz", arrays)
+    with pytest.raises(OutputDirError) as err:
+        check_output_dirs(studies, inputs=find_inference_cases(studies))
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"study_a: {studies / 'study_a.nii.gz'}: input file would be overwritten"), msg
+    assert "1 more input file(s)" in msg, msg
+    # the same folder through a symlink is the same folder
+    (tmp_path / "link").symlink_to(studies)
+    with pytest.raises(OutputDirError, match="input file would be overwritten"):
+        check_output_dirs(tmp_path / "link", inputs=find_inference_cases(studies))
+
+
+def test_output_folder_holding_inputs_that_cannot_collide_is_fine(arrays, tmp_path):
+    write_case(tmp_path, "BraTS20_Training_001", arrays)
+    items = find_brats2020_cases(tmp_path)
+    folder = tmp_path / "BraTS20_Training_001"
+    assert check_output_dirs(folder, tmp_path, inputs=items) == [str(folder), str(tmp_path)]
+
+
+def test_inference_into_the_input_folder_of_4d_studies_is_refused(arrays, checkpoint, tmp_path):
+    studies = tmp_path / "studies"
+    for name in ("study_a", "study_b"):
+        write_4d(studies / f"{name}.nii.gz", arrays)
+    before = checksums(studies)
+    proc = bundle("--bundle_root", str(tmp_path), "--dataset_dir", str(studies), "--output_dir", str(studies),
+                  "--ckpt_path", str(checkpoint), "--num_workers", "0", *TINY)  # fmt: skip
+    assert proc.returncode != 0, (proc.stdout + proc.stderr)[-3000:]
+    (line,) = error_lines(proc.stderr)
+    assert line.startswith(f"error: study_a: {studies / 'study_a.nii.gz'}: input file would be overwritten"), line
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert checksums(studies) == before  # nothing changed, nothing added
