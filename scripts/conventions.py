@@ -79,17 +79,28 @@ def strip_nifti(name: str) -> str | None:
     return None
 
 
+GENERIC_STEMS = ("seg", "label", "labels", "mask", "image", "img", "images", "brain", "scan", "volume", "data")
+"""File stems (besides the modality names of :data:`MODALITY_ALIASES`) that name no case: a case's id is then
+its folder's name (``caseA/t1.nii.gz`` -> ``caseA``)."""
+
+
+def is_generic_stem(stem: str) -> bool:
+    """True for a file stem that names a modality or a role, not a case (``t1``, ``T1-Gd``, ``seg``, ``image``)."""
+    return not stem or modality_of(stem) is not None or stem.lower() in GENERIC_STEMS
+
+
 def case_id_from_path(path: str | os.PathLike) -> str:
     """``.../BraTS20_Training_001_t1.nii.gz`` -> ``BraTS20_Training_001``; ``.../case.nii.gz`` -> ``case``;
-    ``.../BraTS-GLI-00000-000-t1n.nii.gz`` -> ``BraTS-GLI-00000-000``; a DICOM series folder named after
-    its modality, ``.../case_007/t1``, -> ``case_007``."""
+    ``.../BraTS-GLI-00000-000-t1n.nii.gz`` -> ``BraTS-GLI-00000-000``; a file or DICOM series folder with a
+    generic name (:func:`is_generic_stem`), ``.../caseA/t1.nii.gz`` or ``.../case_007/t1``, -> its folder's name
+    (``caseA``, ``case_007``), so two cases' ``t1.nii.gz`` files do not give the same id."""
     path = os.path.normpath(str(path))
     name = os.path.basename(path)
     stem = strip_nifti(name)
+    parent = os.path.basename(os.path.dirname(path))
+    if is_generic_stem(stem if stem is not None else name) and parent:
+        return parent
     if stem is None:
-        parent = os.path.basename(os.path.dirname(path))
-        if modality_of(name) is not None and parent:
-            return parent
         stem = os.path.splitext(name)[0]
     stem = re.sub(r"_(" + "|".join((*MODALITIES, LABEL_SUFFIX)) + r")$", "", stem)
     return re.sub(r"-(" + "|".join((*BRATS2021_MODALITIES, LABEL_SUFFIX)) + r")$", "", stem)

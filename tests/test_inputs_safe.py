@@ -7,6 +7,7 @@ Real NIfTI files written with tiny phantom cases, checked through the library fu
 """
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from monai.bundle import ConfigParser
 
 from scripts.conventions import MODALITIES
 from scripts.data.checks import OutputDirError, check_output_dirs
-from scripts.data.layouts import find_brats2020_cases, find_inference_cases
+from scripts.data.layouts import DatasetError, find_brats2020_cases, find_inference_cases, prepare_datalist
 from scripts.synthetic.phantom import generate_case
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,3 +119,59 @@ def test_inference_into_the_input_folder_of_4d_studies_is_refused(arrays, checkp
     assert line.startswith(f"error: study_a: {studies / 'study_a.nii.gz'}: input file would be overwritten"), line
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert checksums(studies) == before  # nothing changed, nothing added
+
+
+# ------------------------------------------------------------------------------------ case ids are unique
+def write_generic_case(folder: Path, arrays: dict) -> list[str]:
+    """A case folder with generic file names: t1.nii.gz, t1ce.nii.gz, t2.nii.gz, flair.nii.gz."""
+    paths = [folder / f"{m}.nii.gz" for m in MODALITIES]
+    for m, p in zip(MODALITIES, paths):
+        save(p, arrays[m])
+    return [str(p) for p in paths]
+
+
+def test_generic_file_names_take_the_case_folder_as_id(arrays, checkpoint, tmp_path):
+    entries = [{"image": write_generic_case(tmp_path / "cases" / c, arrays)} for c in ("caseA", "caseB")]
+    (tmp_path / "datalist.json").write_text(json.dumps({"testing": entries}))
+    assert [c["case_id"] for c in find_inference_cases(tmp_path / "datalist.json")] == ["caseA", "caseB"]
+    out = tmp_path / "out"
+    proc = bundle("--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "datalist.json"),
+                  "--output_dir", str(out), "--ckpt_path", str(checkpoint), "--num_workers", "0", *TINY)  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert sorted(os.listdir(out)) == ["caseA.nii.gz", "caseB.nii.gz"]
+    assert "2 case(s) segmented, 0 failed" in proc.stdout
+
+
+def test_same_case_id_in_two_folders_is_one_error_before_anything_runs(arrays, checkpoint, tmp_path):
+    data = tmp_path / "data"
+    first = write_case(data / "site1", "BraTS20_Training_001", arrays)
+    second = write_case(data / "site2", "BraTS20_Training_001", arrays)
+    write_case(data / "site2", "BraTS20_Training_002", arrays)
+    with pytest.raises(DatasetError) as err:
+        find_inference_cases(data, incomplete="keep")
+    msg = str(err.value)
+    assert msg.startswith(f"BraTS20_Training_001: {second['t1']}: duplicate case id"), msg
+    assert str(first["t1"]) in msg and "\n" not in msg
+    with pytest.raises(DatasetError, match=r"^BraTS20_Training_001: .*duplicate case id in the cases of"):
+        prepare_datalist(data, num_folds=2)  # training and evaluation: the same rule
+
+    out = tmp_path / "out"
+    proc = bundle("--bundle_root", str(tmp_path), "--dataset_dir", str(data), "--output_dir", str(out),
+                  "--ckpt_path", str(checkpoint), "--num_workers", "0", *TINY)  # fmt: skip
+    assert proc.returncode != 0
+    (line,) = error_lines(proc.stderr)
+    assert line.startswith(f"error: BraTS20_Training_001: {second['t1']}: duplicate case id"), line
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not out.exists()  # stopped before the output folder was even made
+
+
+def test_datalist_entries_with_the_same_case_id_are_refused(arrays, tmp_path):
+    a = write_case(tmp_path, "BraTS20_Training_001", arrays)
+    b = write_case(tmp_path, "BraTS20_Training_002", arrays)
+    entries = [{"case_id": "X", "image": [str(p[m]) for m in MODALITIES]} for p in (a, b)]
+    (tmp_path / "datalist.json").write_text(json.dumps({"testing": entries}))
+    with pytest.raises(DatasetError, match=r"^X: .*BraTS20_Training_002_t1\.nii\.gz: duplicate case id.*001_t1"):
+        find_inference_cases(tmp_path / "datalist.json")
+    (tmp_path / "twice.json").write_text(json.dumps({"testing": [entries[0], entries[0]]}))
+    with pytest.raises(DatasetError, match=r"^X: .*: duplicate case id .*the same case listed twice"):
+        find_inference_cases(tmp_path / "twice.json")

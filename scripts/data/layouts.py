@@ -56,11 +56,56 @@ from scripts.conventions import (
     modality_of,
     strip_nifti,
 )
+from scripts.data.checks import output_ids
 from scripts.data.dicom import find_dicom_cases
 from scripts.io import write_json
 from scripts.synthetic.phantom import write_dataset
 
 LAYOUTS = ("brats2020", "brats2021", "msd", "dicom", "nifti4d")
+
+
+class DatasetError(ValueError):
+    """The run's data cannot be used as a whole (no such folder, no cases, duplicate case ids): one line."""
+
+
+def _one_line(e: BaseException) -> str:
+    text = (e.args[0] if isinstance(e, KeyError) and e.args else str(e)).strip()
+    return " ".join(text.split()) or type(e).__name__
+
+
+def _exit_or_raise(fn, exit_on_error: bool):
+    """``fn()``; with ``exit_on_error`` (the configs) a data error becomes ``SystemExit("error: <one line>")``,
+    so ``python -m monai.bundle run`` prints that line and exits with code 1 instead of a traceback."""
+    try:
+        return fn()
+    except (DatasetError, FileNotFoundError, NotADirectoryError, KeyError, ValueError) as e:
+        if exit_on_error:
+            raise SystemExit(f"error: {_one_line(e)}") from None
+        raise
+
+
+def check_unique_case_ids(items: Sequence, what: str = "cases") -> None:
+    """Raise :class:`DatasetError` when two ``items`` share a case id (their ``case_id``, or the id of their
+    first image file, which the prediction ``<case_id>.nii.gz`` is named after): one line, ``case: file:
+    problem``, naming both files and how many other ids are duplicated too."""
+    seen: dict[str, str] = {}
+    dups = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        first = _first(item.get("image")) if item.get("image") else "<datalist entry>"
+        for cid in output_ids(item):
+            if cid in seen:
+                dups.append((cid, first, seen[cid]))
+            seen.setdefault(cid, first)
+    if dups:
+        (cid, file, other), more = dups[0], len({d[0] for d in dups}) - 1
+        also = "the same case listed twice" if file == other else f"also the id of {other}"
+        raise DatasetError(
+            f"{cid}: {file}: duplicate case id in {what}, {also}; predictions are named "
+            "<case_id>.nii.gz, so case ids must be unique (rename a case folder or give each datalist entry its "
+            "own case_id)" + (f"; {more} more duplicate id(s)" if more else "")
+        )
 
 
 def _hidden(path: Path, root: Path) -> bool:
@@ -405,23 +450,50 @@ def prepare_datalist(
     synthetic_cases: int = 30,
     layout: str = "auto",
     incomplete: str = "raise",
+    synthetic_dir: str | os.PathLike | None = None,
+    exit_on_error: bool = False,
 ) -> dict:
     """The training datalist for ``dataset_dir``, with ``training`` and ``validation`` lists for ``fold``.
 
     ``dataset_dir`` may be a datalist JSON, or a folder in any of the layouts (``layout="auto"`` detects it,
     see :func:`detect_layout`); its labelled cases are split into ``num_folds`` folds (unlabelled ones, e.g.
-    BraTS validation data or MSD ``imagesTs``, are left out). A folder that does not exist or holds neither
-    NIfTI files nor DICOM cases is filled with ``synthetic_cases`` generated BraTS-like cases first (the
-    embedded default data), so training needs no download. ``incomplete="keep"`` keeps cases that lack a
+    BraTS validation data or MSD ``imagesTs``, are left out). Only when ``dataset_dir`` is ``synthetic_dir``
+    (the configs pass their default data folder, ``data/synthetic``) is a missing or empty folder filled with
+    ``synthetic_cases`` generated BraTS-like cases first, so training needs no download; any other missing or
+    empty folder is a :class:`DatasetError` (a misspelt path never gives results on fake data). Case ids must
+    be unique in each list (:func:`check_unique_case_ids`). ``incomplete="keep"`` keeps cases that lack a
     modality file (for evaluation, whose per-case checks report them; see :func:`find_brats2020_cases`).
+    ``exit_on_error`` (the configs): a data error exits with one line ``error: ...`` instead of raising.
     """
-    dataset_dir = Path(dataset_dir)
+    return _exit_or_raise(
+        lambda: _prepare_datalist(
+            Path(dataset_dir), fold, num_folds, seed, synthetic_cases, layout, incomplete, synthetic_dir
+        ),
+        exit_on_error,
+    )
+
+
+def _is_empty(folder: Path) -> bool:
+    return not any(folder.rglob("*.nii*")) and not find_dicom_cases(folder)
+
+
+def _prepare_datalist(dataset_dir, fold, num_folds, seed, synthetic_cases, layout, incomplete, synthetic_dir):
     if dataset_dir.suffix == ".json":
+        if not dataset_dir.is_file():
+            raise DatasetError(f"{dataset_dir}: datalist file does not exist")
         datalist = load_datalist(dataset_dir)
     else:
-        if not dataset_dir.exists() or (not any(dataset_dir.rglob("*.nii*")) and not find_dicom_cases(dataset_dir)):
+        synthetic = synthetic_dir is not None and os.path.realpath(dataset_dir) == os.path.realpath(synthetic_dir)
+        if synthetic and (not dataset_dir.exists() or _is_empty(dataset_dir)):
             write_dataset(dataset_dir, num_cases=synthetic_cases, seed=seed)
+        if not dataset_dir.exists():
+            raise DatasetError(f"{dataset_dir}: dataset folder does not exist (check --dataset_dir)")
+        if dataset_dir.is_dir() and _is_empty(dataset_dir):
+            raise DatasetError(
+                f"{dataset_dir}: dataset folder holds no NIfTI files or DICOM cases (check --dataset_dir)"
+            )
         layout, found = find_cases(dataset_dir, layout, incomplete)
+        check_unique_case_ids(found, f"the cases of {dataset_dir}")
         cases = [c for c in found if "label" in c]
         if not cases:
             raise FileNotFoundError(
@@ -430,20 +502,33 @@ def prepare_datalist(
             )
         datalist = {"training": assign_folds(cases, num_folds, seed)}
     training, validation = split_fold(datalist, fold)
+    check_unique_case_ids(training, f"the training list of {dataset_dir}")
+    check_unique_case_ids(validation, f"the validation list of {dataset_dir}")
     return {"training": training, "validation": validation}
 
 
 def find_inference_cases(
-    source: str | os.PathLike, datalist_key: str = "testing", layout: str = "auto", incomplete: str = "raise"
+    source: str | os.PathLike,
+    datalist_key: str = "testing",
+    layout: str = "auto",
+    incomplete: str = "raise",
+    exit_on_error: bool = False,
 ) -> list[dict]:
     """Cases to segment: a datalist JSON (its ``datalist_key`` list), a folder in any of the layouts
     (BraTS 2020 or 2023+ style cases, an MSD task or image folder, DICOM case folders, a folder of 4D NIfTI
     files; ``layout="auto"`` detects it), or one 4D NIfTI file. Labels are dropped; the items keep their
     ``labels`` / ``channel_order`` / ``reader`` fields. ``incomplete="keep"`` keeps BraTS-style cases that
-    lack a modality file, for :mod:`scripts.data.checks` to report (see :func:`find_brats2020_cases`)."""
-    source = Path(source)
+    lack a modality file, for :mod:`scripts.data.checks` to report (see :func:`find_brats2020_cases`). Case ids
+    must be unique (:func:`check_unique_case_ids`, a :class:`DatasetError` otherwise); ``exit_on_error`` (the
+    configs): a data error exits with one line ``error: ...`` instead of raising."""
+    cases = _exit_or_raise(lambda: _find_inference_cases(Path(source), datalist_key, layout, incomplete), exit_on_error)
+    _exit_or_raise(lambda: check_unique_case_ids(cases, f"the cases of {source}"), exit_on_error)
+    return cases
+
+
+def _find_inference_cases(source: Path, datalist_key: str, layout: str, incomplete: str) -> list[dict]:
     if not source.exists():
-        raise FileNotFoundError(f"{source}: input does not exist")
+        raise FileNotFoundError(f"{source}: input does not exist (check --dataset_dir)")
     if source.suffix == ".json":
         datalist = load_datalist(source)
         if datalist_key not in datalist:
