@@ -175,3 +175,44 @@ def test_datalist_entries_with_the_same_case_id_are_refused(arrays, tmp_path):
     (tmp_path / "twice.json").write_text(json.dumps({"testing": [entries[0], entries[0]]}))
     with pytest.raises(DatasetError, match=r"^X: .*: duplicate case id .*the same case listed twice"):
         find_inference_cases(tmp_path / "twice.json")
+
+
+# ------------------------------------------------------------------------------ no synthetic data unless asked
+def test_missing_or_empty_dataset_dir_is_an_error_not_synthetic_data(tmp_path, monkeypatch):
+    misspelt, empty = tmp_path / "dtaa", tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match=r"dtaa: dataset folder does not exist \(check --dataset_dir\)$"):
+        prepare_datalist(misspelt, num_folds=2)
+    with pytest.raises(DatasetError, match=r"empty: dataset folder holds no NIfTI files or DICOM cases"):
+        prepare_datalist(empty, num_folds=2, synthetic_dir=tmp_path / "default")
+    with pytest.raises(SystemExit, match=r"^error: .*dtaa: dataset folder does not exist"):
+        prepare_datalist(misspelt, num_folds=2, exit_on_error=True)
+    assert sorted(os.listdir(tmp_path)) == ["empty"] and os.listdir(empty) == []  # nothing generated anywhere
+
+    import scripts.data.layouts as layouts
+
+    made = []
+    monkeypatch.setattr(layouts, "write_dataset", lambda d, num_cases, seed: made.append(str(d)) or None)
+    with pytest.raises(DatasetError):  # the stub wrote nothing, but it was asked to write into the default folder
+        prepare_datalist(tmp_path / "default", num_folds=2, synthetic_dir=tmp_path / "default")
+    assert made == [str(tmp_path / "default")]
+
+
+@pytest.mark.parametrize(
+    "workflow, configs",
+    [
+        ("training", ("train.json",)),
+        ("evaluating", ("inference.json", "evaluate.json")),
+        ("run", ("inference.json",)),
+    ],
+)
+def test_misspelt_dataset_dir_is_one_error_line_in_every_workflow(workflow, configs, checkpoint, tmp_path):
+    misspelt = tmp_path / "dtaa"
+    proc = bundle(workflow, "--bundle_root", str(tmp_path), "--dataset_dir", str(misspelt), "--output_dir",
+                  str(tmp_path / "out"), "--ckpt_dir", str(tmp_path / "runs"), "--ckpt_path", str(checkpoint),
+                  "--num_workers", "0", *TINY, configs=configs)  # fmt: skip
+    assert proc.returncode != 0
+    (line,) = error_lines(proc.stderr)
+    assert line.startswith(f"error: {misspelt}:") and "does not exist" in line, line
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not misspelt.exists() and not (tmp_path / "data").exists()  # no synthetic data anywhere
