@@ -150,7 +150,7 @@ def _spearman(a: np.ndarray, b: np.ndarray, max_voxels: int = 200_000) -> float:
     step = max(1, a.size // max_voxels)
     a, b = a.ravel()[::step], b.ravel()[::step]
     if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float(np.array_equal(a, b))
+        return float("nan")  # a constant map has no ranks to compare
     return float(spearmanr(a, b).statistic)
 
 
@@ -159,7 +159,8 @@ def randomisation_check(
 ) -> dict:
     """Adebayo et al.'s model-randomisation test: Spearman rank correlation, per region, between the Grad-CAM
     maps of ``network`` and of the same architecture with re-initialised weights (same input and region
-    masks). Values near 1 mean the maps do not depend on what the network learned."""
+    masks). Values near 1 mean the maps do not depend on what the network learned; NaN where either map is
+    constant (e.g. all zero: no positive evidence at the target layer)."""
     trained = RegionGradCAM(network, target_layer)(image, masks).cpu().numpy()
     random = RegionGradCAM(_reinitialised(network), target_layer)(image, masks).cpu().numpy()
     return {region: _spearman(trained[i], random[i]) for i, region in enumerate(REGIONS)}
