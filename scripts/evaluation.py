@@ -74,7 +74,7 @@ from scripts.conventions import BRATS2020_LABELS, NIFTI_EXTENSIONS, REGIONS, cas
 from scripts.data.checks import case_id_of, failure, format_failure
 from scripts.io import atomic_path, write_json
 from scripts.metrics import HD95_MODES, LESION_METRICS, hd95_mm, lesion_wise_metrics
-from scripts.transforms import CaseError, label_to_regions
+from scripts.transforms import CaseError, label_to_regions, non_integer_labels
 
 logger = logging.getLogger(__name__)
 
@@ -207,10 +207,9 @@ def _regions(label: np.ndarray, labels: tuple, name: str) -> dict:
     """{TC, WT, ET: bool mask} from a label map; ``CaseError`` naming ``name`` on unexpected values."""
     label = np.asarray(label)
     if np.issubdtype(label.dtype, np.floating):
-        values = np.unique(label)
-        fractional = values[(values != np.round(values)) | ~np.isfinite(values)]
-        if fractional.size:
-            raise CaseError(name, f"label values {fractional[:10].tolist()} are not integers (expected {[0, *labels]})")
+        problem = non_integer_labels(torch.from_numpy(np.ascontiguousarray(label)))
+        if problem:
+            raise CaseError(name, f"{problem}; expected {[0, *labels]}")
         label = label.astype(np.int64)
     from monai.data import MetaTensor
 

@@ -58,7 +58,7 @@ from monai.utils import convert_to_dst_type
 from scipy import ndimage as ndi
 
 from scripts.conventions import BRATS2020_LABELS, LABEL_NAMES, MODALITIES
-from scripts.transforms import LabelToRegionsd, _LabelConversiond, _source_name
+from scripts.transforms import LabelToRegionsd, _LabelConversiond, _source_name, non_integer_labels
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,9 @@ WORLD_CLICKS_KEY = "clicks_world"
 def _check_values(label: torch.Tensor, labels: Sequence[int]) -> None:
     if label.shape[0] != 1:
         raise ValueError(f"{_source_name(label)}: expected a single-channel label map, got shape {tuple(label.shape)}")
+    problem = non_integer_labels(label)
+    if problem:
+        raise ValueError(f"{_source_name(label)}: {problem}")
     unexpected = sorted(set(int(v) for v in torch.unique(label).tolist()) - {0, *labels})
     if unexpected:
         raise ValueError(

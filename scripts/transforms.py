@@ -50,6 +50,25 @@ def brain_mask(img: torch.Tensor) -> torch.Tensor:
     return (img != 0).any(dim=0)
 
 
+def non_integer_labels(label) -> str | None:
+    """``None`` when every voxel of the label map ``label`` holds an integer value, else the problem in one line:
+    the offending values (up to 5) and how many voxels hold them. A label map resampled with interpolation
+    holds values such as 1.0000001 or 2.5; truncating them with ``int()`` would drop those voxels silently."""
+    t = torch.as_tensor(label)
+    if not t.is_floating_point():
+        return None
+    bad = ~torch.isfinite(t) | (t != torch.round(t))
+    count = int(bad.sum())
+    if not count:
+        return None
+    values = torch.unique(t[bad]).tolist()
+    shown = ", ".join(f"{v:.9g}" for v in values[:5]) + (f", ... ({len(values)} distinct)" if len(values) > 5 else "")
+    return (
+        f"non-integer label values [{shown}] in {count} voxel(s) (a label map resampled with interpolation? "
+        "labels must be integers; resample with nearest neighbour)"
+    )
+
+
 def label_to_regions(label: torch.Tensor, labels: Sequence[int] = BRATS2020_LABELS) -> torch.Tensor:
     """BraTS label map (1, *spatial) -> float region channels (3, *spatial) in order TC, WT, ET.
 
@@ -59,6 +78,9 @@ def label_to_regions(label: torch.Tensor, labels: Sequence[int] = BRATS2020_LABE
     if label.shape[0] != 1:
         raise ValueError(f"{_source_name(label)}: expected a single-channel label map, got shape {tuple(label.shape)}")
     lab = label[0]
+    problem = non_integer_labels(lab)
+    if problem:
+        raise ValueError(f"{_source_name(label)}: {problem}")
     values = torch.unique(lab).tolist()
     unexpected = sorted(set(int(v) for v in values) - {0, *labels})
     if unexpected:
@@ -391,6 +413,9 @@ class CheckImageDatad(MapTransform):
                 bad = int((~torch.isfinite(t)).sum())
                 if bad:
                     raise CaseError(_source_name(d[key]), f"{bad} NaN/Inf voxel(s) in the label map")
+                problem = non_integer_labels(t)
+                if problem:
+                    raise CaseError(_source_name(d[key]), problem)
         return d
 
 
@@ -406,5 +431,6 @@ __all__ = [
     "SelectChannelsd",
     "brain_mask",
     "label_to_regions",
+    "non_integer_labels",
     "regions_to_label",
 ]

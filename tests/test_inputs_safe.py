@@ -9,6 +9,7 @@ Real NIfTI files written with tiny phantom cases, checked through the library fu
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -216,3 +217,64 @@ def test_misspelt_dataset_dir_is_one_error_line_in_every_workflow(workflow, conf
     assert line.startswith(f"error: {misspelt}:") and "does not exist" in line, line
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert not misspelt.exists() and not (tmp_path / "data").exists()  # no synthetic data anywhere
+
+
+# ------------------------------------------------------------------------------------ non-integer labels
+def _fractional_seg(seg: np.ndarray) -> np.ndarray:
+    """The reference with 3 voxels at 2.5 and 2 at 1.0000001 (what resampling with interpolation leaves)."""
+    out = seg.astype(np.float64)
+    out[0, 0, 0:3] = 2.5
+    out[1, 1, 0:2] = 1.0000001
+    return out
+
+
+NON_INTEGER = r"non-integer label values \[1\.0000001\d*, 2\.5\] in 5 voxel\(s\)"
+
+
+@pytest.fixture(scope="module")
+def preprocessing():
+    from monai.transforms import Compose
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "train.json"))
+    parser.update({"bundle_root": str(ROOT)})
+    return Compose(parser.get_parsed_content("preprocessing_transforms"))
+
+
+def test_non_integer_labels_are_rejected_in_the_preprocessing(arrays, tmp_path, preprocessing):
+    from scripts.data.checks import FAILURE_KEY, CheckedDataset
+
+    paths = write_case(tmp_path, "BraTS20_Training_042", arrays)
+    save(paths["seg"], _fractional_seg(arrays["seg"]))
+    ds = CheckedDataset(find_brats2020_cases(tmp_path), preprocessing)
+    record = ds[0][FAILURE_KEY]
+    assert (record["case_id"], record["file"]) == ("BraTS20_Training_042", str(paths["seg"])), record
+    assert re.search(NON_INTEGER, record["problem"]) and "\n" not in record["problem"], record
+
+
+def test_non_integer_reference_labels_are_rejected_in_evaluation(arrays, tmp_path, capsys):
+    from scripts.evaluation import main
+
+    preds, refs = tmp_path / "pred", tmp_path / "ref"
+    for i in (1, 2):
+        save(preds / f"BraTS20_Training_00{i}.nii.gz", arrays["seg"])
+        paths = write_case(refs, f"BraTS20_Training_00{i}", arrays)
+    save(paths["seg"], _fractional_seg(arrays["seg"]))  # case 002's reference
+    assert (
+        main(["--pred_dir", str(preds), "--ref_dir", str(refs), "--output_dir", str(tmp_path / "o"), "--no_plot"]) == 1
+    )
+    lines = [x.strip() for x in capsys.readouterr().out.splitlines() if x.strip().startswith("BraTS20_Training_002: ")]
+    assert len(lines) == 1 and re.search(
+        f"^BraTS20_Training_002: {re.escape(str(paths['seg']))}: {NON_INTEGER}", lines[0]
+    ), lines
+
+
+def test_label_to_regions_does_not_truncate():
+    from monai.data import MetaTensor
+
+    from scripts.transforms import label_to_regions
+
+    label = MetaTensor(torch.tensor([[[[0.0, 1.0], [2.0, 2.5]]]]), meta={"filename_or_obj": "x_seg.nii.gz"})
+    with pytest.raises(ValueError, match=r"^x_seg\.nii\.gz: non-integer label values \[2\.5\] in 1 voxel\(s\)"):
+        label_to_regions(label)
+    assert label_to_regions(torch.tensor([[[[0.0, 1.0], [2.0, 4.0]]]])).sum() == 6  # integer floats are fine
