@@ -61,6 +61,7 @@ import argparse
 import csv
 import logging
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -467,6 +468,12 @@ def evaluate_folders(
     for d, what in ((pred_dir, "prediction"), (ref_dir, "reference")):
         if not Path(d).is_dir():
             raise FileNotFoundError(f"{d}: {what} folder does not exist")
+    if _same_file(pred_dir, ref_dir):
+        logger.warning(
+            "warning: %s: the prediction folder is the reference folder; predictions that are the reference files "
+            "themselves are not scored (failed)",
+            pred_dir,
+        )
     labels = tuple(int(v) for v in labels)
     ref_labels = labels if ref_labels is None else tuple(int(v) for v in ref_labels)
     result = EvaluationResult()
@@ -578,6 +585,9 @@ def _evaluate_and_write(
     _check_hd95(hd95)
     for i, pair in enumerate(pairs, 1):
         cid = pair["case_id"]
+        if _same_file(pair["pred"], pair["ref"]):
+            _fail(result, cid, pair["pred"], SAME_FILE_PROBLEM)
+            continue
         try:
             labels_i, ref_labels_i = pair.get("labels", labels), pair.get("ref_labels", ref_labels)
             row = evaluate_case(pair["pred"], pair["ref"], labels_i, empty, ref_labels_i, hd95)
@@ -625,6 +635,19 @@ def _evaluate_and_write(
     if plot:
         result.outputs["png"] = write_boxplot(result.rows, out / "metrics_boxplot.png")
     return result
+
+
+SAME_FILE_PROBLEM = (
+    "the prediction and the reference are the same file (a perfect score would mean nothing; check --pred_dir and "
+    "--ref_dir)"
+)
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _fail(result: EvaluationResult, case_id: str, file, problem: str) -> None:

@@ -278,3 +278,26 @@ def test_label_to_regions_does_not_truncate():
     with pytest.raises(ValueError, match=r"^x_seg\.nii\.gz: non-integer label values \[2\.5\] in 1 voxel\(s\)"):
         label_to_regions(label)
     assert label_to_regions(torch.tensor([[[[0.0, 1.0], [2.0, 4.0]]]])).sum() == 6  # integer floats are fine
+
+
+# ------------------------------------------------------------------------ evaluation against the same files
+def test_evaluating_the_references_against_themselves_warns_and_fails(arrays, tmp_path):
+    labels = tmp_path / "labels"
+    for i in (1, 2):
+        save(labels / f"case_{i}.nii.gz", arrays["seg"])
+    before = checksums(labels)
+    cmd = [sys.executable, "-m", "scripts.evaluation", "--pred_dir", str(labels), "--ref_dir", str(labels)]
+    cmd += ["--output_dir", str(tmp_path / "o"), "--no_plot"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, (proc.stdout + proc.stderr)[-3000:]
+    assert "warning: " in proc.stderr and "the prediction folder is the reference folder" in proc.stderr, proc.stderr
+    lines = [x.strip() for x in proc.stdout.splitlines() if x.strip().startswith("case_")]
+    assert lines == [
+        f"case_{i}: {labels / f'case_{i}.nii.gz'}: the prediction and the reference are the same file (a perfect "
+        "score would mean nothing; check --pred_dir and --ref_dir)"
+        for i in (1, 2)
+    ], proc.stdout
+    summary = json.loads((tmp_path / "o" / "metrics_summary.json").read_text())
+    assert summary["n_cases"] == 0 and len(summary["failed"]) == 2  # no Dice 1.000 reported
+    assert "Traceback" not in proc.stderr and checksums(labels) == before
