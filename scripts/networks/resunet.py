@@ -84,6 +84,40 @@ class DecoderStage(nn.Module):
         return self.block(torch.cat([self.upsample(deeper), self.skip(skip)], dim=1))
 
 
+def _decoder_widths(channels: list[int], decoder_channels: Sequence[int] | None) -> list[int]:
+    """Decoder widths for levels ``0 .. L-2`` (see :class:`ResUNet`'s ``decoder_channels``)."""
+    n_levels = len(channels)
+    if decoder_channels is None:
+        return channels[:-1]
+    dec_channels = [int(c) for c in decoder_channels]
+    if len(dec_channels) == n_levels:
+        if dec_channels[-1] != channels[-1]:
+            raise ValueError(
+                f"decoder_channels[-1] ({dec_channels[-1]}) is the bottleneck width and must equal "
+                f"channels[-1] ({channels[-1]}); or give only the {n_levels - 1} decoder levels."
+            )
+        dec_channels = dec_channels[:-1]
+    elif len(dec_channels) != n_levels - 1:
+        raise ValueError(f"decoder_channels must have {n_levels - 1} or {n_levels} entries, got {tuple(dec_channels)}.")
+    if any(c < 1 for c in dec_channels):
+        raise ValueError(f"decoder_channels must be positive, got {tuple(dec_channels)}.")
+    return dec_channels
+
+
+def _separable_set(separable_levels: Iterable[int], n_levels: int) -> set[int]:
+    sep_levels = {int(i) for i in separable_levels}
+    bad = sorted(i for i in sep_levels if not 0 <= i < n_levels)
+    if bad:
+        raise ValueError(f"separable_levels must be in [0, {n_levels - 1}], got out-of-range {bad}.")
+    return sep_levels
+
+
+def _check_dropout(dropout: tuple | str | float | None) -> None:
+    if isinstance(dropout, (int, float)) and not isinstance(dropout, bool):
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {dropout}.")
+
+
 class ResUNet(nn.Module):
     """Residual U-Net for 2D/3D segmentation.
 
@@ -145,35 +179,10 @@ class ResUNet(nn.Module):
         super().__init__()
         _check_spatial_dims(spatial_dims)
         channels = [int(c) for c in channels]
-        n_levels = len(channels)
         stride_tuples, divisors = level_strides(strides, channels, spatial_dims)
-
-        if decoder_channels is None:
-            dec_channels = channels[:-1]
-        else:
-            dec_channels = [int(c) for c in decoder_channels]
-            if len(dec_channels) == n_levels:
-                if dec_channels[-1] != channels[-1]:
-                    raise ValueError(
-                        f"decoder_channels[-1] ({dec_channels[-1]}) is the bottleneck width and must equal "
-                        f"channels[-1] ({channels[-1]}); or give only the {n_levels - 1} decoder levels."
-                    )
-                dec_channels = dec_channels[:-1]
-            elif len(dec_channels) != n_levels - 1:
-                raise ValueError(
-                    f"decoder_channels must have {n_levels - 1} or {n_levels} entries, got {tuple(dec_channels)}."
-                )
-            if any(c < 1 for c in dec_channels):
-                raise ValueError(f"decoder_channels must be positive, got {tuple(dec_channels)}.")
-
-        sep_levels = {int(i) for i in separable_levels}
-        bad = sorted(i for i in sep_levels if not 0 <= i < n_levels)
-        if bad:
-            raise ValueError(f"separable_levels must be in [0, {n_levels - 1}], got out-of-range {bad}.")
-
-        if isinstance(dropout, (int, float)) and not isinstance(dropout, bool):
-            if not 0.0 <= float(dropout) < 1.0:
-                raise ValueError(f"dropout probability must be in [0, 1), got {dropout}.")
+        dec_channels = _decoder_widths(channels, decoder_channels)
+        sep_levels = _separable_set(separable_levels, len(channels))
+        _check_dropout(dropout)
 
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
@@ -186,38 +195,45 @@ class ResUNet(nn.Module):
         self.divisors = divisors  # List[int] for TorchScript (inferred)
 
         block_kwargs = {"kernel_size": kernel_size, "norm": norm, "act": act, "dropout": dropout}
-
-        self.encoder = nn.ModuleList()
-        prev = in_channels
-        for i, (c, s) in enumerate(zip(channels, stride_tuples)):
-            self.encoder.append(
-                ResidualBlock(spatial_dims, prev, c, stride=s, separable=i in sep_levels, **block_kwargs)
-            )
-            prev = c
-
-        self.decoder = nn.ModuleList()
-        deeper = channels[-1]
-        for i in range(n_levels - 2, -1, -1):
-            self.decoder.append(
-                DecoderStage(
-                    spatial_dims,
-                    deeper_channels=deeper,
-                    skip_channels=channels[i],
-                    out_channels=dec_channels[i],
-                    up_stride=stride_tuples[i + 1],
-                    level=i,
-                    separable=i in sep_levels,
-                    **block_kwargs,
-                )
-            )
-            deeper = dec_channels[i]
+        self.encoder = self._build_encoder(block_kwargs)
+        self.decoder = self._build_decoder(block_kwargs)
 
         conv_type = Conv[Conv.CONV, spatial_dims]
         self.head = conv_type(dec_channels[0], out_channels, kernel_size=1, bias=True)
         self.ds_heads = nn.ModuleList()
         if self.deep_supervision:
-            for i in range(1, n_levels - 1):
+            for i in range(1, len(channels) - 1):
                 self.ds_heads.append(conv_type(dec_channels[i], out_channels, kernel_size=1, bias=True))
+
+    def _build_encoder(self, block_kwargs: dict) -> nn.ModuleList:
+        """One :class:`ResidualBlock` per level, ``channels[i-1] -> channels[i]`` at ``strides[i]``."""
+        encoder = nn.ModuleList()
+        prev = self.in_channels
+        for i, (c, s) in enumerate(zip(self.channels, self.strides)):
+            separable = i in self.separable_levels
+            encoder.append(ResidualBlock(self.spatial_dims, prev, c, stride=s, separable=separable, **block_kwargs))
+            prev = c
+        return encoder
+
+    def _build_decoder(self, block_kwargs: dict) -> nn.ModuleList:
+        """One :class:`DecoderStage` per level ``L-2 .. 0``, deepest first."""
+        decoder = nn.ModuleList()
+        deeper = self.channels[-1]
+        for i in range(len(self.channels) - 2, -1, -1):
+            decoder.append(
+                DecoderStage(
+                    self.spatial_dims,
+                    deeper_channels=deeper,
+                    skip_channels=self.channels[i],
+                    out_channels=self.decoder_channels[i],
+                    up_stride=self.strides[i + 1],
+                    level=i,
+                    separable=i in self.separable_levels,
+                    **block_kwargs,
+                )
+            )
+            deeper = self.decoder_channels[i]
+        return decoder
 
     def decoder_stage(self, level: int) -> DecoderStage:
         """The :class:`DecoderStage` producing decoder level ``level`` (``0 .. L-2``)."""
