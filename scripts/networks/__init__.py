@@ -1,6 +1,7 @@
 """Network definitions of the bundle (importable as ``scripts.networks``)."""
 
 from .blocks import InvertedResidual, ResidualBlock, SeparableConv, SkipAdapter, conv_layer, conv_norm_act
+from .placement import place
 from .resunet import ResUNet
 from .student import StudentUNet
 from .swin import SwinResUNet, SwinStage
@@ -16,4 +17,5 @@ __all__ = [
     "SwinStage",
     "conv_layer",
     "conv_norm_act",
+    "place",
 ]
