@@ -12,6 +12,7 @@
 * :class:`BrainNormalized` scales every channel to [0, 1] inside the brain (robust percentiles), keeping the
   background at exactly 0.
 * :class:`BrainHistogramEqualized` equalises the histogram of every channel inside the brain only.
+* :class:`MaskOutsideBraind` clears predictions outside the brain.
 * :class:`LoadLabeld` loads the label map when the item has one; :class:`PathSafeSpacingd` is MONAI's ``Spacingd``
   tolerating MONAI Label's ``image_path`` entry.
 * :class:`SelectChannelsd` reorders channels per item (e.g. MSD's FLAIR, T1w, T1gd, T2w into T1, T1ce, T2, FLAIR).
@@ -217,6 +218,30 @@ class BrainHistogramEqualized(MapTransform):
         return d
 
 
+class MaskOutsideBraind(MapTransform):
+    """Set the predictions in ``keys`` to 0 outside the brain of ``image_key`` (a tumour lies inside the brain).
+
+    Runs where the prediction and the image share a grid (before ``Invertd``). Without a zero background, as in
+    an image that is not skull-stripped, the brain is the whole image and nothing changes.
+    ``pred``: (C, *spatial), ``image``: (M, *spatial) -> ``pred`` of the same shape and type.
+    """
+
+    def __init__(self, keys: KeysCollection, image_key: str = "image", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.image_key = image_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        mask = brain_mask(torch.as_tensor(d[self.image_key]))
+        for key in self.key_iterator(d):
+            if d[key].shape[1:] != mask.shape:
+                raise ValueError(
+                    f"{key} {shape_str(d[key].shape)} and {self.image_key} grid {shape_str(mask.shape)} differ."
+                )
+            d[key] = d[key] * mask.to(device=d[key].device, dtype=d[key].dtype)
+        return d
+
+
 def _subsample(values: torch.Tensor, max_items: int = 200_000) -> torch.Tensor:
     """``torch.quantile`` refuses inputs above 16M elements; a strided subsample is plenty for percentiles."""
     step = max(1, values.numel() // max_items)
@@ -394,13 +419,9 @@ class CheckImageDatad(MapTransform):
                 )
             flat = t.reshape(t.shape[0], -1)
             if flat.is_floating_point():
-                nan = torch.isnan(flat).sum(1)
-                inf = torch.isinf(flat).sum(1)
-                for c in range(t.shape[0]):
-                    if nan[c] or inf[c]:
-                        raise CaseError(
-                            name, f"{self._modality(d, c)}: {int(nan[c])} NaN and {int(inf[c])} Inf voxel(s)", channel=c
-                        )
+                for c in (~torch.isfinite(flat).all(1)).nonzero().flatten().tolist()[:1]:
+                    nan, inf = int(torch.isnan(flat[c]).sum()), int(torch.isinf(flat[c]).sum())
+                    raise CaseError(name, f"{self._modality(d, c)}: {nan} NaN and {inf} Inf voxel(s)", channel=c)
             nonzero = (flat != 0).any(1)
             for c in range(t.shape[0]):
                 if not nonzero[c]:
@@ -427,6 +448,7 @@ __all__ = [
     "BrainHistogramEqualized",
     "BrainNormalized",
     "LabelToRegionsd",
+    "MaskOutsideBraind",
     "RegionsToLabeld",
     "SelectChannelsd",
     "brain_mask",

@@ -8,6 +8,7 @@ from scripts.transforms import (
     BrainHistogramEqualized,
     BrainNormalized,
     LabelToRegionsd,
+    MaskOutsideBraind,
     RegionsToLabeld,
     label_to_regions,
     regions_to_label,
@@ -94,3 +95,17 @@ def test_equalisation_strength_zero_is_identity():
     assert torch.allclose(out, d["image"])
     with pytest.raises(ValueError):
         BrainHistogramEqualized("image", strength=2.0)
+
+
+def test_predictions_outside_the_brain_are_cleared():
+    img = _brain_image()  # brain is [4:28]^3, background exactly 0
+    pred = torch.ones(3, *img.shape[1:])
+    out = MaskOutsideBraind("pred")({"pred": pred, "image": img})["pred"]
+    assert out.shape == pred.shape
+    assert torch.all(out[:, 4:28, 4:28, 4:28] == 1)
+    assert out.sum() == 3 * 24**3
+    # without a zero background nothing changes
+    same = MaskOutsideBraind("pred")({"pred": pred, "image": img + 1})["pred"]
+    assert torch.equal(same, pred)
+    with pytest.raises(ValueError, match="differ"):
+        MaskOutsideBraind("pred")({"pred": pred[:, :8], "image": img})
