@@ -2,7 +2,12 @@
 the five BraTS 2020 algorithm outputs; optionally a learning curve over saved epoch checkpoints.
 
     python benchmarks/real_case.py --ckpt models/model.pt [--ckpt runs/curve/checkpoint_epoch=2.pt ...] \\
-        --case_dir ../shared/data/TCGA-DU-7294 --output results/real_case.json [--window_size '[64,64,64]']
+        --case_dir ../shared/data/TCGA-DU-7294 --output results/real_case.json [--window_size '[64,64,64]'] \\
+        [--plot docs/images/learning_curve.png --train_log data/logs/train.log]
+
+``--plot`` draws the real-case Dice of the ``checkpoint_epoch=N.pt`` checkpoints against hours of training, read
+from the ``Epoch[N] Complete. Time taken`` lines of the training log (``--train_log``), with the validation Dice
+on held-out synthetic cases that the log holds.
 
 The case folder holds ``<id>_{t1,t1ce,t2,flair}.nii.gz``, the reference ``<id>_seg_consensus.nii.gz`` (or
 ``<id>_seg.nii.gz``) and ``algorithms/*.nii.gz``. Inference runs through ``configs/inference.json`` as a user
@@ -12,8 +17,8 @@ runs it (``scripts.example.run_inference``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -25,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scripts.conventions import REGIONS  # noqa: E402
 from scripts.evaluation import evaluate_case  # noqa: E402
 from scripts.example import run_inference  # noqa: E402
+from scripts.figures import png_bytes  # noqa: E402
+from scripts.io import atomic_path, write_json  # noqa: E402
 
 
 def _reference(case_dir: Path) -> Path:
@@ -70,6 +77,8 @@ def main(argv=None) -> list[dict]:
         help="also run the last --ckpt with this window, e.g. "
         "'[64,64,64]', and compare its label map with the default window's",
     )
+    parser.add_argument("--plot", type=Path, help="learning-curve PNG of the checkpoint_epoch=N.pt checkpoints")
+    parser.add_argument("--train_log", type=Path, help="the training log giving the hours of training per epoch")
     args = parser.parse_args(argv)
     rows, first = [], Path(tempfile.gettempdir()) / f"real_case_first_{os.getpid()}.nii.gz"
     runs = [(ckpt, None) for ckpt in args.ckpt] + [(args.ckpt[-1], w) for w in args.window_size]
@@ -80,8 +89,63 @@ def main(argv=None) -> list[dict]:
             f"{ckpt}: WT {c['dice_WT']:.3f} TC {c['dice_TC']:.3f} ET {c['dice_ET']:.3f} ({rows[-1]['inference_s']} s)"
         )
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(rows, indent=2))
+        write_json(rows, args.output)
+    if args.plot:
+        plot_learning_curve(rows, args.train_log, args.plot)
     return rows
+
+
+def training_hours(log: Path) -> tuple[dict[int, float], dict[int, float]]:
+    """Hours of training at the end of each epoch, and the validation mean Dice per validated epoch, from a
+    training log (``Epoch[N] Complete. Time taken: HH:MM:SS`` and ``Epoch[N] Metrics -- val_mean_dice: D``)."""
+    hours, val, total = {}, {}, 0.0
+    for line in log.read_text(errors="replace").splitlines():
+        done = re.search(r"Epoch\[(\d+)\] Complete\. Time taken: (\d+):(\d+):([\d.]+)", line)
+        if done and "SupervisedTrainer" in line:
+            h, m, sec = (float(x) for x in done.groups()[1:])
+            total += h + m / 60 + sec / 3600
+            hours[int(done.group(1))] = total
+        dice = re.search(r"Epoch\[(\d+)\] Metrics -- val_mean_dice: ([\d.]+)", line)
+        if dice:
+            val[int(dice.group(1))] = float(dice.group(2))
+    return hours, val
+
+
+def plot_learning_curve(rows: list[dict], log: Path | None, png: Path) -> None:
+    """Real-case WT/TC Dice of the epoch checkpoints in ``rows`` against hours of training (``log``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if log is None:
+        raise SystemExit("--plot needs --train_log (the training log gives the hours of training per epoch)")
+    hours, val = training_hours(log)
+    points = []
+    for row in rows:
+        epoch = re.search(r"epoch=(\d+)", row["ckpt"])
+        if epoch and int(epoch.group(1)) in hours and row["window_size"] == "config default":
+            points.append((hours[int(epoch.group(1))], row["consensus"]))
+    if not points:
+        raise SystemExit(f"no checkpoint_epoch=N.pt of --ckpt has an 'Epoch[N] Complete' line in {log}")
+    fig = Figure(figsize=(6, 3.6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for region, style in (("WT", "o-"), ("TC", "s-")):
+        ax.plot([h for h, _ in points], [c[f"dice_{region}"] for _, c in points], style, label=f"real case {region}")
+    if val:
+        ax.plot(
+            [hours[e] for e in sorted(val) if e in hours],
+            [val[e] for e in sorted(val) if e in hours],
+            "^--",
+            label="synthetic validation (mean of TC/WT/ET)",
+        )
+    ax.set_xlabel("hours of training (2 CPU cores)")
+    ax.set_ylabel("Dice")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        Path(tmp).write_bytes(png_bytes(fig))
 
 
 if __name__ == "__main__":
