@@ -72,9 +72,11 @@ PREDICTION_EXTENSION = ".nii.gz"
 
 
 def strip_nifti(name: str) -> str | None:
-    """``"a.nii.gz"`` -> ``"a"``; ``None`` when ``name`` is not a NIfTI file name."""
+    """``"a.nii.gz"`` -> ``"a"``, ``"A.NII.GZ"`` -> ``"A"`` (extensions match in any case); ``None`` when
+    ``name`` is not a NIfTI file name."""
+    lower = name.lower()
     for ext in NIFTI_EXTENSIONS:
-        if name.endswith(ext):
+        if lower.endswith(ext):
             return name[: -len(ext)]
     return None
 
@@ -93,7 +95,8 @@ def case_id_from_path(path: str | os.PathLike) -> str:
     """``.../BraTS20_Training_001_t1.nii.gz`` -> ``BraTS20_Training_001``; ``.../case.nii.gz`` -> ``case``;
     ``.../BraTS-GLI-00000-000-t1n.nii.gz`` -> ``BraTS-GLI-00000-000``; a file or DICOM series folder with a
     generic name (:func:`is_generic_stem`), ``.../caseA/t1.nii.gz`` or ``.../case_007/t1``, -> its folder's name
-    (``caseA``, ``case_007``), so two cases' ``t1.nii.gz`` files do not give the same id."""
+    (``caseA``, ``case_007``), so two cases' ``t1.nii.gz`` files do not give the same id. Suffixes and
+    extensions match in any case (``case_T1.NII.GZ`` -> ``case``)."""
     path = os.path.normpath(str(path))
     name = os.path.basename(path)
     stem = strip_nifti(name)
@@ -102,8 +105,21 @@ def case_id_from_path(path: str | os.PathLike) -> str:
         return parent
     if stem is None:
         stem = os.path.splitext(name)[0]
-    stem = re.sub(r"_(" + "|".join((*MODALITIES, LABEL_SUFFIX)) + r")$", "", stem)
-    return re.sub(r"-(" + "|".join((*BRATS2021_MODALITIES, LABEL_SUFFIX)) + r")$", "", stem)
+    stem = re.sub(r"_(" + "|".join((*MODALITIES, LABEL_SUFFIX)) + r")$", "", stem, flags=re.IGNORECASE)
+    return re.sub(r"-(" + "|".join((*BRATS2021_MODALITIES, LABEL_SUFFIX)) + r")$", "", stem, flags=re.IGNORECASE)
+
+
+def case_id_problem(case_id) -> str | None:
+    """Why ``case_id`` cannot name a prediction file (``<case_id>.nii.gz`` in the output folder), or ``None``:
+    it must be a non-empty string without path separators or control characters (newlines included), not
+    starting with ``.``, so every case's output lands in the output folder under its own visible name."""
+    if not isinstance(case_id, str) or not case_id.strip():
+        return "a case id must be a non-empty string"
+    if "/" in case_id or "\\" in case_id or case_id.startswith("."):
+        return "a case id must not contain / or \\ or start with . (it names the file <case_id>.nii.gz)"
+    if any(ord(c) < 32 for c in case_id):
+        return "a case id must not contain control characters (newlines, tabs)"
+    return None
 
 
 def prediction_name(case_id: str) -> str:

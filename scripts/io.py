@@ -86,9 +86,16 @@ class AtomicNibabelWriter(NibabelWriter):
 
 
 def case_name_formatter(metadict: dict, saver) -> dict:
-    """``SaveImage`` name formatter: the output is named after the case id (modality suffix removed), so
-    ``BraTS20_Validation_001_t1.nii.gz`` gives ``BraTS20_Validation_001.nii.gz``."""
-    source = (metadict or {}).get("filename_or_obj", getattr(saver, "_data_index", 0))
+    """``SaveImage`` name formatter: the output is named after the case id, the datalist's ``case_id`` when
+    the metadata carry it (``scripts.transforms.CaseIdToMetad``), else the first image file's case id (modality
+    suffix removed: ``BraTS20_Validation_001_t1.nii.gz`` gives ``BraTS20_Validation_001.nii.gz``)."""
+    metadict = metadict or {}
+    case_id = metadict.get("case_id")
+    if isinstance(case_id, (list, tuple)):
+        case_id = case_id[0]
+    if case_id:
+        return {"subject": str(case_id), "idx": None}
+    source = metadict.get("filename_or_obj", getattr(saver, "_data_index", 0))
     if isinstance(source, (list, tuple)):
         source = source[0]
     return {"subject": case_id_from_path(source), "idx": None}

@@ -13,6 +13,7 @@
   background at exactly 0.
 * :class:`BrainHistogramEqualized` equalises the histogram of every channel inside the brain only.
 * :class:`MaskOutsideBraind` clears predictions outside the brain.
+* :class:`CaseIdToMetad` hands the datalist's case id to ``SaveImaged`` (outputs named ``<case_id>.nii.gz``).
 * :class:`LoadLabeld` loads the label map when the item has one; :class:`PathSafeSpacingd` is MONAI's ``Spacingd``
   tolerating MONAI Label's ``image_path`` entry.
 * :class:`SelectChannelsd` reorders channels per item (e.g. MSD's FLAIR, T1w, T1gd, T2w into T1, T1ce, T2, FLAIR).
@@ -239,6 +240,24 @@ class MaskOutsideBraind(MapTransform):
                     f"{key} {shape_str(d[key].shape)} and {self.image_key} grid {shape_str(mask.shape)} differ."
                 )
             d[key] = d[key] * mask.to(device=d[key].device, dtype=d[key].dtype)
+        return d
+
+
+class CaseIdToMetad(MapTransform):
+    """Put the item's ``case_id`` into the metadata of ``keys`` (``meta["case_id"]``), so ``SaveImaged`` with
+    ``scripts.io.case_name_formatter`` names the output ``<case_id>.nii.gz`` after the datalist's case id, not
+    after the first image file. Items without a ``case_id`` and values without metadata are left as they are."""
+
+    def __init__(self, keys: KeysCollection, case_id_key: str = "case_id", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.case_id_key = case_id_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        case_id = d.get(self.case_id_key)
+        for key in self.key_iterator(d) if case_id else ():
+            if hasattr(d[key], "meta"):
+                d[key].meta["case_id"] = str(case_id)
         return d
 
 

@@ -302,7 +302,7 @@ def test_batch_inference_skips_bad_cases_and_exits_non_zero(arrays, checkpoint, 
         pred = nib.load(out / name)
         assert pred.shape == SHAPE and np.allclose(pred.affine, AFFINE)
         assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1, 2, 4}
-    assert "2 case(s) segmented, 5 failed" in log, log[-3000:]
+    assert "7 case(s) found, 2 segmented, 5 skipped (reasons below)" in log, log[-3000:]
     lines = _report_lines(proc.stdout)
     assert len(lines) == 5, lines
     for case_id, (file, problem) in bad.items():

@@ -140,7 +140,7 @@ def test_generic_file_names_take_the_case_folder_as_id(arrays, checkpoint, tmp_p
                   "--output_dir", str(out), "--ckpt_path", str(checkpoint), "--num_workers", "0", *TINY)  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert sorted(os.listdir(out)) == ["caseA.nii.gz", "caseB.nii.gz"]
-    assert "2 case(s) segmented, 0 failed" in proc.stdout
+    assert "2 case(s) found, 2 segmented, 0 skipped" in proc.stdout
 
 
 def test_same_case_id_in_two_folders_is_one_error_before_anything_runs(arrays, checkpoint, tmp_path):

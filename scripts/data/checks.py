@@ -98,7 +98,7 @@ def _check_data_size(path: str, header, shape) -> None:
         need = offset + int(np.prod(shape, dtype=np.int64)) * header.get_data_dtype().itemsize
     except Exception:  # a header without these fields: let the loader decide
         return
-    if not path.endswith(".gz"):
+    if not path.lower().endswith(".gz"):
         size = os.path.getsize(path)
         if size < need:
             raise CaseError(path, f"truncated: the file holds {size} bytes, its header needs {need}")
@@ -435,11 +435,14 @@ def check_output_dirs(*paths, inputs: Iterable | None = None, exit_on_error: boo
 
 
 def report(failures: Sequence[Mapping], done: int | None = None, what: str = "processed", stream=None) -> str:
-    """The end-of-run report: how many cases were ``what`` and one line per failed case; printed to
-    ``stream`` (stdout by default) and returned."""
+    """The end-of-run report: ``N case(s) found, M <what>, K skipped``, which adds up (``failures`` holds every
+    candidate that was not ``what``: a bad datalist entry, a file that belongs to no case, a case that failed
+    a check or its processing), then one line per skipped candidate with its reason; printed to ``stream``
+    (stdout by default) and returned."""
     lines = []
     if done is not None:
-        lines.append(f"{done} case(s) {what}, {len(failures)} failed")
+        why = " (reasons below)" if failures else ""
+        lines.append(f"{done + len(failures)} case(s) found, {done} {what}, {len(failures)} skipped{why}")
     if failures:
         lines.append(f"{len(failures)} case(s) FAILED (skipped):")
         lines += [f"  {format_failure(f)}" for f in failures]

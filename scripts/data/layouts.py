@@ -36,6 +36,7 @@ Items that need it carry their own conventions, so one preprocessing serves ever
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import warnings
@@ -53,13 +54,16 @@ from scripts.conventions import (
     MSD_CHANNEL_ORDER,
     MSD_LABELS,
     case_id_from_path,
+    case_id_problem,
     modality_of,
     strip_nifti,
 )
-from scripts.data.checks import output_ids
+from scripts.data.checks import _as_list, failure, format_failure, output_ids
 from scripts.data.dicom import find_dicom_cases
 from scripts.io import write_json
 from scripts.synthetic.phantom import write_dataset
+
+logger = logging.getLogger(__name__)
 
 LAYOUTS = ("brats2020", "brats2021", "msd", "dicom", "nifti4d")
 
@@ -108,16 +112,6 @@ def check_unique_case_ids(items: Sequence, what: str = "cases") -> None:
         )
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    """True for macOS/archive debris: any part below ``root`` starting with ``.`` or named ``__MACOSX``
-    (e.g. the ``._BRATS_001.nii.gz`` files that ship in the MSD archive)."""
-    try:
-        parts = path.relative_to(root).parts
-    except ValueError:
-        parts = (path.name,)
-    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
-
-
 INCOMPLETE_MODES = ("raise", "keep")
 
 
@@ -126,18 +120,50 @@ def _check_incomplete(incomplete: str) -> None:
         raise ValueError(f"incomplete must be one of {INCOMPLETE_MODES}, got {incomplete!r}")
 
 
-def _case_anchors(root: Path, suffixes: Sequence[str], sep: str) -> list[tuple[Path, str, str]]:
-    """``(folder, case prefix, extension)`` of every case with at least one ``<prefix><sep><suffix>.nii[.gz]``
-    file under ``root`` (hidden files left out), in sorted order, each case once."""
-    found = {}
-    for suffix in suffixes:
-        for path in root.rglob(f"*{sep}{suffix}.nii*"):
-            stem = strip_nifti(path.name)
-            if stem is None or _hidden(path, root) or not stem.endswith(f"{sep}{suffix}"):
-                continue
-            prefix = stem[: -len(sep + suffix)]
-            found.setdefault((path.parent, prefix), path.name[len(stem) :])
-    return sorted((folder, prefix, ext) for (folder, prefix), ext in found.items())
+def nifti_files(root: str | os.PathLike) -> list[Path]:
+    """Every NIfTI file under ``root`` (``.nii``/``.nii.gz`` in any case, see ``strip_nifti``), sorted; hidden
+    files and folders (macOS/archive debris such as MSD's ``._BRATS_001.nii.gz``) and ``__MACOSX`` are left
+    out. Symlinked folders are followed, each real folder once, so a link loop ends and a case linked twice is
+    found once."""
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
+        found += [Path(folder) / f for f in files if not f.startswith(".") and strip_nifti(f) is not None]
+    return sorted(found)
+
+
+def _split_files(root: Path, modalities: Sequence[str], sep: str) -> dict[tuple[Path, str], dict[str, Path]]:
+    """``{(folder, case prefix): {suffix: file}}`` of the files ``<prefix><sep><suffix>.nii[.gz]`` under
+    ``root`` whose suffix is one of ``modalities`` or ``seg``, matched in any case (``_T1``, ``.NII.GZ``;
+    suffixes keyed in lower case); of two files for one suffix (``.nii`` and ``.nii.gz``) the first in sorted
+    order is kept (the other is reported by :func:`unused_files`)."""
+    suffixes = {s.lower() for s in (*modalities, LABEL_SUFFIX)}
+    cases: dict[tuple[Path, str], dict[str, Path]] = {}
+    for path in nifti_files(root):
+        prefix, found_sep, suffix = strip_nifti(path.name).rpartition(sep)
+        if found_sep and prefix and suffix.lower() in suffixes:
+            cases.setdefault((path.parent, prefix), {}).setdefault(suffix.lower(), path)
+    return cases
+
+
+def _seg_quirk(folder: Path, images: Sequence[Path]) -> Path | None:
+    """The one other NIfTI file with ``seg`` in its name in a single-case folder (BraTS 2020's
+    ``W39_1998.09.19_Segm.nii``), else ``None``."""
+    others = [
+        p
+        for p in folder.iterdir()
+        if p.is_file()
+        and not p.name.startswith(".")
+        and strip_nifti(p.name) is not None
+        and p not in images
+        and "seg" in p.name.lower()
+    ]
+    return others[0] if len(others) == 1 else None
 
 
 def _find_split_cases(
@@ -154,34 +180,25 @@ def _find_split_cases(
     modality file with ``incomplete="keep"``. ``brats2020_label_quirks`` also accepts the label with the other
     NIfTI extension and the single-case-folder ``*seg*`` file (see :func:`find_brats2020_cases`)."""
     _check_incomplete(incomplete)
-    root = Path(root)
-    anchors = _case_anchors(root, modalities if incomplete == "keep" else (anchor,), sep)
-    anchors_per_folder: dict[Path, int] = {}
-    for folder, _, _ in anchors:
-        anchors_per_folder[folder] = anchors_per_folder.get(folder, 0) + 1
+    files = _split_files(Path(root), modalities, sep)
+    starts = modalities if incomplete == "keep" else (anchor,)
+    keys = [key for key, found in sorted(files.items()) if any(m in found for m in starts)]
+    per_folder: dict[Path, int] = {}
+    for folder, _ in keys:
+        per_folder[folder] = per_folder.get(folder, 0) + 1
     cases = []
-    for folder, prefix, ext in anchors:
-        images = [folder / f"{prefix}{sep}{m}{ext}" for m in modalities]
+    for folder, prefix in keys:
+        found = files[(folder, prefix)]
+        ext = ".nii.gz" if next(iter(found.values())).name.lower().endswith(".gz") else ".nii"
+        images = [found.get(m) or folder / f"{prefix}{sep}{m}{ext}" for m in modalities]
         missing = [str(p) for p in images if not p.is_file()]
         if missing and incomplete == "raise":
             raise FileNotFoundError(f"case {prefix}: missing modality file(s) {missing}")
         item = {"case_id": prefix, "image": [str(p) for p in images]}
-        label = folder / f"{prefix}{sep}{LABEL_SUFFIX}{ext}"
-        if brats2020_label_quirks and not label.is_file():
-            label = folder / f"{prefix}{sep}{LABEL_SUFFIX}{'.nii' if ext == '.nii.gz' else '.nii.gz'}"
-        if brats2020_label_quirks and not label.is_file() and anchors_per_folder[folder] == 1:
-            others = [
-                p
-                for p in folder.iterdir()
-                if p.is_file()
-                and not p.name.startswith(".")
-                and strip_nifti(p.name) is not None
-                and p not in images
-                and "seg" in p.name.lower()
-            ]
-            if len(others) == 1:
-                label = others[0]
-        if label.is_file():
+        label = found.get(LABEL_SUFFIX)
+        if brats2020_label_quirks and label is None and per_folder[folder] == 1:
+            label = _seg_quirk(folder, images)
+        if label is not None and label.is_file():
             item["label"] = str(label)
         item["labels"] = list(labels)
         cases.append(item)
@@ -338,10 +355,11 @@ def detect_layout(root: str | os.PathLike) -> str | None:
         return None
     if _msd_root(root) is not None:
         return "msd"
+    stems = [strip_nifti(p.name).lower() for p in nifti_files(root)]
     found = [
         layout
-        for layout, pattern in (("brats2021", "*-t1c.nii*"), ("brats2020", "*_t1ce.nii*"))
-        if any(not _hidden(p, root) for p in root.rglob(pattern))
+        for layout, suffix in (("brats2021", "-t1c"), ("brats2020", "_t1ce"))
+        if any(stem.endswith(suffix) for stem in stems)
     ]
     if len(found) > 1:
         raise ValueError(f"{root}: holds both {' and '.join(found)} cases; choose one with layout=...")
@@ -388,6 +406,108 @@ def find_cases(root: str | os.PathLike, layout: str = "auto", incomplete: str = 
     return layout, cases
 
 
+LAYOUT_NAMING = {
+    "brats2020": "<id>_t1/_t1ce/_t2/_flair[/_seg].nii[.gz] in one folder",
+    "brats2021": "<id>-t1n/-t1c/-t2w/-t2f[-seg].nii[.gz] in one folder",
+    "msd": "imagesTr/, imagesTs/ or labelsTr/<id>.nii.gz of one task folder",
+    "dicom": "one DICOM series folder per modality",
+    "nifti4d": "4D <id>.nii[.gz] files directly in the folder",
+}
+"""How each layout names a case's files, for the reason a file that belongs to no case is skipped."""
+
+
+class CaseList(list):
+    """Datalist items, plus ``skipped``: the failure records (``case_id``, ``file``, ``problem``, see
+    ``scripts.data.checks.failure``) of the candidates that are not among the items, a NIfTI file under the
+    dataset folder that belongs to no case (:func:`unused_files`) or a datalist entry of the wrong type
+    (:func:`valid_entries`); the end-of-run report counts and lists them with the failed cases."""
+
+    def __init__(self, items=(), skipped=()):
+        super().__init__(items)
+        self.skipped = list(skipped)
+
+
+def unused_files(root: str | os.PathLike, cases: Sequence[dict], layout: str) -> list[dict]:
+    """A failure record for every NIfTI file under ``root`` (:func:`nifti_files`, symlinks followed) that
+    none of ``cases`` uses as image or label: a second file for one modality of a case, or a file that is
+    named like no case of ``layout`` (``notes_T1w.nii.gz``, a label without images)."""
+    used = {os.path.realpath(f) for c in cases for k in ("image", "label") for f in _as_list(c.get(k))}
+    ids = {c.get("case_id") for c in cases}
+    records = []
+    for path in nifti_files(root):
+        if os.path.realpath(path) in used:
+            continue
+        case_id = case_id_from_path(path)
+        if case_id in ids:
+            problem = f"not used: case {case_id} already takes another file for this modality or label"
+        else:
+            problem = f"not part of any {layout} case (expected {LAYOUT_NAMING.get(layout, layout)})"
+        records.append(failure(case_id, path, problem))
+    return records
+
+
+def _survey(root: Path, layout: str, incomplete: str) -> tuple[str, CaseList]:
+    """:func:`find_cases` plus the files under ``root`` it left out (:func:`unused_files`) as ``skipped``."""
+    layout, cases = find_cases(root, layout, incomplete)
+    return layout, CaseList(cases, unused_files(root, cases, layout))
+
+
+_JSON_TYPES = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string", list: "array"}
+
+
+def _json_value(value) -> str:
+    """``number 42``, ``null``, ``object {...}``: a datalist value as a message shows it (one line, short)."""
+    kind = "object" if isinstance(value, dict) else _JSON_TYPES.get(type(value), type(value).__name__)
+    if value is None:
+        return kind
+    text = json.dumps(value, default=str)
+    return f"{kind} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _is_path(value) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def entry_problem(entry, fields: Sequence[str] = ("image", "label", "case_id")) -> str | None:
+    """Why a datalist entry cannot be used (``'image': expected a file path or a list of file paths, got
+    number 42``), or ``None``: it is an object whose ``image`` is a path or a non-empty list of paths, and,
+    among ``fields``, whose ``label`` (when present) is a path and ``case_id`` (when present) a valid case id
+    (``scripts.conventions.case_id_problem``)."""
+    if not isinstance(entry, dict):
+        return f"expected an object with an 'image', got {_json_value(entry)}"
+    image = entry.get("image")
+    if not (_is_path(image) or (isinstance(image, list) and image and all(_is_path(p) for p in image))):
+        return f"'image': expected a file path or a list of file paths, got {_json_value(image)}"
+    if "label" in fields and "label" in entry and not _is_path(entry["label"]):
+        return f"'label': expected a file path, got {_json_value(entry['label'])}"
+    if "case_id" in fields and "case_id" in entry and (problem := case_id_problem(entry["case_id"])):
+        return f"'case_id': {problem}, got {_json_value(entry['case_id'])}"
+    return None
+
+
+def valid_entries(
+    datalist: dict, key: str, source, fields: Sequence[str] = ("image", "label", "case_id")
+) -> tuple[list[dict], list[dict]]:
+    """(the usable entries of ``datalist[key]``, a failure record for each other entry, see
+    :func:`entry_problem`: ``<key>[i]: <datalist file>: <problem>``, or ``<case_id>: <datalist file>: <key>[i]:
+    <problem>`` when the entry has a valid case id). A ``key`` that is not a list is a :class:`DatasetError`."""
+    entries = datalist[key]
+    if not isinstance(entries, list):
+        raise DatasetError(f"{source}: '{key}' must be a list of entries, got {_json_value(entries)}")
+    good, skipped = [], []
+    for i, entry in enumerate(entries):
+        problem = entry_problem(entry, fields)
+        if problem is None:
+            good.append(entry)
+            continue
+        case_id = entry.get("case_id") if isinstance(entry, dict) else None
+        if case_id_problem(case_id) is None:
+            skipped.append(failure(case_id, source, f"{key}[{i}]: {problem}"))
+        else:
+            skipped.append(failure(f"{key}[{i}]", source, problem))
+    return good, skipped
+
+
 def assign_folds(cases: list[dict], num_folds: int = 5, seed: int = 0) -> list[dict]:
     """Copies of ``cases`` with a ``fold`` in [0, num_folds): a seeded shuffle dealt round-robin, so the
     folds differ in size by at most one case and the same seed always gives the same split."""
@@ -426,19 +546,26 @@ def load_datalist(path: str | os.PathLike) -> dict:
     path = Path(path)
     try:
         datalist = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a readable datalist JSON ({e})") from e
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not a readable datalist JSON ({_one_line(e)})") from None
+    if not isinstance(datalist, dict):
+        raise DatasetError(
+            f"{path}: a datalist is a JSON object of lists ('training', 'testing'), got {_json_value(datalist)}"
+        )
     base = path.parent
 
     def resolve(p):
-        return [resolve(q) for q in p] if isinstance(p, list) else str(base / p)
+        if isinstance(p, list):
+            return [resolve(q) for q in p]
+        return str(base / p) if _is_path(p) else p  # anything else is reported by valid_entries
 
     for items in datalist.values():
-        if isinstance(items, list):
-            for item in items:
-                for field in ("image", "label"):
-                    if field in item:
-                        item[field] = resolve(item[field])
+        for item in items if isinstance(items, list) else ():
+            for field in ("image", "label") if isinstance(item, dict) else ():
+                if field in item:
+                    item[field] = resolve(item[field])
     return datalist
 
 
@@ -461,7 +588,9 @@ def prepare_datalist(
     (the configs pass their default data folder, ``data/synthetic``) is a missing or empty folder filled with
     ``synthetic_cases`` generated BraTS-like cases first, so training needs no download; any other missing or
     empty folder is a :class:`DatasetError` (a misspelt path never gives results on fake data). Case ids must
-    be unique in each list (:func:`check_unique_case_ids`). ``incomplete="keep"`` keeps cases that lack a
+    be unique in each list (:func:`check_unique_case_ids`). ``skipped`` lists, with a warning each, the
+    datalist entries of the wrong type (:func:`valid_entries`) or the NIfTI files of the folder that belong to
+    no case (:func:`unused_files`); the good ones go on. ``incomplete="keep"`` keeps cases that lack a
     modality file (for evaluation, whose per-case checks report them; see :func:`find_brats2020_cases`).
     ``exit_on_error`` (the configs): a data error exits with one line ``error: ...`` instead of raising.
     """
@@ -474,14 +603,18 @@ def prepare_datalist(
 
 
 def _is_empty(folder: Path) -> bool:
-    return not any(folder.rglob("*.nii*")) and not find_dicom_cases(folder)
+    return not nifti_files(folder) and not find_dicom_cases(folder)
 
 
 def _prepare_datalist(dataset_dir, fold, num_folds, seed, synthetic_cases, layout, incomplete, synthetic_dir):
     if dataset_dir.suffix == ".json":
         if not dataset_dir.is_file():
             raise DatasetError(f"{dataset_dir}: datalist file does not exist")
-        datalist = load_datalist(dataset_dir)
+        datalist, skipped = load_datalist(dataset_dir), []
+        for key in ("training", "validation"):
+            if key in datalist:
+                datalist[key], bad = valid_entries(datalist, key, dataset_dir)
+                skipped += bad
     else:
         synthetic = synthetic_dir is not None and os.path.realpath(dataset_dir) == os.path.realpath(synthetic_dir)
         if synthetic and (not dataset_dir.exists() or _is_empty(dataset_dir)):
@@ -492,7 +625,8 @@ def _prepare_datalist(dataset_dir, fold, num_folds, seed, synthetic_cases, layou
             raise DatasetError(
                 f"{dataset_dir}: dataset folder holds no NIfTI files or DICOM cases (check --dataset_dir)"
             )
-        layout, found = find_cases(dataset_dir, layout, incomplete)
+        layout, found = _survey(dataset_dir, layout, incomplete)
+        skipped = found.skipped
         check_unique_case_ids(found, f"the cases of {dataset_dir}")
         cases = [c for c in found if "label" in c]
         if not cases:
@@ -504,7 +638,9 @@ def _prepare_datalist(dataset_dir, fold, num_folds, seed, synthetic_cases, layou
     training, validation = split_fold(datalist, fold)
     check_unique_case_ids(training, f"the training list of {dataset_dir}")
     check_unique_case_ids(validation, f"the validation list of {dataset_dir}")
-    return {"training": training, "validation": validation}
+    for record in skipped:
+        logger.warning("case skipped: %s", format_failure(record))
+    return {"training": training, "validation": validation, "skipped": skipped}
 
 
 def find_inference_cases(
@@ -513,10 +649,12 @@ def find_inference_cases(
     layout: str = "auto",
     incomplete: str = "raise",
     exit_on_error: bool = False,
-) -> list[dict]:
+) -> CaseList:
     """Cases to segment: a datalist JSON (its ``datalist_key`` list), a folder in any of the layouts
     (BraTS 2020 or 2023+ style cases, an MSD task or image folder, DICOM case folders, a folder of 4D NIfTI
-    files; ``layout="auto"`` detects it), or one 4D NIfTI file. Labels are dropped; the items keep their
+    files; ``layout="auto"`` detects it), or one 4D NIfTI file: a :class:`CaseList`, whose ``skipped`` lists
+    the datalist entries of the wrong type (a label is not checked: inference does not use it) or the NIfTI
+    files of the folder that belong to no case. A folder's labels are dropped; the items keep their
     ``labels`` / ``channel_order`` / ``reader`` fields. ``incomplete="keep"`` keeps BraTS-style cases that
     lack a modality file, for :mod:`scripts.data.checks` to report (see :func:`find_brats2020_cases`). Case ids
     must be unique (:func:`check_unique_case_ids`, a :class:`DatasetError` otherwise); ``exit_on_error`` (the
@@ -526,25 +664,25 @@ def find_inference_cases(
     return cases
 
 
-def _find_inference_cases(source: Path, datalist_key: str, layout: str, incomplete: str) -> list[dict]:
+def _find_inference_cases(source: Path, datalist_key: str, layout: str, incomplete: str) -> CaseList:
     if not source.exists():
         raise FileNotFoundError(f"{source}: input does not exist (check --dataset_dir)")
     if source.suffix == ".json":
         datalist = load_datalist(source)
         if datalist_key not in datalist:
             raise KeyError(f"{source}: no '{datalist_key}' list (keys: {sorted(datalist)})")
-        return [
-            dict(c, case_id=c.get("case_id") or case_id_from_path(_first(c["image"]))) for c in datalist[datalist_key]
-        ]
+        good, skipped = valid_entries(datalist, datalist_key, source, fields=("image", "case_id"))
+        cases = [dict(c, case_id=c.get("case_id") or case_id_from_path(_first(c["image"]))) for c in good]
+        return CaseList(cases, skipped)
     if source.is_file() and layout in (None, "auto", "nifti4d"):
-        return [{"case_id": case_id_from_path(source), "image": str(source)}]
+        return CaseList([{"case_id": case_id_from_path(source), "image": str(source)}])
     try:
-        _, cases = find_cases(source, layout, incomplete)
+        _, cases = _survey(source, layout, incomplete)
     except FileNotFoundError as e:
         raise FileNotFoundError(
             f"{source}: no cases found (BraTS-style folders, an MSD task, DICOM case folders or 4D NIfTI files)"
         ) from e
-    return [{k: v for k, v in c.items() if k != "label"} for c in cases]
+    return CaseList([{k: v for k, v in c.items() if k != "label"} for c in cases], cases.skipped)
 
 
 def _first(image):
