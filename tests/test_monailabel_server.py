@@ -7,6 +7,7 @@ cache while the pinned files are unchanged); the tests are skipped, with the rea
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -91,6 +92,7 @@ def bundle_copy(tmp_path_factory):
             cwd=root,
         )
         assert (root / "models" / MODELS[name].weights).is_file()
+    shutil.copytree(root / "models", root / "models.trained")  # as trained, for servers started later
     return root, served
 
 
@@ -235,40 +237,173 @@ def test_clicks_give_a_label_map_aligned_with_the_study(live_server):
         assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= BRATS_VALUES
 
 
-def test_saved_correction_is_trained_on_and_the_new_weights_are_served(live_server):
-    srv, image = live_server, "BraTS20_Training_003"
-    # The clinician's correction: the prediction with a block of oedema painted in, saved as the final label.
-    pred = _infer(srv, "resunet_brats", image)
-    corrected = np.asarray(pred.dataobj).copy()
-    corrected[20:28, 24:32, 16:24] = 2
-    path = srv["studies"].parent / "corrected.nii.gz"
-    nib.save(nib.Nifti1Image(corrected.astype(np.uint8), pred.affine), path)
-    body, headers = _multipart({"params": "{}"}, {"label": ("corrected.nii.gz", path.read_bytes())})
+def _post_json(url, params, timeout=900):
+    return _request("POST", url, json.dumps(params).encode(), {"Content-Type": "application/json"}, timeout=timeout)
+
+
+def _http_error(method, url, params=None):
+    """(status, detail) of a request that must fail."""
+    body = json.dumps(params).encode() if params is not None else None
+    with pytest.raises(urllib.error.HTTPError) as e:
+        _request(method, url, body, {"Content-Type": "application/json"} if body else {})
+    return e.value.code, json.loads(e.value.read())["detail"]
+
+
+def _md5(path):
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _silenced(weights, path):
+    """Weights whose network predicts no tumour anywhere (every weight 0, every bias -10): Dice 0 on any label."""
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    for key, value in state.items():
+        if value.is_floating_point():
+            value.fill_(-10.0 if key.endswith("bias") else 0.0)
+    torch.save(state, path)
+
+
+def _save_label(srv, image, label, affine):
+    path = srv["studies"].parent / f"label_{image}_{uuid.uuid4().hex}.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(label).astype(np.uint8), affine), path)
+    body, headers = _multipart({"params": "{}"}, {"label": (path.name, path.read_bytes())})
     saved = json.loads(_request("PUT", f"{srv['url']}/datastore/label?image={image}&tag=final", body, headers))
     assert saved["image"] == image
+
+
+def _train_status(srv):
+    return json.loads(_request("GET", f"{srv['url']}/train/"))
+
+
+def test_startup_log_gives_the_label_map_values(live_server):
+    """The start-up log names the values of the label map the server returns (as /info/ does), not the network's
+    region channels of metadata.json (``TC => 0``)."""
+    log = live_server["log"].read_text()
+    assert "Label map: necrotic_core => 1 / edema => 2 / enhancing_tumor => 4" in log, log[-4000:]
+    assert "TC => 0" not in log and "; Label: " not in log
+
+
+def test_saved_correction_is_trained_on_and_better_weights_are_served(live_server):
+    """Three labelled studies with MONAI Label's default val_split: one is held out. The served weights are made
+    to predict nothing (Dice 0 on the held-out study), so the new weights (one epoch from scratch on the other two)
+    validate at least as well and are served; the replaced weights are kept as a version and can be served again; the CLI run's resumable
+    checkpoint stays; GET /train/ shows the synchronous run."""
+    srv, image = live_server, "BraTS20_Training_003"
+    pred = _infer(srv, "resunet_brats", image)
+    corrected = np.asarray(pred.dataobj).copy()
+    corrected[20:28, 24:32, 16:24] = 2  # the clinician's correction: a block of oedema painted in
+    _save_label(srv, image, corrected, pred.affine)
     label_file = srv["studies"] / "labels" / "final" / f"{image}.nii.gz"
     np.testing.assert_array_equal(np.asarray(nib.load(label_file).dataobj), corrected)
     datastore = json.loads(_request("GET", f"{srv['url']}/datastore/?output=all"))
     labelled = [k for k, v in datastore["objects"].items() if v.get("labels", {}).get("final")]
     assert sorted(labelled) == ["BraTS20_Training_001", "BraTS20_Training_002", image]
 
-    weights = srv["root"] / "models" / "model.pt"
-    before = torch.load(weights, map_location="cpu", weights_only=True)
-    mtime = weights.stat().st_mtime
-    params = {"max_epochs": 1, "val_split": 0.34, "device": "cpu", "multi_gpu": False, "pretrained": True}
-    _request(
-        "POST",
-        f"{srv['url']}/train/resunet_brats?run_sync=true",
-        json.dumps(params).encode(),
-        {"Content-Type": "application/json"},
-        timeout=900,
-    )
+    models = srv["root"] / "models"
+    weights = models / "model.pt"
+    cli_checkpoints = {p: _md5(p) for p in models.rglob("checkpoint_epoch=*.pt")}
+    assert cli_checkpoints, "the CLI training of the fixture left no resumable checkpoint"
+    _silenced(weights, weights)
+    silenced_md5 = _md5(weights)
+    params = {"max_epochs": 1, "device": "cpu", "multi_gpu": False, "pretrained": False}
+    result = json.loads(_post_json(f"{srv['url']}/train/resunet_brats?run_sync=true", params))
     log = srv["log"].read_text()
-    assert "Total Records in Dataset: 3" in log, log[-4000:]  # the two earlier labels and the correction
-    assert weights.stat().st_mtime > mtime, f"no new weights written\n{log[-4000:]}"
-    after = torch.load(weights, map_location="cpu", weights_only=True)
-    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+    validation = result["validation"]
+    assert validation["mode"] == "held_out", result
+    assert validation["validation_cases"] == [image]
+    assert validation["training_cases"] == ["BraTS20_Training_001", "BraTS20_Training_002"]
+    key = result["metric"]
+    assert result["served_before"][key] == 0.0, result  # the silenced weights predict no tumour
+    assert result["decision"] == "replaced" and result["new"][key] >= 0.0, result
+    assert _md5(weights) != silenced_md5
+    listing = json.loads(_request("GET", f"{srv['url']}/versions/resunet_brats"))["versions"]
+    by_name = {v["name"]: v for v in listing}
+    assert set(by_name) == {result["version"], result["previous_version"]}
+    assert by_name[result["previous_version"]]["md5"] == silenced_md5
+    assert by_name[result["version"]]["served"] and by_name[result["version"]]["md5"] == _md5(weights)
+    assert (models / "versions" / f"{result['previous_version']}.pt").is_file()
+    assert {p: _md5(p) for p in cli_checkpoints} == cli_checkpoints, "a CLI checkpoint was deleted or changed"
+
+    status = _train_status(srv)
+    assert status["status"] == "DONE" and status["result"] == result, status
+    assert any("Retraining result: replaced" in line for line in status["details"]), status
 
     pred = _infer(srv, "resunet_brats", image)
     assert pred.shape == SHAPE
-    assert "Reload model from cache" in srv["log"].read_text()  # MONAI Label's infer task took the new file
+    reloads = srv["log"].read_text().count("Reload model from cache")
+    assert reloads > log.count("Reload model from cache")  # MONAI Label's infer task took the new file
+
+    restored = json.loads(
+        _request("POST", f"{srv['url']}/versions/resunet_brats/restore?version={result['previous_version']}")
+    )
+    assert restored["restored"]["name"] == result["previous_version"]
+    assert _md5(weights) == silenced_md5
+    assert _http_error("POST", f"{srv['url']}/versions/resunet_brats/restore?version=19990101T000000Z_0.5000")[0] == 404
+    _infer(srv, "resunet_brats", image)
+    assert srv["log"].read_text().count("Reload model from cache") > reloads
+
+
+@pytest.fixture(scope="module")
+def sparse_server(venv_dir, bundle_copy, tmp_path_factory):
+    """A server on a copy of the bundle serving the shipped weights, over a datastore with no label yet."""
+    source, _ = bundle_copy
+    root = tmp_path_factory.mktemp("bundle_sparse")
+    for part in ("configs", "scripts"):
+        shutil.copytree(source / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(source / "models.trained", root / "models")
+    # served: the shipped weights (trained for epochs, not one), whose predictions are tumour-shaped
+    shutil.copyfile(ROOT / "models" / "model.pt", root / "models" / "model.pt")
+    studies = tmp_path_factory.mktemp("studies_sparse")
+    write_monailabel_datastore(studies, num_cases=3, num_labelled=0, seed=13, shape=SHAPE, progress=False)
+    log_path = tmp_path_factory.mktemp("server_sparse") / "server.log"
+    conf = [("bundle_path", str(root)), ("preload", "false"), ("models", "resunet_brats")]
+    with _serving(venv_dir, studies, conf, log_path) as (url, info):
+        yield {"url": url, "info": info, "root": root, "studies": studies, "log": log_path}
+
+
+def test_training_that_cannot_train_is_an_http_error(sparse_server):
+    """No labelled study: synchronous and asynchronous requests get HTTP 409 with the reason; a bad option 400,
+    an unknown trainer 404; nothing is recorded as a training."""
+    url = sparse_server["url"]
+    for run_sync in ("true", "false"):
+        status, detail = _http_error("POST", f"{url}/train/resunet_brats?run_sync={run_sync}", {"max_epochs": 1})
+        assert status == 409 and "no study with a final label" in detail, (status, detail)
+    status, detail = _http_error("POST", f"{url}/train/resunet_brats?run_sync=true", {"val_split": 1.5})
+    assert status == 400 and "val_split" in detail
+    assert _http_error("POST", f"{url}/train/no_such_model?run_sync=true", {})[0] == 404
+    assert _http_error("GET", f"{url}/train/")[0] == 404  # "No Train Tasks Found": nothing ran
+
+
+def test_one_label_is_validated_on_and_worse_weights_are_not_served(sparse_server):
+    """One labelled study, default val_split: it is trained and validated on (and the result says so). Its label
+    is the served model's own prediction (/infer), so the served (shipped) weights score well on it; new weights
+    trained from scratch for one epoch (one patch batch) score less and are not served. Then an asynchronous
+    run: its status and its result line are visible at GET /train/."""
+    srv, image = sparse_server, "BraTS20_Training_001"
+    pred = _infer(srv, "resunet_brats", image)
+    label = np.asarray(pred.dataobj)
+    assert (label > 0).sum() > 50, "the fixture's weights predict (almost) no tumour: no label to validate on"
+    _save_label(srv, image, label, pred.affine)
+    weights = srv["root"] / "models" / "model.pt"
+    before = _md5(weights)
+    params = {"max_epochs": 1, "device": "cpu", "multi_gpu": False, "pretrained": False}
+    result = json.loads(_post_json(f"{srv['url']}/train/resunet_brats?run_sync=true", params))
+
+    validation = result["validation"]
+    assert validation["mode"] == "training_studies" and validation["validation_cases"] == [image], result
+    assert validation["training_cases"] == [image] and "validating on the training studies" in validation["note"]
+    key = result["metric"]
+    assert result["served_before"][key] > 0.5, result
+    assert result["decision"] == "kept" and result["new"][key] < result["served_before"][key], result
+    assert _md5(weights) == before
+    assert (srv["root"] / "models" / "monailabel_runs").is_dir()
+    assert os.path.isfile(os.path.join(result["run_dir"], "model.pt"))  # the rejected weights, for inspection
+    assert _train_status(srv)["status"] == "DONE"
+
+    task = json.loads(_post_json(f"{srv['url']}/train/resunet_brats", params))
+    assert task["status"] in ("SUBMITTED", "RUNNING"), task
+    deadline = time.monotonic() + 900
+    while (status := _train_status(srv))["status"] in ("SUBMITTED", "RUNNING") and time.monotonic() < deadline:
+        time.sleep(5)
+    assert status["id"] == task["id"] and status["status"] == "DONE", status
+    assert any("Retraining result: kept" in line for line in status["details"]), status

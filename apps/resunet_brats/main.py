@@ -19,6 +19,7 @@ import json
 import logging
 import os
 
+from lib import endpoints
 from lib.bundle_tasks import ResUNetInferTask, ResUNetTrainTask
 from lib.models import MODELS, missing_files
 from monailabel.interfaces.app import MONAILabelApp
@@ -81,3 +82,7 @@ class ResUNetBraTSApp(MONAILabelApp):
 
     def init_strategies(self) -> dict[str, Strategy]:
         return {"random": Random(), "first": First()}
+
+    def on_init_complete(self):
+        super().on_init_complete()
+        endpoints.install()  # checked training requests, versions of the weights (lib/endpoints.py)

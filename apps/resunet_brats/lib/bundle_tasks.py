@@ -10,6 +10,10 @@ the label maps carry.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import copy
+import datetime
 import glob
 import logging
 import os
@@ -20,8 +24,13 @@ from monai.bundle import ConfigParser
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer import bundle as infer_bundle
 from monailabel.tasks.train import bundle as train_bundle
+from monailabel.utils.others.class_utils import unload_module
+from monailabel.utils.others.generic import name_to_device
 
+from . import versions
 from .models import BundleModel
+from .retraining import DEFAULT_VAL_SPLIT, TrainingRequestError, check_options, decide, evaluate, split_validation
+from .versions import bundle_imports
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +72,25 @@ class _TrainConstants(train_bundle.BundleConstants):
         return self.model.train_configs[:1]
 
 
+class _ChannelLabelsFilter(logging.Filter):
+    """Drops the stock task's ``Label: TC => 0`` lines: they name the network's region channels
+    (``metadata.json``), not the values of the label map the task serves."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "; Label: " not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_channel_labels_log():
+    stock = logging.getLogger(infer_bundle.__name__)
+    drop = _ChannelLabelsFilter()
+    stock.addFilter(drop)
+    try:
+        yield
+    finally:
+        stock.removeFilter(drop)
+
+
 class ResUNetInferTask(infer_bundle.BundleInferTask):
     """Inference with the merged ``model.infer_configs``; the label map (uint8, BraTS values, the study's
     geometry) comes from the bundle's own post-processing, which MONAI Label's writer saves."""
@@ -71,18 +99,21 @@ class ResUNetInferTask(infer_bundle.BundleInferTask):
         self.model = model
         # extend_load_image=False keeps the bundle's LoadImaged (it allows a missing "label" key; MONAI Label's
         # LoadImageTensord wrapper does not).
-        super().__init__(
-            bundle_path,
-            conf,
-            const=_InferConstants(model),
-            type=type or model.type,
-            extend_load_image=False,
-            load_strict=True,
-            **kwargs,
-        )
+        with _without_channel_labels_log():
+            super().__init__(
+                bundle_path,
+                conf,
+                const=_InferConstants(model),
+                type=type or model.type,
+                extend_load_image=False,
+                load_strict=True,
+                **kwargs,
+            )
         if not self.valid:
             return
         self.labels = label_names(self.bundle_config, with_background=self.type == InferType.DEEPEDIT)
+        label_map = " / ".join(f"{name} => {value}" for name, value in self.labels.items())
+        logger.info(f"Model: models/{model.weights}; Type: {self.type}; Label map: {label_map}")
         weights_dir = os.path.dirname(os.path.join(bundle_path, "models", model.weights))
         self._config["model_filename"] = [os.path.basename(model.weights)] + sorted(
             os.path.basename(p)
@@ -96,42 +127,146 @@ class ResUNetInferTask(infer_bundle.BundleInferTask):
 
 
 class ResUNetTrainTask(train_bundle.BundleTrainTask):
-    """Training with the merged ``model.train_configs`` on the datastore's saved labels, starting from the
-    served weights; the best model replaces them (atomically), and the infer task reloads it on its next call."""
+    """Retraining with the merged ``model.train_configs`` on the datastore's final labels (lib/retraining.py):
+
+    1. the request and the labelled studies are checked (:meth:`plan`): a request that cannot train raises
+       :class:`TrainingRequestError` (HTTP 400/409 from the app's train endpoint), never an empty result;
+    2. the validation set is never empty (:func:`split_validation`), and the served weights are scored on it;
+    3. the run trains from the served weights into its own folder ``<weights dir>/monailabel_runs/<time>/``
+       (best model, resumable checkpoints, TensorBoard), so no other run's files are touched;
+    4. its best model is scored on the same validation studies and replaces the served weights only if it
+       scores at least as well; every served weights file is kept in ``<weights dir>/versions/``
+       (lib/versions.py) and can be served again (``POST /versions/<model>/restore``).
+
+    The result (JSON, also ``result.json`` in the run folder) says what was decided and why.
+    """
 
     def __init__(self, bundle_path: str, conf: dict, model: BundleModel, **kwargs):
         self.model = model
+        self.progress: collections.deque[str] = collections.deque(maxlen=50)
         super().__init__(bundle_path, conf, const=_TrainConstants(model), load_strict=True, **kwargs)
+
+    def _note(self, message: str, level: int = logging.INFO) -> None:
+        """Log a step of the run and keep it in :attr:`progress` (the app's status of a synchronous run shows it;
+        the bundle's run reconfigures logging, so a log handler would not see the steps after it)."""
+        logger.log(level, message)
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        self.progress.append(f"[{stamp}] {message}")
 
     def _load_bundle_config(self, path, config):
         return read_configs(path, self.model.train_configs)
+
+    @property
+    def served_weights(self) -> str:
+        return os.path.join(self.bundle_path, "models", self.model.weights)
 
     def config(self):
         options = super().config()
         options["model_filename"] = os.path.basename(self.model.weights)
         options["max_epochs"] = int(self.conf.get("max_epochs", options["max_epochs"]))
+        options["val_split"] = DEFAULT_VAL_SPLIT
         return options
 
-    def _load_checkpoint(self, model_pytorch, pretrained, train_handlers):
-        # Start from the served weights (the stock task fails on pretrained=False: os.path.exists(None)).
-        if pretrained:
-            super()._load_checkpoint(os.path.join(self.bundle_path, "models", self.model.weights), True, train_handlers)
+    def plan(self, request: dict, datastore) -> dict:
+        """The checked options and the training/validation split of the labelled studies; trains nothing.
 
-    def _update_overrides(self, overrides):
-        # Validate at least once however short the run, so that the best model (the served weights) is written.
-        epochs = int(overrides[self.const.key_train_trainer_max_epochs()])
-        overrides["val_interval"] = max(1, min(int(self.bundle_config.get("val_interval", 1)), epochs))
-        # Retraining from the clinicians' labels replaces the served weights on purpose.
-        overrides["overwrite_shipped"] = True
-        return overrides
+        Raises:
+            TrainingRequestError: a bad option (400) or no labelled study (409), with a message for the client.
+        """
+        options = check_options(request)
+        datalist = self._fetch_datalist(request, datastore)
+        train, val, validation = split_validation(datalist, options["val_split"], request.get("model", "model"))
+        return {**options, "train": train, "val": val, "validation": validation}
 
-    def run_single_gpu(self, request, overrides):
-        # The stock task runs the first config file only; merge them all.
+    def __call__(self, request, datastore):
+        logger.info(f"Train Request: {request}")
+        self.progress.clear()
+        try:
+            plan = self.plan(request, datastore)
+        except TrainingRequestError as e:
+            self._note(f"Training refused (HTTP {e.status}): {e}", logging.ERROR)
+            raise
+        validation = plan["validation"]
+        self._note(f"Validation: {validation['note']}; validation studies {validation['validation_cases']}")
+        device = name_to_device(request.get("device", "cuda"))
+        run_dir = os.path.join(os.path.dirname(self.served_weights), "monailabel_runs", _stamp())
+        with bundle_imports(self.bundle_path):
+            unload_module("scripts")
+            from scripts.io import write_json
+
+            served = self._score(self.served_weights, plan["val"], device, "served weights")
+            self._run_training(request, plan, device, run_dir)
+            candidate_file = os.path.join(run_dir, "model.pt")
+            if not os.path.isfile(candidate_file):
+                raise RuntimeError(f"{request.get('model')}: the training run wrote no model ({candidate_file})")
+            candidate = self._score(candidate_file, plan["val"], device, "new weights")
+            result = self._publish(request, plan, served, candidate, candidate_file, run_dir)
+            write_json(result, os.path.join(run_dir, "result.json"))
+        self._note(f"Retraining result: {result['decision']}; {result['reason']}")
+        return result
+
+    def _score(self, weights: str, val: list, device, what: str) -> dict | None:
+        if not os.path.isfile(weights):
+            self._note(f"No {what} at {weights}: nothing to compare with")
+            return None
+        metrics = evaluate(read_configs(self.bundle_path, self.model.train_configs), weights, val, device)
+        self._note(f"Validation of the {what} ({weights}): {metrics}")
+        return metrics
+
+    def _run_training(self, request: dict, plan: dict, device, run_dir: str) -> None:
+        handlers = copy.deepcopy(self.bundle_config.get(self.const.key_train_handlers(), []))
+        if request.get("pretrained", True) and os.path.isfile(self.served_weights):
+            self._load_checkpoint(self.served_weights, True, handlers)
+        epochs = plan["max_epochs"]
+        overrides = {
+            "bundle_root": self.bundle_path,
+            "ckpt_dir": run_dir,
+            "ckpt_path": os.path.join(run_dir, "model.pt"),
+            "output_dir": os.path.join(run_dir, "eval"),
+            "resume": False,
+            "device": device,
+            "train#trainer#max_epochs": epochs,
+            "train#dataset#data": plan["train"],
+            "validate#dataset#data": plan["val"],
+            "train#handlers": handlers,
+            # validate at least once however short the run, so that the run's best model is written
+            "val_interval": max(1, min(int(self.bundle_config.get("val_interval", 1)), epochs)),
+        }
+        self._note(f"Training run folder: {run_dir}")
         monai.bundle.run(
-            run_id=request.get("run_id", "run"),
+            run_id=request.get("run_id") or "run",
             init_id=None,
             final_id=None,
             meta_file=self.bundle_metadata_path,
             config_file=[os.path.join(self.bundle_path, "configs", f) for f in self.model.train_configs],
             **overrides,
         )
+
+    def _publish(self, request, plan, served, candidate, candidate_file, run_dir) -> dict:
+        """Serve the candidate if it validates at least as well as the served weights; keep versions."""
+        key = next(iter(candidate))
+        replace, reason = decide(served[key] if served else None, candidate[key])
+        info = {"metric": key, "validation_cases": plan["validation"]["validation_cases"], "run_dir": run_dir}
+        result = {
+            "model": request.get("model"),
+            "decision": "replaced" if replace else "kept",
+            "reason": reason,
+            "metric": key,
+            "validation": plan["validation"],
+            "served_before": served,
+            "new": candidate,
+            "epochs": plan["max_epochs"],
+            "run_dir": run_dir,
+        }
+        if replace:
+            if served is not None:
+                previous = versions.keep(self.served_weights, self.served_weights, served[key], info)
+                result["previous_version"] = previous["name"]
+            new = versions.keep(candidate_file, self.served_weights, candidate[key], {**info, "trained_by": run_dir})
+            versions.serve(candidate_file, self.served_weights)
+            result["version"] = new["name"]
+        return result
+
+
+def _stamp() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")

@@ -1,0 +1,131 @@
+"""Versions of a served weights file: every weights file the server has served is kept, and can be served again.
+
+For the served weights ``<dir>/model.pt`` the versions live in ``<dir>/versions/``::
+
+    models/versions/20261201T112233Z_0.1710.pt     the weights
+    models/versions/20261201T112233Z_0.1710.json   what they are: Dice, validation cases, where they came from
+
+The name is the UTC time the version was kept and its validation mean Dice (``unscored`` when it was never
+validated, e.g. weights that were served before the first retraining and are restored over). A version is
+identified by its name (without ``.pt``); the served one is the version whose content (MD5) equals the served
+file. Nothing here deletes a file.
+
+Files are written through the bundle's ``scripts.io`` (a temporary name beside the target, renamed), so the
+served file is always either the old or the new weights; callers put the bundle on ``sys.path``
+(:func:`bundle_imports`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+
+VERSIONS = "versions"
+_NAME = re.compile(r"^\d{8}T\d{6}Z_(\d+\.\d{4}|unscored)(-\d+)?$")
+
+
+class VersionError(LookupError):
+    """An unknown version name (the message lists the known ones)."""
+
+
+@contextlib.contextmanager
+def bundle_imports(bundle_path: str) -> Iterator[None]:
+    """``bundle_path`` first on ``sys.path`` while the block runs, so that ``import scripts`` is the bundle's."""
+    sys.path.insert(0, bundle_path)
+    try:
+        yield
+    finally:
+        sys.path.remove(bundle_path)
+
+
+def versions_dir(weights: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(weights)), VERSIONS)
+
+
+def md5(path: str) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _copy(src: str, dst: str) -> None:
+    from scripts.io import atomic_path
+
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def list_versions(weights: str) -> list[dict]:
+    """The versions of ``weights``, oldest first: ``name``, ``dice`` (or None), ``file``, ``md5``, ``served``
+    (its content is the served file's) and what its ``.json`` records."""
+    folder = versions_dir(weights)
+    if not os.path.isdir(folder):
+        return []
+    served = md5(weights) if os.path.isfile(weights) else None
+    out = []
+    for name in sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".pt") and _NAME.match(f[:-3])):
+        path = os.path.join(folder, f"{name}.pt")
+        info = {}
+        if os.path.isfile(os.path.join(folder, f"{name}.json")):
+            with open(os.path.join(folder, f"{name}.json")) as f:
+                info = json.load(f)
+        digest = md5(path)
+        out.append({**info, "name": name, "file": path, "md5": digest, "served": digest == served})
+    return out
+
+
+def _new_name(folder: str, dice: float | None) -> str:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    score = "unscored" if dice is None or not math.isfinite(dice) else f"{dice:.4f}"
+    name, n = f"{stamp}_{score}", 1
+    while os.path.exists(os.path.join(folder, f"{name}.pt")):
+        n += 1
+        name = f"{stamp}_{score}-{n}"
+    return name
+
+
+def keep(weights_file: str, served: str, dice: float | None, info: dict) -> dict:
+    """Keep ``weights_file`` as a version of the served file ``served`` (unless a version with the same content
+    exists): its copy and a ``.json`` with ``dice`` and ``info``. Returns the version (as in
+    :func:`list_versions`)."""
+    from scripts.io import write_json
+
+    digest = md5(weights_file)
+    for v in list_versions(served):
+        if v["md5"] == digest:
+            return v
+    folder = versions_dir(served)
+    name = _new_name(folder, dice)
+    path = os.path.join(folder, f"{name}.pt")
+    _copy(weights_file, path)
+    record = {"dice": dice, "kept_at": datetime.datetime.now(datetime.timezone.utc).isoformat(), **info}
+    write_json(record, os.path.join(folder, f"{name}.json"))
+    return {**record, "name": name, "file": path, "md5": digest}
+
+
+def serve(weights_file: str, served: str) -> None:
+    """Replace the served file with a copy of ``weights_file``, atomically."""
+    _copy(weights_file, served)
+
+
+def restore(served: str, name: str) -> dict:
+    """Serve version ``name`` again. The weights served until now are kept first (if no version holds them yet),
+    so a restore can itself be undone. Returns the restored version."""
+    known = {v["name"]: v for v in list_versions(served)}
+    if name not in known:
+        raise VersionError(f"no version {name!r} of {served}; versions: {sorted(known) or 'none'}")
+    if os.path.isfile(served):
+        keep(served, served, None, {"source": "served until a restore, never validated on its own"})
+    serve(known[name]["file"], served)
+    return {**known[name], "served": True}
