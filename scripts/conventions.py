@@ -122,6 +122,14 @@ def case_id_problem(case_id) -> str | None:
     return None
 
 
+AFFINE_ATOL_MM = 1e-4
+"""Two NIfTI affines describe the same voxel grid when every entry of the 4x4 matrices differs by at most this
+much (absolute, no relative part): translations in mm, the rotation-zoom entries in mm per voxel, so over a
+240-voxel axis the grids part by at most 0.024 mm, far below a voxel. Scanners and conversion tools (float32
+headers, qform/sform round trips) differ by ~1e-6; a real misregistration differs by far more. Modality
+files, label maps, predictions and references are compared with it (``scripts.transforms.affines_match``)."""
+
+
 def prediction_name(case_id: str) -> str:
     """File name of a case's predicted label map: ``<case_id>.nii.gz``."""
     return f"{case_id}{PREDICTION_EXTENSION}"

@@ -71,11 +71,18 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from scripts.conventions import BRATS2020_LABELS, NIFTI_EXTENSIONS, REGIONS, case_id_from_path
+from scripts.conventions import (
+    AFFINE_ATOL_MM,
+    BRATS2020_LABELS,
+    NIFTI_EXTENSIONS,
+    REGIONS,
+    case_id_from_path,
+    prediction_name,
+)
 from scripts.data.checks import case_id_of, failure, format_failure
 from scripts.io import atomic_path, write_json
 from scripts.metrics import HD95_MODES, LESION_METRICS, hd95_mm, lesion_wise_metrics
-from scripts.transforms import CaseError, label_to_regions, non_integer_labels
+from scripts.transforms import CaseError, affines_match, label_to_regions, non_integer_labels
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +95,8 @@ WT, ET)."""
 EMPTY_CONVENTIONS = ("brats", "nan")
 BRATS_MAX_HD95 = 373.13
 """HD95 (mm) when exactly one of prediction and reference is empty: diagonal of a 240 x 240 x 155 mm volume."""
-AFFINE_ATOL = 1e-4
-"""Tolerance (mm) when comparing prediction and reference affines (float32 headers round)."""
+AFFINE_ATOL = AFFINE_ATOL_MM
+"""Tolerance (mm) when comparing prediction and reference affines: ``scripts.conventions.AFFINE_ATOL_MM``."""
 
 _STATS = ("mean", "median", "std", "q1", "q3", "min", "max", "n")
 _MD_FORMAT = {"dice": ".3f", "hd95": ".2f", "sensitivity": ".3f", "specificity": ".4f", "volume_diff_ml": ".2f"}
@@ -249,27 +256,54 @@ def evaluate_case(
     empty: str = "brats",
     ref_labels: Sequence[int] | None = None,
     hd95: str = "pooled",
+    image=None,
 ) -> dict:
     """Metrics of one prediction NIfTI against its reference NIfTI: a flat dict with every ``COLUMNS`` entry.
 
     ``labels`` is the prediction's (necrotic, oedema, enhancing) convention, ``ref_labels`` the reference's
     (defaults to ``labels``). Raises ``ValueError`` (a :class:`CaseError`) naming the file(s) when a file cannot
-    be read, when shapes or affines differ, or when a label map holds values outside ``{0} | labels``.
+    be read, when shapes or affines differ (``scripts.conventions.AFFINE_ATOL_MM``), or when a label map holds
+    values outside ``{0} | labels``. ``image``: the case's (first) image file, whose grid the prediction is
+    written on; when prediction and reference grids differ, the file off the image's grid is blamed (a 2 mm
+    reference, not the prediction), the prediction when no image is given.
     """
     _check_empty(empty)
     pred, pred_affine, _ = _load_label_map(pred_path)
     ref, ref_affine, spacing = _load_label_map(ref_path)
-    if pred.shape != ref.shape:
-        raise CaseError(
-            pred_path, f"shape {tuple(pred.shape)} does not match the reference {ref_path} shape {tuple(ref.shape)}"
-        )
-    if not np.allclose(pred_affine, ref_affine, rtol=0.0, atol=AFFINE_ATOL):
-        raise CaseError(
-            pred_path,
-            f"affine does not match the reference {ref_path} (largest difference "
-            f"{np.abs(pred_affine - ref_affine).max():.4g} mm; {_row_str(pred_affine)} vs {_row_str(ref_affine)})",
-        )
+    if pred.shape != ref.shape or not affines_match(pred_affine, ref_affine):
+        _raise_grid_mismatch((pred_path, pred.shape, pred_affine), (ref_path, ref.shape, ref_affine), image)
     return label_map_metrics(pred, ref, spacing, labels, ref_labels, empty, str(pred_path), str(ref_path), hd95)
+
+
+def _grid_str(shape, affine) -> str:
+    return f"shape {tuple(int(s) for s in shape)}, affine {_row_str(affine)}"
+
+
+def _raise_grid_mismatch(pred: tuple, ref: tuple, image=None) -> None:
+    """``CaseError`` for a prediction and a reference (``(path, shape, affine)`` each) on different grids,
+    naming the reference when it is off the grid of the case's ``image`` and the prediction otherwise."""
+    (pred_path, pred_shape, pred_affine), (ref_path, ref_shape, ref_affine) = pred, ref
+    if image is not None and os.path.isfile(str(image)):
+        try:
+            header = nib.load(str(image))
+            grid = (tuple(header.shape[:3]), np.asarray(header.affine, dtype=float))
+        except Exception:  # an unreadable image leaves the blame where it was
+            grid = None
+        if grid is not None and (tuple(ref_shape) != grid[0] or not affines_match(ref_affine, grid[1])):
+            raise CaseError(
+                ref_path,
+                f"reference {_grid_str(ref_shape, ref_affine)} is not on the grid of the case's image {image} "
+                f"({_grid_str(*grid)}), which the prediction {pred_path} is on",
+            )
+    if tuple(pred_shape) != tuple(ref_shape):
+        raise CaseError(
+            pred_path, f"shape {tuple(pred_shape)} does not match the reference {ref_path} shape {tuple(ref_shape)}"
+        )
+    raise CaseError(
+        pred_path,
+        f"affine does not match the reference {ref_path} (largest difference "
+        f"{np.abs(pred_affine - ref_affine).max():.4g} mm; {_row_str(pred_affine)} vs {_row_str(ref_affine)})",
+    )
 
 
 def _row_str(affine: np.ndarray) -> str:
@@ -541,29 +575,39 @@ def evaluate_datalist(
     """Evaluate the predictions the inference config wrote into ``pred_dir`` for datalist ``items`` against the
     items' ``label`` files (see :func:`evaluate_pairs`).
 
-    The prediction of an item is ``pred_dir/<case id of its first image file>.nii.gz`` (the name
-    ``scripts.io.case_name_formatter`` gives it); prediction and reference use the item's ``labels``
-    convention when it has one, ``labels`` otherwise. Items whose case is in ``failed`` (e.g. skipped by the
-    inference) are not evaluated; items without a label are failures.
+    The prediction of an item is ``pred_dir/<case_id>.nii.gz`` (the item's ``case_id``, else its first image
+    file's: the name ``scripts.io.case_name_formatter`` gives it); prediction and reference use the item's
+    ``labels`` convention when it has one, ``labels`` otherwise. Items whose case is in ``failed`` (e.g.
+    skipped by the inference) are not evaluated; items without a label are failures. An entry listed twice is
+    evaluated once; two different entries with one case id are a failure. A grid mismatch blames the file off
+    the grid of the item's first image (see :func:`evaluate_case`).
     """
     failed = [dict(f) for f in failed]
     skip = {f["case_id"] for f in failed}
-    pairs = []
+    pairs, seen = [], {}
     for item in items:
         cid = case_id_of(item, image_key)
         if cid in skip:
             continue
         files = item.get(image_key)
         first = files[0] if isinstance(files, (list, tuple)) else files
-        if not item.get(label_key):
-            record = failure(cid, first, f"no '{label_key}' (reference segmentation) in the datalist entry")
+        problem = None if item.get(label_key) else f"no '{label_key}' (reference segmentation) in the datalist entry"
+        if cid in seen:
+            if seen[cid] == item:
+                logger.warning("%s: listed twice in the datalist; evaluated once", cid)
+                continue
+            problem = f"duplicate case id: another datalist entry ({seen[cid].get(label_key)}) has it too"
+        seen.setdefault(cid, item)
+        if problem:
+            record = failure(cid, first, problem)
             failed.append(record)
             logger.warning("case skipped: %s", format_failure(record))
             continue
         pair = {
             "case_id": cid,
-            "pred": str(Path(pred_dir) / f"{case_id_from_path(first)}.nii.gz"),
+            "pred": str(Path(pred_dir) / prediction_name(cid)),
             "ref": str(item[label_key]),
+            "image": str(first),
         }
         if item.get("labels") is not None:
             pair["labels"] = pair["ref_labels"] = [int(v) for v in item["labels"]]
@@ -590,7 +634,7 @@ def _evaluate_and_write(
             continue
         try:
             labels_i, ref_labels_i = pair.get("labels", labels), pair.get("ref_labels", ref_labels)
-            row = evaluate_case(pair["pred"], pair["ref"], labels_i, empty, ref_labels_i, hd95)
+            row = evaluate_case(pair["pred"], pair["ref"], labels_i, empty, ref_labels_i, hd95, pair.get("image"))
         except CaseError as e:
             _fail(result, cid, e.path, e.problem)
             continue

@@ -20,7 +20,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar, Timer
 
-from scripts.io import save_torch
+from scripts.io import remove_stale_temporaries, save_torch
 
 
 class LossProgressBar(ProgressBar):
@@ -83,29 +83,6 @@ def _is_main_process() -> bool:
 def _unwrap(obj):
     """The module inside ``DataParallel`` / ``DistributedDataParallel`` (plain state_dict keys)."""
     return obj.module if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else obj
-
-
-def remove_stale_temporaries(folder: str, pattern: str) -> list[str]:
-    """Remove temporary files ``.<name>.<pid>.tmp<ext>`` (see :func:`scripts.io.atomic_path`) matching
-    ``pattern`` in ``folder`` that a killed process left behind; files of a live process are kept."""
-    removed = []
-    for path in glob.glob(os.path.join(glob.escape(folder), pattern)):
-        m = re.search(r"\.(\d+)\.tmp[^/]*$", path)
-        if not m:
-            continue
-        pid = int(m.group(1))
-        if pid != os.getpid():
-            try:
-                os.kill(pid, 0)
-                continue  # still running: not ours to remove
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
-            removed.append(path)
-    return removed
 
 
 def _epoch_checkpoints(ckpt_dir: str, prefix: str = "checkpoint") -> list[tuple[int, str]]:

@@ -6,14 +6,20 @@ On top of it: JSON, text, torch and NIfTI writers, MONAI's ``NibabelWriter`` for
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from monai.data import NibabelWriter
 
 from scripts.conventions import case_id_from_path
+
+WRITTEN: set[str] = set()
+"""Real paths of the files this process completed through :func:`atomic_path` (so a run can tell its own
+outputs from those an earlier run left, see ``scripts.data.checks.retire_stale_predictions``)."""
 
 
 @contextlib.contextmanager
@@ -22,8 +28,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     ``path``, on any error it is removed, so ``path`` is either the complete new file or left as it was.
 
     The temporary name ``.<name>.<pid>.tmp<ext>`` keeps the extension (``.nii.gz`` included) so writers that
-    choose the format from it still work, and names the writing process (see
-    ``scripts.handlers.remove_stale_temporaries``).
+    choose the format from it still work, and names the writing process (see :func:`remove_stale_temporaries`).
+    Every completed ``path`` is recorded in :data:`WRITTEN`.
     """
     path = os.fspath(path)
     folder, name = os.path.split(path)
@@ -34,9 +40,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        WRITTEN.add(os.path.realpath(path))
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_stale_temporaries(folder: str, pattern: str) -> list[str]:
+    """Remove temporary files ``.<name>.<pid>.tmp<ext>`` (see :func:`atomic_path`) matching ``pattern`` in
+    ``folder`` that a killed process left behind (a SIGKILL while writing); files of a live process are kept.
+    Returns the removed paths."""
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(folder), pattern)):
+        m = re.search(r"\.(\d+)\.tmp[^/]*$", path)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        if pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+                continue  # still running: not ours to remove
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+            removed.append(path)
+    return removed
 
 
 def write_text(text: str, path: str | os.PathLike) -> str:

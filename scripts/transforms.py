@@ -14,6 +14,8 @@
 * :class:`BrainHistogramEqualized` equalises the histogram of every channel inside the brain only.
 * :class:`MaskOutsideBraind` clears predictions outside the brain.
 * :class:`CaseIdToMetad` hands the datalist's case id to ``SaveImaged`` (outputs named ``<case_id>.nii.gz``).
+* :class:`LoadImageSharedGridd` is MONAI's ``LoadImaged`` stacking modality files whose affines agree within
+  ``scripts.conventions.AFFINE_ATOL_MM`` (:func:`affines_match`);
 * :class:`LoadLabeld` loads the label map when the item has one; :class:`PathSafeSpacingd` is MONAI's ``Spacingd``
   tolerating MONAI Label's ``image_path`` entry.
 * :class:`SelectChannelsd` reorders channels per item (e.g. MSD's FLAIR, T1w, T1gd, T2w into T1, T1ce, T2, FLAIR).
@@ -32,12 +34,21 @@ from __future__ import annotations
 import os
 from collections.abc import Hashable, Mapping, Sequence
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import NibabelReader
 from monai.transforms import LoadImaged, MapTransform, Spacingd
 from monai.utils import convert_to_dst_type
 
-from scripts.conventions import BRATS2020_LABELS, MODALITY_NAMES, REGION_CLASSES, REGIONS, TUMOUR_CLASSES
+from scripts.conventions import (
+    AFFINE_ATOL_MM,
+    BRATS2020_LABELS,
+    MODALITY_NAMES,
+    REGION_CLASSES,
+    REGIONS,
+    TUMOUR_CLASSES,
+)
 
 
 def _source_name(img) -> str:
@@ -259,6 +270,41 @@ class CaseIdToMetad(MapTransform):
             if hasattr(d[key], "meta"):
                 d[key].meta["case_id"] = str(case_id)
         return d
+
+
+def affines_match(a, b, atol: float = AFFINE_ATOL_MM) -> bool:
+    """True when the 4x4 affines ``a`` and ``b`` describe the same grid: every entry within ``atol``
+    (``scripts.conventions.AFFINE_ATOL_MM``, absolute)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return a.shape == b.shape and bool(np.all(np.abs(a - b) <= atol))
+
+
+class SharedGridNibabelReader(NibabelReader):
+    """``NibabelReader`` that stacks modality files whose affines match within ``AFFINE_ATOL_MM``
+    (:func:`affines_match`) on the first file's affine; MONAI's own reader refuses any difference beyond
+    ``numpy.allclose``'s defaults (1e-8 for a zero entry), stricter than scanners write. Affines that differ
+    more are left as they are (MONAI then refuses them; ``scripts.data.checks.check_case`` reports them first)."""
+
+    def get_data(self, img):
+        images = tuple(img) if isinstance(img, (list, tuple)) else (img,)
+        if len(images) > 1:
+            first = images[0].affine
+            images = tuple(
+                type(i)(i.dataobj, first, i.header) if i is not images[0] and affines_match(i.affine, first) else i
+                for i in images
+            )
+        return super().get_data(images if isinstance(img, (list, tuple)) else images[0])
+
+
+class LoadImageSharedGridd(LoadImaged):
+    """``LoadImaged`` whose NIfTI reader is :class:`SharedGridNibabelReader` (readers still chosen by file
+    suffix: DICOM series folders go to ITK as before)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for reader in self._loader.readers:
+            if type(reader) is NibabelReader:  # same state, one method more
+                reader.__class__ = SharedGridNibabelReader
 
 
 def _subsample(values: torch.Tensor, max_items: int = 200_000) -> torch.Tensor:

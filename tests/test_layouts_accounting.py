@@ -18,6 +18,7 @@ import test_inputs_safe as safe
 from test_inputs_safe import TINY, bundle, checksums, save, write_case
 
 from scripts.conventions import MODALITIES, case_id_from_path, strip_nifti
+from scripts.data.checks import failure, format_failure, report
 from scripts.data.layouts import (
     DatasetError,
     detect_layout,
@@ -188,3 +189,14 @@ def test_inference_runs_the_good_entries_names_them_by_case_id_and_reports_the_b
     assert "Traceback" not in proc.stderr
     pred = np.asarray(__import__("nibabel").load(out / "patient_a.nii.gz").dataobj)
     assert pred.shape == arrays["t1"].shape
+
+
+def test_a_failure_is_one_line_even_with_a_line_break_in_a_file_name(capsys):
+    record = failure("case\n1", "/data/case\n1/t1.nii.gz", "cannot read NIfTI header (Error: a\nb)")
+    assert format_failure(record) == "case\\n1: /data/case\\n1/t1.nii.gz: cannot read NIfTI header (Error: a\\nb)"
+    text = report([record], done=1, what="segmented")
+    assert text.splitlines() == [
+        "2 case(s) found, 1 segmented, 1 skipped (reasons below)",
+        "1 case(s) FAILED (skipped):",
+        "  " + format_failure(record),
+    ]

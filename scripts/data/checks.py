@@ -6,8 +6,9 @@ Two levels of checks, both raising ``scripts.transforms.CaseError`` (``case_id``
 * :func:`check_case`, header level and cheap (nibabel headers only, run on every case in the main process
   before any data is loaded): every file exists and is a readable NIfTI whose data are all there (a truncated
   ``.nii.gz`` is caught from its gzip trailer, a truncated ``.nii`` from its size), modality files are 3D (or
-  the case is one 4D file with 4 channels), all modalities have the same shape and affine
-  (``numpy.allclose``, as MONAI requires to stack them), and a label map is 3D with the images' geometry.
+  the case is one 4D file with 4 channels), all modalities have the same shape and affine (every entry within
+  ``scripts.conventions.AFFINE_ATOL_MM`` = 1e-4; the preprocessing's ``LoadImageSharedGridd`` stacks them on
+  the first file's affine), and a label map is 3D with the images' geometry (the same tolerance).
 * ``scripts.transforms.CheckImageDatad``, data level, the transform right after ``LoadImaged`` in the configs'
   ``preprocessing_transforms``: the image has 4 channels and no NaN/Inf voxel and no all-zero channel; a label map has no NaN/Inf voxel. Labels outside the expected set are rejected by
   ``scripts.transforms.LabelToRegionsd`` and by :mod:`scripts.evaluation`.
@@ -16,7 +17,8 @@ Batch runs (``configs/inference.json``, ``configs/evaluate.json``) use :class:`C
 construction; any error of the preprocessing of one item, in a worker process or not, becomes a failure record
 instead of an exception) and :class:`SkippingDataLoader` (a ``DataLoader`` whose batches leave the failed items
 out and whose ``failures`` lists them), check the output folder first with :func:`check_output_dirs`, and end
-with :func:`exit_on_failures`: one line per bad case (``case: file: problem``) and exit code 1.
+with :func:`exit_on_failures`: one line per bad case (``case: file: problem``) and exit code 1; a failed case's
+prediction left by an earlier run is renamed ``<case_id>.nii.gz.stale`` (:func:`retire_stale_predictions`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ import numpy as np
 from monai.data import DataLoader, Dataset, list_data_collate
 
 from scripts.conventions import MODALITY_NAMES, case_id_from_path, prediction_name
-from scripts.transforms import CaseError, shape_str
+from scripts.io import WRITTEN, remove_stale_temporaries
+from scripts.transforms import CaseError, affines_match, shape_str
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +55,14 @@ def failure(case_id: str, file, problem: str) -> dict:
     return {"case_id": str(case_id), "file": str(file), "problem": str(problem)}
 
 
+def _escape_breaks(text) -> str:
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def format_failure(record: Mapping) -> str:
-    """``case_id: file: problem``, the one line a bad case gets."""
-    return f"{record['case_id']}: {record['file']}: {record['problem']}"
+    """``case_id: file: problem``, the one line a bad case gets (line breaks, e.g. in a file name, written as
+    ``\\n``)."""
+    return ": ".join(_escape_breaks(record[k]) for k in ("case_id", "file", "problem"))
 
 
 def _as_list(value) -> list[str]:
@@ -83,8 +91,17 @@ def _read_header(path: str):
         raise CaseError(path, f"cannot read NIfTI header ({type(e).__name__}: {_first_line(e)})") from e
     if not np.all(np.isfinite(affine)):
         raise CaseError(path, "the header's affine holds NaN/Inf")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise CaseError(
+            path,
+            f"the header's affine is singular (a zero voxel size or parallel axes: {_rows(affine)}), no voxel grid",
+        )
     _check_data_size(path, img.header, shape)
     return img
+
+
+def _rows(affine: np.ndarray) -> str:
+    return "[" + "; ".join(" ".join(f"{v:.4g}" for v in row) for row in affine[:3]) + "]"
 
 
 def _check_data_size(path: str, header, shape) -> None:
@@ -169,7 +186,7 @@ def _check_case(item: Mapping, image_key: str, label_key: str | None, channels: 
                 f"{shape_str(shapes[0])} ({files[0]})",
             )
         a, b = np.asarray(headers[i].affine, float), np.asarray(headers[0].affine, float)
-        if not np.allclose(a, b):
+        if not affines_match(a, b):
             raise CaseError(
                 files[i],
                 f"{MODALITY_NAMES[i]} affine does not match the {MODALITY_NAMES[0]} file's ({files[0]}; largest "
@@ -191,8 +208,12 @@ def _check_case(item: Mapping, image_key: str, label_key: str | None, channels: 
         raise CaseError(
             label, f"label shape {shape_str(lshape)} does not match the image shape {shape_str(shapes[0][:3])}"
         )
-    if not np.allclose(np.asarray(header.affine, float), np.asarray(headers[0].affine, float)):
-        raise CaseError(label, f"label affine does not match the image's ({files[0]})")
+    a, b = np.asarray(header.affine, float), np.asarray(headers[0].affine, float)
+    if not affines_match(a, b):
+        raise CaseError(
+            label,
+            f"label affine does not match the image's ({files[0]}; largest difference {np.abs(a - b).max():.4g} mm)",
+        )
 
 
 # ------------------------------------------------------------------------------------- errors -> records
@@ -419,7 +440,8 @@ def check_no_input_overwrite(path, inputs: Iterable, image_key: str = "image", l
 def check_output_dirs(*paths, inputs: Iterable | None = None, exit_on_error: bool = False) -> list[str]:
     """Create the output folders if needed and make sure they can be read and written (a probe file is
     created and removed), before any case is processed; with ``inputs`` (the run's datalist items) also refuse
-    a folder where a prediction would overwrite an input file (:func:`check_no_input_overwrite`). Raises
+    a folder where a prediction would overwrite an input file (:func:`check_no_input_overwrite`). Temporary
+    files a killed run left in them are removed (``scripts.io.remove_stale_temporaries``). Raises
     :class:`OutputDirError` with one clear line, or with ``exit_on_error`` (the configs) exits with that line
     and code 1."""
     try:
@@ -427,6 +449,8 @@ def check_output_dirs(*paths, inputs: Iterable | None = None, exit_on_error: boo
             if inputs is not None:
                 check_no_input_overwrite(p, inputs)
             _check_output_dir(p)
+            for path in remove_stale_temporaries(str(p), ".*.*.tmp*"):
+                logger.warning("removed %s, a temporary file a killed run left", path)
     except OutputDirError as e:
         if exit_on_error:
             raise SystemExit(f"error: {e}") from None
@@ -451,9 +475,29 @@ def report(failures: Sequence[Mapping], done: int | None = None, what: str = "pr
     return text
 
 
-def exit_on_failures(failures: Sequence[Mapping], done: int | None = None, what: str = "processed") -> None:
+def retire_stale_predictions(folder, failures: Sequence[dict]) -> list[str]:
+    """Rename the prediction ``<case_id>.nii.gz`` in ``folder`` of every failed case that this run did not
+    write (an earlier run's, ``scripts.io.WRITTEN``) to ``<case_id>.nii.gz.stale``, so it is not scored as if
+    the case had been segmented, and add that to the case's failure record; returns the new paths."""
+    renamed = []
+    for record in failures:
+        path = os.path.join(str(folder), prediction_name(record["case_id"]))
+        if os.path.isfile(path) and os.path.realpath(path) not in WRITTEN:
+            os.replace(path, path + ".stale")
+            record["problem"] += f" (its previous prediction is renamed {os.path.basename(path)}.stale)"
+            renamed.append(path + ".stale")
+    return renamed
+
+
+def exit_on_failures(
+    failures: Sequence[Mapping], done: int | None = None, what: str = "processed", output_dir=None
+) -> None:
     """Print the :func:`report`; ``SystemExit(1)`` when any case failed (so ``python -m monai.bundle run``
-    exits non-zero after finishing the good cases)."""
+    exits non-zero after finishing the good cases). With ``output_dir``, the predictions an earlier run left
+    there for the failed cases are renamed first (:func:`retire_stale_predictions`)."""
+    if output_dir is not None:
+        failures = [dict(f) for f in failures]
+        retire_stale_predictions(output_dir, failures)
     report(failures, done, what)
     if failures:
         raise SystemExit(1)
@@ -475,4 +519,5 @@ __all__ = [
     "format_failure",
     "output_ids",
     "report",
+    "retire_stale_predictions",
 ]

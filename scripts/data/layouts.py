@@ -170,19 +170,16 @@ def _find_split_cases(
     root: str | os.PathLike,
     modalities: Sequence[str],
     sep: str,
-    anchor: str,
     labels: Sequence[int],
     incomplete: str,
     brats2020_label_quirks: bool = False,
 ) -> list[dict]:
     """Cases stored as one ``<id><sep><modality>.nii[.gz]`` file per modality (``modalities`` in the bundle's
-    channel order) plus ``<id><sep>seg`` when labelled; found from their ``anchor`` modality file, or from any
-    modality file with ``incomplete="keep"``. ``brats2020_label_quirks`` also accepts the label with the other
+    channel order) plus ``<id><sep>seg`` when labelled; found from any of their modality files. ``brats2020_label_quirks`` also accepts the label with the other
     NIfTI extension and the single-case-folder ``*seg*`` file (see :func:`find_brats2020_cases`)."""
     _check_incomplete(incomplete)
     files = _split_files(Path(root), modalities, sep)
-    starts = modalities if incomplete == "keep" else (anchor,)
-    keys = [key for key, found in sorted(files.items()) if any(m in found for m in starts)]
+    keys = [key for key, found in sorted(files.items()) if any(m in found for m in modalities)]
     per_folder: dict[Path, int] = {}
     for folder, _ in keys:
         per_folder[folder] = per_folder.get(folder, 0) + 1
@@ -206,22 +203,24 @@ def _find_split_cases(
 
 
 def find_brats2020_cases(root: str | os.PathLike, incomplete: str = "raise") -> list[dict]:
-    """All BraTS 2020-style cases under ``root`` (searched recursively), sorted by case id.
+    """All BraTS 2020-style cases under ``root`` (searched recursively, symlinked folders followed: see
+    :func:`nifti_files`), sorted by case id.
 
-    A case is a set of ``<id>_t1``, ``<id>_t1ce``, ``<id>_t2``, ``<id>_flair`` NIfTI files in one folder,
+    A case is a set of ``<id>_t1``, ``<id>_t1ce``, ``<id>_t2``, ``<id>_flair`` NIfTI files in one folder
+    (suffixes and extensions in any letter case, ``.nii`` and ``.nii.gz`` may be mixed),
     plus ``<id>_seg`` when labelled (training data; validation data have none and give items without
     ``label``). Raises ``FileNotFoundError`` naming the case and the missing file when a case has some
     modalities but not all. Items carry ``"labels": [1, 2, 4]``.
 
     ``incomplete="keep"`` (batch inference and evaluation) keeps such a case instead, its image list naming
     the missing file(s), so the per-case checks of :mod:`scripts.data.checks` report it and the other cases
-    go on; cases are then found from any of their modality files, not only ``_t1ce``.
+    go on.
 
     A case folder holding only one case and, instead of ``<id>_seg``, exactly one other NIfTI file with
     ``seg`` in its name uses that file as label: BraTS 2020 ships ``BraTS20_Training_355`` with
     ``W39_1998.09.19_Segm.nii``.
     """
-    return _find_split_cases(root, MODALITIES, "_", "t1ce", BRATS2020_LABELS, incomplete, brats2020_label_quirks=True)
+    return _find_split_cases(root, MODALITIES, "_", BRATS2020_LABELS, incomplete, brats2020_label_quirks=True)
 
 
 def find_brats2021_cases(root: str | os.PathLike, incomplete: str = "raise") -> list[dict]:
@@ -233,7 +232,7 @@ def find_brats2021_cases(root: str | os.PathLike, incomplete: str = "raise") -> 
     enhancing). Raises ``FileNotFoundError`` naming the case and the missing file(s) for incomplete cases,
     or with ``incomplete="keep"`` keeps them (see :func:`find_brats2020_cases`).
     """
-    return _find_split_cases(root, BRATS2021_MODALITIES, "-", "t1c", BRATS2021_LABELS, incomplete)
+    return _find_split_cases(root, BRATS2021_MODALITIES, "-", BRATS2021_LABELS, incomplete)
 
 
 MSD_SUBSETS = ("imagesTr", "imagesTs")
