@@ -21,6 +21,7 @@ import os
 
 from lib import endpoints
 from lib.bundle_tasks import ResUNetInferTask, ResUNetTrainTask
+from lib.dicomweb import DICOMwebStudiesApp
 from lib.models import MODELS, missing_files
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_BUNDLE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class ResUNetBraTSApp(MONAILabelApp):
+class ResUNetBraTSApp(DICOMwebStudiesApp, MONAILabelApp):  # DICOMweb: four MR series per study (lib/dicomweb.py)
     def __init__(self, app_dir, studies, conf):
         self.bundle_dir = os.path.abspath(conf.get("bundle_path", DEFAULT_BUNDLE))
         wanted = conf.get("models", "all")
