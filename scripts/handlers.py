@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar, Timer
+from monai.handlers import ValidationHandler
 
 from scripts.io import remove_stale_temporaries, save_torch
 
@@ -71,6 +72,25 @@ class DataLoadTimer:
             f"Epoch[{engine.state.epoch}] data loading: waited {self.wait:.1f} s for batches, "
             f"{self.work:.1f} s on them ({100 * self.fraction:.0f}% waiting)"
         )
+
+
+class EpochValidationHandler(ValidationHandler):
+    """MONAI's epoch-level ``ValidationHandler`` that also validates after the last epoch when ``interval`` does
+    not divide ``max_epochs`` (``--epochs 1`` with ``--val_interval 5``): every training run, of any length,
+    ends with a validated model, so the best-model saver writes ``model.pt``."""
+
+    def __init__(self, validator=None, interval: int = 1, exec_at_start: bool = False) -> None:
+        super().__init__(interval, validator, epoch_level=True, exec_at_start=exec_at_start)
+
+    def attach(self, engine: Engine) -> None:
+        interval = self.interval
+
+        def due(engine: Engine, epoch: int) -> bool:
+            return epoch % interval == 0 or epoch == engine.state.max_epochs
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=due), self)
+        if self.exec_at_start:
+            engine.add_event_handler(Events.STARTED, self)
 
 
 def _is_main_process() -> bool:

@@ -10,7 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai import handlers as monai_handlers
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_net_in_out
+
+import scripts.handlers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -139,7 +142,12 @@ def test_multi_gpu_overlay_logs_on_rank_0_only(rank):
     """The overlay's handler list, evaluated over stand-ins for the train config's handlers on each rank: every
     handler on rank 0, only those that drive training (LR schedule, validation) on the others."""
     targets = [h["_target_"] for h in _raw("train.json")["train"]["handlers"]]
-    kinds = {name: type(name, (), {}) for name in targets}
+    validation = type("ValidationHandler", (), {})  # scripts.handlers.EpochValidationHandler is one
+    assert issubclass(scripts.handlers.EpochValidationHandler, monai_handlers.ValidationHandler)
+    kinds = {
+        name: type(name.rsplit(".", 1)[-1], (validation,) if name.endswith(".EpochValidationHandler") else (), {})
+        for name in targets
+    }
     handlers = [kinds[name]() for name in targets]
     expression = _raw("multi_gpu_train.json")["train#trainer#train_handlers"]
     assert expression.startswith("$")
@@ -148,13 +156,14 @@ def test_multi_gpu_overlay_logs_on_rank_0_only(rank):
         get_rank = staticmethod(lambda: rank)
 
     monai = SimpleNamespace(
-        handlers=SimpleNamespace(**{k: kinds[k] for k in ("LrScheduleHandler", "ValidationHandler")})
+        handlers=SimpleNamespace(LrScheduleHandler=kinds["LrScheduleHandler"], ValidationHandler=validation)
     )
     chosen = eval(
         expression[1:].replace("@train#handlers", "handlers"), {"dist": dist, "monai": monai, "handlers": handlers}
     )
     names = [type(h).__name__ for h in chosen]
-    assert names == (targets if rank == 0 else ["LrScheduleHandler", "ValidationHandler"])
+    short = [name.rsplit(".", 1)[-1] for name in targets]
+    assert names == (short if rank == 0 else ["LrScheduleHandler", "EpochValidationHandler"])
 
 
 def test_step_lr_override_decays_tenfold_every_ten_epochs():
