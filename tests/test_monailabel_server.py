@@ -407,3 +407,82 @@ def test_one_label_is_validated_on_and_worse_weights_are_not_served(sparse_serve
         time.sleep(5)
     assert status["id"] == task["id"] and status["status"] == "DONE", status
     assert any("Retraining result: kept" in line for line in status["details"]), status
+
+
+def _import(source, datastore, *args):
+    cmd = [sys.executable, "-m", "scripts.data.import_studies", str(source), "--output_dir", str(datastore), "--quiet"]
+    return subprocess.run([*cmd, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def _brats2023_case(case, folder, name):
+    """A BraTS 2023-named copy of a BraTS 2020 case (``-t1n/-t1c/-t2w/-t2f/-seg``, enhancing 4 -> 3)."""
+    folder.mkdir(parents=True)
+    for mod, suffix in zip(("t1", "t1ce", "t2", "flair"), ("t1n", "t1c", "t2w", "t2f")):
+        shutil.copyfile(case[mod], folder / f"{name}-{suffix}.nii.gz")
+    seg = nib.load(case["seg"])
+    data = np.asarray(seg.dataobj).copy()
+    data[data == 4] = 3
+    nib.save(nib.Nifti1Image(data.astype(np.uint8), seg.affine), folder / f"{name}-seg.nii.gz")
+
+
+def test_real_layout_cases_are_imported_and_served(venv_dir, bundle_copy, tmp_path):
+    """``python -m scripts.data.import_studies`` on BraTS 2020 and BraTS 2023 layouts and DICOM series: 4D studies
+    in the bundle's channel order on the cases' grids, labels in the served values (1, 2, 4); a bad case is one
+    error line naming the case and file while the other cases are imported; a real server lists the studies
+    (the labelled ones with a final label) and segments the DICOM-imported study on its grid."""
+    from scripts.data.dicom import nifti_case_to_dicom
+
+    root, _ = bundle_copy
+    src, datastore = tmp_path / "source", tmp_path / "datastore"
+    brats2020 = write_dataset(src / "brats2020", num_cases=2, seed=21, shape=SHAPE, progress=False)
+    other = write_dataset(tmp_path / "other", num_cases=3, seed=22, shape=SHAPE, progress=False)
+    _brats2023_case(other[0], src / "brats2023" / "BraTS-GLI-00001-000", "BraTS-GLI-00001-000")
+    nifti_case_to_dicom([other[1][m] for m in ("t1", "t1ce", "t2", "flair")], src / "dicom" / "case_dcm")
+    bad = write_dataset(src / "bad", num_cases=2, seed=23, shape=SHAPE, progress=False)
+    t2 = nib.load(bad[1]["t2"])
+    nib.save(nib.Nifti1Image(np.asarray(t2.dataobj)[:-2], t2.affine), bad[1]["t2"])  # two slices short
+
+    for source in ("brats2020", "brats2023", "dicom"):
+        proc = _import(src / source, datastore)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _import(src / "bad", tmp_path / "datastore_bad")  # its case ids are the brats2020 source's
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-3000:]
+    assert "BraTS20_Training_002" in errors[0] and bad[1]["t2"] in errors[0] and "shape" in errors[0], errors
+    assert "1 studies written" in proc.stdout, proc.stdout
+
+    study = nib.load(datastore / "BraTS20_Training_001.nii.gz")
+    expected = np.stack([np.asarray(nib.load(brats2020[0][m]).dataobj) for m in ("t1", "t1ce", "t2", "flair")], -1)
+    np.testing.assert_array_equal(np.asarray(study.dataobj), expected)
+    np.testing.assert_allclose(study.affine, nib.load(brats2020[0]["t1"]).affine, atol=1e-5)
+    label = np.asarray(nib.load(datastore / "labels" / "final" / "BraTS-GLI-00001-000.nii.gz").dataobj)
+    np.testing.assert_array_equal(label, np.asarray(nib.load(other[0]["seg"]).dataobj))  # 3 -> 4 again
+    assert not (datastore / "labels" / "final" / "case_dcm.nii.gz").exists()  # DICOM cases carry no label
+    assert sorted(p.name for p in datastore.glob("*.nii.gz")) == [
+        "BraTS-GLI-00001-000.nii.gz",
+        "BraTS20_Training_001.nii.gz",
+        "BraTS20_Training_002.nii.gz",
+        "case_dcm.nii.gz",
+    ]
+    assert not list(datastore.rglob(".*.tmp*"))
+
+    conf = [("bundle_path", str(root)), ("preload", "false"), ("models", "resunet_brats"), ("skip_trainers", "true")]
+    with _serving(venv_dir, datastore, conf, tmp_path / "server.log") as (url, _):
+        objects = json.loads(_request("GET", f"{url}/datastore/?output=all"))["objects"]
+        labelled = sorted(k for k, v in objects.items() if v.get("labels", {}).get("final"))
+        assert sorted(objects) == ["BraTS-GLI-00001-000", "BraTS20_Training_001", "BraTS20_Training_002", "case_dcm"]
+        assert labelled == ["BraTS-GLI-00001-000", "BraTS20_Training_001", "BraTS20_Training_002"]
+        srv = {"url": url, "studies": datastore}
+        pred = _infer(srv, "resunet_brats", "case_dcm")
+    dcm_study = nib.load(datastore / "case_dcm.nii.gz")
+    assert dcm_study.shape[3] == 4 and pred.shape == dcm_study.shape[:3]
+    np.testing.assert_allclose(pred.affine, dcm_study.affine, atol=1e-4)
+    # the DICOM round trip keeps the NIfTI's intensities and world position (the centre of the T1's brain)
+    source_t1 = nib.load(other[1]["t1"])
+    t1, src_t1 = np.asarray(dcm_study.dataobj)[..., 0], np.asarray(source_t1.dataobj)
+    assert np.array_equal(np.sort(t1, axis=None), np.sort(src_t1, axis=None))
+
+    def centre(data, affine):
+        return nib.affines.apply_affine(affine, np.argwhere(data > 0).mean(axis=0))
+
+    np.testing.assert_allclose(centre(t1, dcm_study.affine), centre(src_t1, source_t1.affine), atol=0.5)
