@@ -74,6 +74,8 @@ import torch
 from scripts.conventions import (
     AFFINE_ATOL_MM,
     BRATS2020_LABELS,
+    BRATS2021_MODALITIES,
+    MODALITIES,
     NIFTI_EXTENSIONS,
     REGIONS,
     case_id_from_path,
@@ -371,6 +373,17 @@ def find_references(ref_dir) -> tuple[dict, list]:
     return _unique(best, "reference")
 
 
+def _case_image(ref: Path, case_id: str) -> str | None:
+    """The case's T1 image beside its reference (``<id>_t1`` or ``<id>-t1n``, ``.nii.gz`` or ``.nii``), whose grid
+    tells which file to blame for a grid mismatch (:func:`evaluate_case`), or ``None``."""
+    for suffix in (f"_{MODALITIES[0]}", f"-{BRATS2021_MODALITIES[0]}"):
+        for ext in NIFTI_EXTENSIONS:
+            path = Path(ref).parent / f"{case_id}{suffix}{ext}"
+            if path.is_file():
+                return str(path)
+    return None
+
+
 def _unique(found: dict, what: str) -> tuple[dict, list]:
     chosen, problems = {}, []
     for cid, paths in sorted(found.items()):
@@ -524,7 +537,10 @@ def evaluate_folders(
         result.unmatched_predictions.append({"case_id": cid, "file": str(preds[cid])})
         logger.warning("%s: no reference for prediction %s (not evaluated)", cid, preds[cid])
 
-    pairs = [{"case_id": cid, "pred": preds[cid], "ref": refs[cid]} for cid in sorted((set(preds) & set(refs)) - bad)]
+    pairs = [
+        {"case_id": cid, "pred": preds[cid], "ref": refs[cid], "image": _case_image(refs[cid], cid)}
+        for cid in sorted((set(preds) & set(refs)) - bad)
+    ]
     return _evaluate_and_write(result, pairs, output_dir, labels, ref_labels, empty, plot, hd95)
 
 

@@ -24,6 +24,7 @@ from tests._bundle import TINY  # noqa: E402
 
 
 def command(mode: str, bundle_root: Path, data: Path) -> list[str]:
+    """The 1-epoch training command line: ``mode`` ``single`` (one process) or ``multi`` (2 processes)."""
     configs = ["configs/train.json"] + (["configs/multi_gpu_train.json"] if mode == "multi" else [])
     launcher = [sys.executable, "-m", "monai.bundle"]
     if mode == "multi":

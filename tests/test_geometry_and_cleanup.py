@@ -20,7 +20,7 @@ from test_inputs_safe import TINY, bundle, checksums, save, write_case
 from scripts.conventions import AFFINE_ATOL_MM, MODALITIES
 from scripts.data.checks import FAILURE_KEY, CheckedDataset, check_case, check_output_dirs
 from scripts.data.layouts import find_brats2020_cases
-from scripts.evaluation import evaluate_datalist
+from scripts.evaluation import evaluate_datalist, evaluate_folders
 from scripts.transforms import CaseError
 
 arrays, checkpoint, preprocessing = safe.arrays, safe.checkpoint, safe.preprocessing  # the same fixtures
@@ -102,6 +102,10 @@ def test_evaluation_blames_the_reference_off_the_image_grid_and_counts_an_entry_
     no_image = [dict(items[0], image=str(tmp_path / "nowhere.nii.gz"))]
     (record,) = evaluate_datalist(no_image, preds, tmp_path / "o2", plot=False).failed
     assert record["file"] == str(preds / "BraTS20_Training_001.nii.gz"), record
+    # folders (python -m scripts.evaluation): the T1 image beside the reference tells
+    result = evaluate_folders(preds, tmp_path / "data", tmp_path / "o4", plot=False)
+    assert [r["case_id"] for r in result.rows] == ["BraTS20_Training_002"]
+    assert [f["file"] for f in result.failed] == [str(paths["seg"])], result.failed
     # two different entries with one case id: one failure, not two scores
     clash = [items[1], dict(items[0], case_id="BraTS20_Training_002")]
     result = evaluate_datalist(clash, preds, tmp_path / "o3", plot=False)

@@ -2,12 +2,13 @@
 
 The validation schedule of ``scripts.handlers.EpochValidationHandler`` on a real ignite engine, then a real
 ``python -m monai.bundle run training --epochs 1`` with the configs' default ``val_interval`` (5), which does
-not divide 1: it must validate after its only epoch, write ``model.pt`` and exit 0.
+not divide 1, in one process and in two (``torchrun`` with ``configs/multi_gpu_train.json``, gloo on a CPU):
+it must validate after its only epoch, write ``model.pt`` and exit 0. ``tests/stress_training.py`` repeats
+these runs N times.
 """
 
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,7 +16,8 @@ from ignite.engine import Engine
 
 from scripts.handlers import EpochValidationHandler
 from scripts.synthetic.phantom import write_dataset
-from tests._bundle import ROOT, TINY
+from tests._bundle import ROOT
+from tests.stress_training import command
 
 
 class _Validator:
@@ -39,20 +41,25 @@ def test_validation_every_interval_and_after_the_last_epoch(epochs, interval, ex
     assert validator.epochs == expected
 
 
-def test_one_epoch_training_leaves_a_model(tmp_path):
-    data = tmp_path / "data"
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    data = tmp_path_factory.mktemp("training") / "data"
     write_dataset(data, num_cases=6, seed=3, shape=(48, 56, 40), progress=False)
-    cmd = [
-        sys.executable, "-m", "monai.bundle", "run", "training",
-        "--meta_file", str(ROOT / "configs" / "metadata.json"),
-        "--config_file", str(ROOT / "configs" / "train.json"),
-        "--bundle_root", str(tmp_path), "--dataset_dir", str(data), *TINY, "--epochs", "1",
-    ]  # fmt: skip
+    return data
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["single", "multi"])
+def test_one_epoch_training_leaves_a_model(mode, dataset, tmp_path):
+    """``--epochs 1`` with the default ``val_interval`` 5, one process, and two processes with the multi-GPU
+    overlay on a CPU (gloo): exit 0, no teardown abort, a validated ``model.pt``."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        command(mode, tmp_path, dataset), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
-    assert "terminate called" not in log, log[-4000:]
+    assert "terminate called" not in log and "Traceback" not in log, log[-4000:]
     assert "Saved best model" in log, log[-4000:]
     models = tmp_path / "models"
     assert sorted(p.name for p in models.iterdir()) == ["checkpoint_epoch=1.pt", "model.pt"]
