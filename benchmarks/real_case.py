@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.conventions import REGIONS  # noqa: E402
+from scripts.conventions import MODALITIES, REGIONS  # noqa: E402
 from scripts.evaluation import evaluate_case  # noqa: E402
 from scripts.example import run_inference  # noqa: E402
 from scripts.figures import png_bytes  # noqa: E402
@@ -50,10 +50,14 @@ def score_checkpoint(ckpt: Path, case_dir: Path, window: str | None = None, firs
     """Inference with ``ckpt`` on the case (``window``: a ``window_size`` override), then its scores against the
     consensus, each algorithm and (``first``) another prediction."""
     with tempfile.TemporaryDirectory() as tmp:
+        images = Path(tmp) / "images" / case_dir.name  # the four modalities only: algorithms/ holds no case
+        images.mkdir(parents=True)
+        for m in MODALITIES:
+            (images / f"{case_dir.name}_{m}.nii.gz").symlink_to((case_dir / f"{case_dir.name}_{m}.nii.gz").resolve())
         start = time.perf_counter()
-        run_inference(case_dir, Path(tmp), ckpt, ["--window_size", window] if window else [])
+        run_inference(images, Path(tmp) / "pred", ckpt, ["--window_size", window] if window else [])
         seconds = time.perf_counter() - start
-        pred = Path(tmp) / f"{case_dir.name}.nii.gz"
+        pred = Path(tmp) / "pred" / f"{case_dir.name}.nii.gz"
         row = {"ckpt": str(ckpt), "window_size": window or "config default", "inference_s": round(seconds, 1)}
         row["consensus"] = _scores(pred, _reference(case_dir))
         for algo in sorted((case_dir / "algorithms").glob("*.nii.gz")):
@@ -105,7 +109,7 @@ def training_hours(log: Path) -> tuple[dict[int, float], dict[int, float]]:
             h, m, sec = (float(x) for x in done.groups()[1:])
             total += h + m / 60 + sec / 3600
             hours[int(done.group(1))] = total
-        dice = re.search(r"Epoch\[(\d+)\] Metrics -- val_mean_dice: ([\d.]+)", line)
+        dice = re.search(r"Epoch\[(\d+)\] Metrics -- .*val_mean_dice: ([\d.]+)", line)
         if dice:
             val[int(dice.group(1))] = float(dice.group(2))
     return hours, val
