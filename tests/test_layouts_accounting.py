@@ -64,6 +64,19 @@ def make_folder(tmp_path: Path, arrays: dict) -> tuple[Path, dict]:
     return data, paths
 
 
+def test_files_named_like_no_case_file_are_ignored_not_failed(arrays, tmp_path, caplog):
+    """Other algorithms' segmentations beside a case (as in ../shared/data) are not cases: logged, not skipped."""
+    data = tmp_path / "data"
+    write_case(data, "BraTS20_Training_001", arrays)
+    other = data / "BraTS20_Training_001" / "algorithms" / "isen-20.nii.gz"
+    other.parent.mkdir()
+    save(other, arrays["seg"])
+    with caplog.at_level("WARNING"):
+        cases = find_inference_cases(data)
+    assert [c["case_id"] for c in cases] == ["BraTS20_Training_001"] and cases.skipped == []
+    assert f"file ignored: {other}: named like no modality or label file of a case" in caplog.text
+
+
 def test_every_file_is_a_case_file_or_reported(arrays, tmp_path):
     data, paths = make_folder(tmp_path, arrays)
     assert detect_layout(data / "upper") == "brats2020"  # upper-case names alone are recognised

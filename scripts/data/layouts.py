@@ -428,8 +428,10 @@ class CaseList(list):
 
 def unused_files(root: str | os.PathLike, cases: Sequence[dict], layout: str) -> list[dict]:
     """A failure record for every NIfTI file under ``root`` (:func:`nifti_files`, symlinks followed) that
-    none of ``cases`` uses as image or label: a second file for one modality of a case, or a file that is
-    named like no case of ``layout`` (``notes_T1w.nii.gz``, a label without images)."""
+    none of ``cases`` uses as image or label and that is named like a case file: a second file for one modality
+    of a case, or a modality or label file that fits no case of ``layout`` (``notes_T1w.nii.gz``, a label
+    without images). Other NIfTI files (e.g. other algorithms' segmentations ``algorithms/isen-20.nii.gz``) are
+    not case files: each is logged as ignored, with no record."""
     used = {os.path.realpath(f) for c in cases for k in ("image", "label") for f in _as_list(c.get(k))}
     ids = {c.get("case_id") for c in cases}
     records = []
@@ -439,10 +441,20 @@ def unused_files(root: str | os.PathLike, cases: Sequence[dict], layout: str) ->
         case_id = case_id_from_path(path)
         if case_id in ids:
             problem = f"not used: case {case_id} already takes another file for this modality or label"
-        else:
+        elif _names_a_case_file(path):
             problem = f"not part of any {layout} case (expected {LAYOUT_NAMING.get(layout, layout)})"
+        else:
+            logger.warning("file ignored: %s: named like no modality or label file of a case", path)
+            continue
         records.append(failure(case_id, path, problem))
     return records
+
+
+def _names_a_case_file(path: str | os.PathLike) -> bool:
+    """Whether the file name ends in a modality (any spelling of :func:`modality_of`) or the label suffix."""
+    stem = strip_nifti(os.path.basename(path)) or ""
+    suffix = re.split(r"[_\-.]", stem)[-1]
+    return modality_of(suffix) is not None or suffix.lower() == LABEL_SUFFIX
 
 
 def _survey(root: Path, layout: str, incomplete: str) -> tuple[str, CaseList]:
