@@ -270,9 +270,11 @@ def test_inference_config_keeps_the_monai_label_contract():
     assert isinstance(pre[0], LoadImaged) and pre[0].keys[0] == "image"
     assert [type(t).__name__ for t in post] == [
         "Activationsd",
+        "MaskOutsideBraind",
         "Invertd",
         "AsDiscreted",
         "ClassesToBratsd",
+        "CaseIdToMetad",
         "SaveImaged",
     ]
     assert parser.get_parsed_content("label_names") == LABEL_NAMES
