@@ -27,12 +27,14 @@ import torch
 
 from apps import server
 from apps.resunet_brats.lib.models import MODELS, missing_files
+from scripts.conventions import MODALITIES
 from scripts.synthetic.phantom import write_dataset, write_monailabel_datastore
 from tests._bundle import ROOT
 
 pytestmark = pytest.mark.slow
 
 SHAPE = (48, 56, 40)
+REAL_CASE = "TCGA-DU-7294"  # examples/TCGA-DU-7294, the bundled real case
 BRATS_VALUES = {0, 1, 2, 4}
 
 
@@ -355,10 +357,20 @@ def sparse_server(venv_dir, bundle_copy, tmp_path_factory):
     shutil.copyfile(ROOT / "models" / "model.pt", root / "models" / "model.pt")
     studies = tmp_path_factory.mktemp("studies_sparse")
     write_monailabel_datastore(studies, num_cases=3, num_labelled=0, seed=13, shape=SHAPE, progress=False)
+    _real_study(studies)
     log_path = tmp_path_factory.mktemp("server_sparse") / "server.log"
     conf = [("bundle_path", str(root)), ("preload", "false"), ("models", "resunet_brats")]
     with _serving(venv_dir, studies, conf, log_path) as (url, info):
         yield {"url": url, "info": info, "root": root, "studies": studies, "log": log_path}
+
+
+def _real_study(studies):
+    """The bundled real case as a 4D study (T1, T1ce, T2, FLAIR): the shipped weights, trained on realistic
+    synthetic brains, segment its tumour (they find none in the small geometric phantoms)."""
+    case = ROOT / "examples" / REAL_CASE
+    images = [nib.load(case / f"{REAL_CASE}_{m}.nii.gz") for m in MODALITIES]
+    data = np.stack([np.asarray(img.dataobj, dtype=np.int16) for img in images], axis=-1)
+    nib.save(nib.Nifti1Image(data, images[0].affine), studies / f"{REAL_CASE}.nii.gz")
 
 
 def test_training_that_cannot_train_is_an_http_error(sparse_server):
@@ -379,7 +391,7 @@ def test_one_label_is_validated_on_and_worse_weights_are_not_served(sparse_serve
     is the served model's own prediction (/infer), so the served (shipped) weights score well on it; new weights
     trained from scratch for one epoch (one patch batch) score less and are not served. Then an asynchronous
     run: its status and its result line are visible at GET /train/."""
-    srv, image = sparse_server, "BraTS20_Training_001"
+    srv, image = sparse_server, REAL_CASE
     pred = _infer(srv, "resunet_brats", image)
     label = np.asarray(pred.dataobj)
     assert (label > 0).sum() > 50, "the fixture's weights predict (almost) no tumour: no label to validate on"
