@@ -21,7 +21,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar, Timer
 from monai.handlers import ValidationHandler
 
-from scripts.io import remove_stale_temporaries, save_torch
+from scripts.io import file_md5, remove_stale_temporaries, save_torch
 
 
 class LossProgressBar(ProgressBar):
@@ -360,16 +360,6 @@ class BestModelSaver:
         )
 
 
-def _md5(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def shipped_weights(bundle_root: str) -> dict[str, str]:
     """``{absolute path: md5}`` of the weight files listed in the bundle's ``large_files.yml``."""
     import yaml
@@ -391,7 +381,7 @@ def guard_shipped_weights(ckpt_path: str, bundle_root: str, overwrite: bool = Fa
     """
     path = os.path.abspath(ckpt_path)
     expected = shipped_weights(bundle_root).get(path)
-    if overwrite or expected is None or not os.path.isfile(path) or _md5(path) != expected:
+    if overwrite or expected is None or not os.path.isfile(path) or file_md5(path) != expected:
         return
     raise SystemExit(
         f"error: {ckpt_path} holds the shipped weights (md5 listed in large_files.yml); training would overwrite "

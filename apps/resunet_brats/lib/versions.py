@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -27,6 +26,8 @@ import re
 import shutil
 import sys
 from collections.abc import Iterator
+
+from scripts.io import file_md5
 
 VERSIONS = "versions"
 _NAME = re.compile(r"^\d{8}T\d{6}Z_(\d+\.\d{4}|unscored)(-\d+)?$")
@@ -50,14 +51,6 @@ def versions_dir(weights: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(weights)), VERSIONS)
 
 
-def md5(path: str) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _copy(src: str, dst: str) -> None:
     from scripts.io import atomic_path
 
@@ -72,7 +65,7 @@ def list_versions(weights: str) -> list[dict]:
     folder = versions_dir(weights)
     if not os.path.isdir(folder):
         return []
-    served = md5(weights) if os.path.isfile(weights) else None
+    served = file_md5(weights) if os.path.isfile(weights) else None
     out = []
     for name in sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".pt") and _NAME.match(f[:-3])):
         path = os.path.join(folder, f"{name}.pt")
@@ -80,7 +73,7 @@ def list_versions(weights: str) -> list[dict]:
         if os.path.isfile(os.path.join(folder, f"{name}.json")):
             with open(os.path.join(folder, f"{name}.json")) as f:
                 info = json.load(f)
-        digest = md5(path)
+        digest = file_md5(path)
         out.append({**info, "name": name, "file": path, "md5": digest, "served": digest == served})
     return out
 
@@ -101,7 +94,7 @@ def keep(weights_file: str, served: str, dice: float | None, info: dict) -> dict
     :func:`list_versions`)."""
     from scripts.io import write_json
 
-    digest = md5(weights_file)
+    digest = file_md5(weights_file)
     for v in list_versions(served):
         if v["md5"] == digest:
             return v
