@@ -2,7 +2,7 @@
 Grad-CAM and segmentation figures, the model-randomisation sanity test) and the robustness curves on the real
 case and on held-out synthetic cases.
 
-    python benchmarks/clinical_figures.py [--ckpt_path models/model.pt] [--num_synthetic 3] [--skip_robustness]
+    python benchmarks/clinical_figures.py [--ckpt_path models/model.pt] [--num_synthetic 3] [--skip_robustness | --skip_report]
 
 Runs the bundle workflows as a user does (``python -m monai.bundle run report|robustness`` with
 ``configs/inference.json``), reads their outputs and writes the sections "Per-case report", "Grad-CAM on the
@@ -122,6 +122,7 @@ def main(argv=None) -> None:
     parser.add_argument("--ckpt_path", default=str(ROOT / "models" / "model.pt"))
     parser.add_argument("--num_synthetic", type=int, default=3)
     parser.add_argument("--skip_robustness", action="store_true")
+    parser.add_argument("--skip_report", action="store_true", help="robustness only (keeps the report sections)")
     parser.add_argument("--doc", type=Path, default=DOC, help="markdown page to update (figures: its images/)")
     args, extra = parser.parse_known_args(argv)
     extra = [a for a in extra if a != "--"]
@@ -131,10 +132,12 @@ def main(argv=None) -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        _, wall = bundle(
-            "report", "report.json", "--dataset_dir", str(REAL_CASE), "--output_dir", str(tmp / "r"), *common
-        )
-        sections = [report_section(tmp / "r", wall, sanity_check(args.ckpt_path, extra))]
+        sections = []
+        if not args.skip_report:
+            _, wall = bundle(
+                "report", "report.json", "--dataset_dir", str(REAL_CASE), "--output_dir", str(tmp / "r"), *common
+            )
+            sections.append(report_section(tmp / "r", wall, sanity_check(args.ckpt_path, extra)))
         if not args.skip_robustness:
             sections += robustness_sections(tmp, common, args.num_synthetic)
     old = args.doc.read_text() if args.doc.is_file() else "# Clinical validation\n\n"
