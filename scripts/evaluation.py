@@ -44,11 +44,13 @@ Use
 ``python -m scripts.evaluation --pred_dir P --ref_dir R --output_dir O [--labels 1 2 4] [--ref_labels 1 2 3]
 [--empty brats|nan] [--hd95 pooled|max_directed] [--no_plot]`` writes ``metrics_per_case.csv``, ``metrics_summary.json``,
 ``metrics_summary.md`` and ``metrics_boxplot.png`` into O (each atomically). Predictions are ``<case_id>.nii.gz``
-files (any NIfTI whose case id, :func:`scripts.data.layouts.case_id_from_path`, matches); references are
-``<case_id>_seg.nii.gz`` or ``<case_id>.nii.gz`` files anywhere under R (flat, or BraTS case folders). A case
-that cannot be evaluated (unreadable file, shape/affine mismatch, unexpected labels) is skipped with one line
-naming the case, the file and the problem; the others are finished. Exit code 1 when any case failed or a
-reference had no prediction, 0 otherwise.
+files (any NIfTI whose case id, :func:`scripts.conventions.case_id_from_path`, matches); references are
+``<case_id>_seg.nii.gz`` or ``<case_id>.nii.gz`` files anywhere under R (flat, or BraTS case folders), found by
+the listing rules of the dataset layouts (suffixes and extensions in any letter case, ``_SEG.NII.GZ`` too;
+symlinked case folders followed, loop-safe; see :func:`find_references`). A case that cannot be evaluated
+(unreadable file, shape/affine mismatch, unexpected labels) is skipped with one line naming the case, the file
+and the problem; the others are finished. The report adds up: ``N case(s) found, M evaluated, K skipped
+(reasons)``. Exit code 1 when any case failed or a reference had no prediction, 0 otherwise.
 
 :func:`evaluate_pairs` evaluates explicit (prediction, reference) pairs and :func:`evaluate_datalist` the
 predictions of datalist items against their ``label``, with the same outputs; ``configs/evaluate.json`` runs the
@@ -74,14 +76,15 @@ import torch
 from scripts.conventions import (
     AFFINE_ATOL_MM,
     BRATS2020_LABELS,
-    BRATS2021_MODALITIES,
+    LABEL_SUFFIX,
     MODALITIES,
-    NIFTI_EXTENSIONS,
     REGIONS,
     case_id_from_path,
     prediction_name,
+    strip_nifti,
 )
 from scripts.data.checks import case_id_of, failure, format_failure
+from scripts.data.layouts import file_role, nifti_files
 from scripts.io import atomic_path, write_json
 from scripts.metrics import HD95_MODES, LESION_METRICS, hd95_mm, lesion_wise_metrics
 from scripts.transforms import CaseError, affines_match, label_to_regions, non_integer_labels
@@ -340,32 +343,32 @@ class EvaluationResult:
         return getattr(self, key)
 
 
-def _is_nifti(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.name.endswith(NIFTI_EXTENSIONS)
-
-
 def find_predictions(pred_dir) -> tuple[dict, list]:
-    """``({case_id: path}, problems)`` for the NIfTI files directly in ``pred_dir``; two files with the same
-    case id are a problem (``{"case_id", "file", "problem"}``), not a guess."""
+    """``({case_id: path}, problems)`` for the NIfTI files directly in ``pred_dir`` (extensions in any letter case,
+    hidden files left out); two files with the same case id are a problem (``{"case_id", "file", "problem"}``),
+    not a guess."""
     found: dict[str, list[Path]] = {}
     for p in sorted(Path(pred_dir).iterdir()):
-        if _is_nifti(p):
+        if p.is_file() and not p.name.startswith(".") and strip_nifti(p.name) is not None:
             found.setdefault(case_id_from_path(p), []).append(p)
     return _unique(found, "prediction")
 
 
 def find_references(ref_dir) -> tuple[dict, list]:
-    """``({case_id: path}, problems)`` for ``<case_id>_seg.nii[.gz]`` and ``<case_id>.nii[.gz]`` files anywhere
-    under ``ref_dir``; a ``_seg`` file wins over a plain one of the same case (which may be an image)."""
-    found: dict[str, list[Path]] = {}
-    for p in sorted(Path(ref_dir).rglob("*.nii*")):
-        if not _is_nifti(p):
-            continue
-        cid = case_id_from_path(p)
-        seg = any(p.name == f"{cid}_seg{ext}" for ext in NIFTI_EXTENSIONS)
-        plain = any(p.name == f"{cid}{ext}" for ext in NIFTI_EXTENSIONS)
-        if seg or plain:
-            found.setdefault(cid, []).append((0 if seg else 1, p))
+    """``({case_id: path}, problems)`` for the reference files under ``ref_dir``, listed by the rules of the
+    dataset layouts (:func:`scripts.data.layouts.nifti_files`: suffixes and extensions in any letter case,
+    symlinked folders followed, each real folder once): a label file (:func:`scripts.data.layouts.file_role`:
+    ``<case_id>_seg``, ``<case_id>-SEG``, ``<case>/seg.nii.gz``) or a file named by its case id alone
+    (``<case_id>.nii.gz``); a label file wins over a plain one of the same case (which may be an image).
+    Modality files are images, not references; any other NIfTI file (``<case>/image.nii.gz``) is logged as
+    ignored."""
+    found: dict[str, list] = {}
+    for p in nifti_files(ref_dir):
+        cid, role = case_id_from_path(p), file_role(p)
+        if role == LABEL_SUFFIX or (role is None and strip_nifti(p.name) == cid):
+            found.setdefault(cid, []).append((0 if role else 1, p))
+        elif role is None:
+            logger.warning("file ignored: %s: named like no reference (<case_id>_seg.nii.gz or <case_id>.nii.gz)", p)
     best = {}
     for cid, items in found.items():
         rank = min(r for r, _ in items)
@@ -374,13 +377,11 @@ def find_references(ref_dir) -> tuple[dict, list]:
 
 
 def _case_image(ref: Path, case_id: str) -> str | None:
-    """The case's T1 image beside its reference (``<id>_t1`` or ``<id>-t1n``, ``.nii.gz`` or ``.nii``), whose grid
-    tells which file to blame for a grid mismatch (:func:`evaluate_case`), or ``None``."""
-    for suffix in (f"_{MODALITIES[0]}", f"-{BRATS2021_MODALITIES[0]}"):
-        for ext in NIFTI_EXTENSIONS:
-            path = Path(ref).parent / f"{case_id}{suffix}{ext}"
-            if path.is_file():
-                return str(path)
+    """The case's T1 image beside its reference (``<id>_t1`` or ``<id>-t1n``, any letter case, ``.nii.gz`` or
+    ``.nii``), whose grid tells which file to blame for a grid mismatch (:func:`evaluate_case`), or ``None``."""
+    for path in sorted(Path(ref).parent.iterdir()):
+        if file_role(path) == MODALITIES[0] and case_id_from_path(path) == case_id and path.is_file():
+            return str(path)
     return None
 
 
@@ -716,12 +717,28 @@ def _fail(result: EvaluationResult, case_id: str, file, problem: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- report
+def accounting(result: EvaluationResult) -> str:
+    """``N case(s) found, M evaluated, K skipped (F failed, R reference(s) without a prediction, P prediction(s)
+    without a reference)``, which adds up: every case found (a prediction, a reference or a failure recorded
+    before) is evaluated or skipped for one of these reasons."""
+    reasons = (
+        (len(result.failed), "failed"),
+        (len(result.missing_predictions), "reference(s) without a prediction"),
+        (len(result.unmatched_predictions), "prediction(s) without a reference"),
+    )
+    skipped = sum(n for n, _ in reasons)
+    why = ", ".join(f"{n} {reason}" for n, reason in reasons if n)
+    line = f"{len(result.rows) + skipped} case(s) found, {len(result.rows)} evaluated, {skipped} skipped"
+    return line + (f" ({why})" if why else "")
+
+
 def print_report(result: EvaluationResult) -> None:
-    """The metrics table, the written files, predictions/references without a partner and one line per failed
-    case (``case: file: problem``), on stdout."""
+    """The metrics table, the written files, the :func:`accounting` line, predictions/references without a
+    partner and one line per failed case (``case: file: problem``), on stdout."""
     print()
     print(result.markdown, end="")
     print(f"\nwritten: {', '.join(result.outputs.values())}")
+    print(f"\n{accounting(result)}")
     if result.unmatched_predictions:
         print(f"\n{len(result.unmatched_predictions)} prediction(s) without a reference (not evaluated):")
         for m in result.unmatched_predictions:

@@ -377,3 +377,40 @@ def test_cli_exit_0_with_ref_labels_and_nan_summary(tmp_path, capsys):
     }
     assert summary["dice"]["WT"]["mean"] == 1.0 and summary["dice"]["mean"]["n"] == 2
     assert "n/a" in (tmp_path / "o" / "metrics_summary.md").read_text()
+
+
+def _save_named(path, data):
+    """``_save`` under exactly ``path``'s name (nibabel rewrites the letter case of an extension like ``.Nii.Gz``)."""
+    ext = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
+    return _save(path.parent / f"_tmp{ext}", data).rename(path)
+
+
+def test_cli_lists_references_like_the_dataset_layouts(tmp_path, capsys):
+    """References named in any letter case (``_SEG.NII.GZ``, ``-seg.nii``, ``case/seg.nii.gz``), in a symlinked case
+    folder and behind a link loop are all found, as the inference layouts find case files; the report adds up."""
+    pred_dir, ref_dir, elsewhere = tmp_path / "pred", tmp_path / "ref", tmp_path / "elsewhere"
+    refs = {
+        "BraTS20_Training_001": ref_dir / "BraTS20_Training_001" / "BraTS20_Training_001_SEG.NII.GZ",
+        "BraTS-GLI-00002-000": ref_dir / "BraTS-GLI-00002-000-Seg.nii",
+        "BraTS20_Training_003": elsewhere / "BraTS20_Training_003" / "BraTS20_Training_003_seg.nii.gz",
+        "caseE": ref_dir / "caseE" / "seg.nii.gz",
+        "BraTS20_Training_009": ref_dir / "BraTS20_Training_009_Seg.Nii.Gz",  # no prediction
+    }
+    for i, (cid, path) in enumerate(refs.items()):
+        _save_named(path, _label_map(i))
+        if cid != "BraTS20_Training_009":
+            _save_named(pred_dir / f"{cid}.NII.GZ" if i == 0 else pred_dir / f"{cid}.nii.gz", _label_map(i))
+    _save_named(ref_dir / "BraTS20_Training_001" / "BraTS20_Training_001_T1.NII.GZ", _label_map(0) * 10)  # an image
+    (ref_dir / "linked").symlink_to(elsewhere / "BraTS20_Training_003")
+    (ref_dir / "caseE" / "loop").symlink_to(ref_dir)
+    args = ["--pred_dir", str(pred_dir), "--ref_dir", str(ref_dir), "--output_dir", str(tmp_path / "out"), "--no_plot"]
+    assert main(args) == 1  # a reference without a prediction
+    out = capsys.readouterr().out
+    assert "5 case(s) found, 4 evaluated, 1 skipped (1 reference(s) without a prediction)" in out
+    assert f"BraTS20_Training_009: {refs['BraTS20_Training_009']}" in out
+    summary = _no_nan((tmp_path / "out" / "metrics_summary.json").read_text())
+    assert summary["n_cases"] == 4 and summary["failed"] == [] and summary["unmatched_predictions"] == []
+    with open(tmp_path / "out" / "metrics_per_case.csv", newline="") as f:
+        rows = {r["case_id"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == sorted(set(refs) - {"BraTS20_Training_009"})
+    assert all(float(r["dice_mean"]) == 1.0 for r in rows.values())

@@ -441,7 +441,7 @@ def unused_files(root: str | os.PathLike, cases: Sequence[dict], layout: str) ->
         case_id = case_id_from_path(path)
         if case_id in ids:
             problem = f"not used: case {case_id} already takes another file for this modality or label"
-        elif _names_a_case_file(path):
+        elif file_role(path) is not None:
             problem = f"not part of any {layout} case (expected {LAYOUT_NAMING.get(layout, layout)})"
         else:
             logger.warning("file ignored: %s: named like no modality or label file of a case", path)
@@ -450,11 +450,13 @@ def unused_files(root: str | os.PathLike, cases: Sequence[dict], layout: str) ->
     return records
 
 
-def _names_a_case_file(path: str | os.PathLike) -> bool:
-    """Whether the file name ends in a modality (any spelling of :func:`modality_of`) or the label suffix."""
+def file_role(path: str | os.PathLike) -> str | None:
+    """What a NIfTI file's name says it holds: ``LABEL_SUFFIX`` for a segmentation (``<id>_seg``, ``<id>-SEG``,
+    ``seg``), the bundle modality for a modality file (``<id>_T1ce`` -> ``t1ce``, ``<id>-t1n`` or ``t1`` ->
+    ``t1``; any spelling of :func:`modality_of`), ``None`` for any other name (``<id>.nii.gz``)."""
     stem = strip_nifti(os.path.basename(path)) or ""
     suffix = re.split(r"[_\-.]", stem)[-1]
-    return modality_of(suffix) is not None or suffix.lower() == LABEL_SUFFIX
+    return LABEL_SUFFIX if suffix.lower() == LABEL_SUFFIX else modality_of(suffix)
 
 
 def _survey(root: Path, layout: str, incomplete: str) -> tuple[str, CaseList]:
