@@ -4,7 +4,8 @@ bad cases, finish the good ones and report the bad ones at the end.
 Two levels of checks, both raising ``scripts.transforms.CaseError`` (``case_id``, ``path``, ``problem``):
 
 * :func:`check_case`, header level and cheap (nibabel headers only, run on every case in the main process
-  before any data is loaded): every file exists and is a readable NIfTI whose data are all there (a truncated
+  before any data is loaded): every file exists and is a readable NIfTI announcing at most :data:`MAX_VOXELS`
+  voxels (no decompression bomb is read) whose data are all there (a truncated
   ``.nii.gz`` is caught from its gzip trailer, a truncated ``.nii`` from its size), modality files are 3D (or
   the case is one 4D file with 4 channels), all modalities have the same shape and affine (every entry within
   ``scripts.conventions.AFFINE_ATOL_MM`` = 1e-4; the preprocessing's ``LoadImageSharedGridd`` stacks them on
@@ -44,6 +45,11 @@ logger = logging.getLogger(__name__)
 
 FAILURE_KEY = "__case_failure__"
 """Key of the record a :class:`CheckedDataset` item holds instead of data when its preprocessing failed."""
+MAX_VOXELS = 512**3
+"""Most voxels (all channels) one NIfTI file may announce in its header: 512^3 = 134,217,728, 15 times a BraTS
+case (240 x 240 x 155 x 1) and more than a 0.5 mm whole-head scan. Loaded as float32 such a file takes 512 MiB,
+and the preprocessing holds a few copies of it; a header that announces more (a crafted or corrupt header, a
+decompression bomb) is refused before any data are read."""
 
 
 class OutputDirError(OSError):
@@ -95,6 +101,13 @@ def _read_header(path: str):
         raise CaseError(
             path,
             f"the header's affine is singular (a zero voxel size or parallel axes: {_rows(affine)}), no voxel grid",
+        )
+    voxels = int(np.prod(shape, dtype=np.int64))
+    if voxels > MAX_VOXELS:
+        raise CaseError(
+            path,
+            f"the header announces {voxels} voxels (shape {shape_str(shape)}), more than the {MAX_VOXELS} one file "
+            "may hold (scripts.data.checks.MAX_VOXELS); refused before reading the data",
         )
     _check_data_size(path, img.header, shape)
     return img
