@@ -12,7 +12,6 @@ import torch
 from monai.data import decollate_batch
 from tqdm import tqdm
 
-from scripts.conventions import REGIONS
 from scripts.data.checks import CheckedDataset, SkippingDataLoader, case_id_of, failure, format_failure
 
 logger = logging.getLogger(__name__)
@@ -33,16 +32,6 @@ def load_weights(network: torch.nn.Module, path, device) -> torch.nn.Module:
 def sources_of(item: dict) -> list[str]:
     """The input files of a preprocessed item (from the image's metadata)."""
     return [str(s) for s in np.atleast_1d(item["image"].meta.get("filename_or_obj", "<unknown>"))]
-
-
-def nested(regions: torch.Tensor) -> torch.Tensor:
-    """Region masks (TC, WT, ET) as the written label map has them: ET inside TC inside WT."""
-    tc, wt, et = (regions[REGIONS.index(r)] for r in ("TC", "WT", "ET"))
-    out = torch.empty_like(regions)
-    out[REGIONS.index("ET")] = et
-    out[REGIONS.index("TC")] = tc | et
-    out[REGIONS.index("WT")] = wt | tc | et
-    return out
 
 
 class CaseWorkflow:

@@ -32,7 +32,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Invertd
 
-from scripts.casework import CaseWorkflow, nested, sources_of
+from scripts.casework import CaseWorkflow, sources_of
 from scripts.conventions import BRATS2020_LABELS, MODALITY_NAMES, REGION_CLASSES, REGIONS, TUMOUR_CLASSES
 from scripts.data.checks import case_id_of, exit_on_failures
 from scripts.data.layouts import find_cases, find_inference_cases
@@ -41,7 +41,7 @@ from scripts.explain import RegionGradCAM
 from scripts.figures import centre_of, heatmap_figure, png_bytes, segmentation_figure
 from scripts.inferers import FlipTTAInferer
 from scripts.io import write_nifti, write_text
-from scripts.transforms import regions_to_label
+from scripts.transforms import nested, regions_to_label
 from scripts.uncertainty import DEFAULT_THRESHOLD, tta_uncertainty
 
 logger = logging.getLogger(__name__)

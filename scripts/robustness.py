@@ -32,13 +32,13 @@ import torch
 from monai.transforms import Compose
 from tqdm import tqdm
 
-from scripts.casework import CaseWorkflow, nested
+from scripts.casework import CaseWorkflow
 from scripts.conventions import REGIONS
 from scripts.data.checks import case_id_of, exit_on_failures
 from scripts.data.layouts import find_cases, find_inference_cases
 from scripts.degradations import DEGRADATIONS, degrade
 from scripts.io import atomic_path, write_text
-from scripts.transforms import BrainNormalized
+from scripts.transforms import BrainNormalized, nested
 
 logger = logging.getLogger(__name__)
 

@@ -9,6 +9,8 @@
 
   The label values are configurable, ``(necrotic, oedema, enhancing)``: ``(1, 2, 4)`` for BraTS 2017-2020,
   ``(1, 2, 3)`` for BraTS 2021 and later.
+* :class:`NestRegionsd` nests binary region channels as the label map written from them has them (ET inside TC
+  inside WT), so that validation scores the regions inference serves.
 * :class:`BrainNormalized` scales every channel to [0, 1] inside the brain (robust percentiles), keeping the
   background at exactly 0.
 * :class:`BrainHistogramEqualized` equalises the histogram of every channel inside the brain only.
@@ -123,6 +125,17 @@ def regions_to_label(regions: torch.Tensor, labels: Sequence[int] = BRATS2020_LA
     return out[None]
 
 
+def nested(regions: torch.Tensor) -> torch.Tensor:
+    """Boolean region masks (TC, WT, ET) as the label map written from them has them (:func:`regions_to_label`):
+    ET inside TC inside WT (TC gains the ET outside it, WT the TC and ET outside it)."""
+    tc, wt, et = (regions[REGIONS.index(r)] for r in ("TC", "WT", "ET"))
+    out = torch.empty_like(regions)
+    out[REGIONS.index("ET")] = et
+    out[REGIONS.index("TC")] = tc | et
+    out[REGIONS.index("WT")] = wt | tc | et
+    return out
+
+
 class _LabelConversiond(MapTransform):
     """Base of the two label conversions: ``convert(img, labels)`` on every key, with the label convention
     ``labels`` = (necrotic, oedema, enhancing), or the item's own one when ``labels_key`` is set and the item
@@ -166,6 +179,19 @@ class RegionsToLabeld(_LabelConversiond):
 
     convert = staticmethod(regions_to_label)
     dtype = torch.uint8
+
+
+class NestRegionsd(MapTransform):
+    """Dictionary transform: binary region channels (TC, WT, ET) -> the regions of the label map written from them
+    (:func:`nested`), same shape, type and metadata. A validation that scores the network's regions after it
+    scores what inference serves: a prediction saved as a label scores Dice 1 against the same weights."""
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            d[key], *_ = convert_to_dst_type(nested(torch.as_tensor(img) > 0.5), img, dtype=img.dtype)
+        return d
 
 
 class BrainNormalized(MapTransform):
@@ -514,10 +540,12 @@ __all__ = [
     "BrainNormalized",
     "LabelToRegionsd",
     "MaskOutsideBraind",
+    "NestRegionsd",
     "RegionsToLabeld",
     "SelectChannelsd",
     "brain_mask",
     "label_to_regions",
+    "nested",
     "non_integer_labels",
     "regions_to_label",
 ]

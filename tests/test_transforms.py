@@ -2,6 +2,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.data import MetaTensor
 from monai.transforms import LoadImaged
 
 from scripts.transforms import (
@@ -9,6 +10,7 @@ from scripts.transforms import (
     BrainNormalized,
     LabelToRegionsd,
     MaskOutsideBraind,
+    NestRegionsd,
     RegionsToLabeld,
     label_to_regions,
     regions_to_label,
@@ -57,6 +59,20 @@ def test_regions_to_label_keeps_et_outside_tc():
     regions[1, 1, 1, 1] = 1
     out = regions_to_label(regions)
     assert out[0, 0, 0, 0] == 4 and out[0, 1, 1, 1] == 2 and out.sum() == 6
+
+
+def test_nested_regions_are_the_regions_of_the_written_label_map():
+    """Validation nests the network's regions (NestRegionsd) as inference's label map has them: ET outside TC and
+    TC outside WT; the label map of a prediction then scores exactly the nested regions."""
+    gen = torch.Generator().manual_seed(0)
+    regions = (torch.rand(3, 12, 12, 12, generator=gen) > 0.7).float()
+    pred = MetaTensor(regions, affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    out = NestRegionsd("pred")({"pred": pred})["pred"]
+    assert isinstance(out, MetaTensor) and out.dtype == pred.dtype and torch.equal(out.affine, pred.affine)
+    served = label_to_regions(regions_to_label(regions))
+    assert torch.equal(out.as_tensor(), served) and not torch.equal(served, regions)
+    tc, wt, et = out.bool()
+    assert not (et & ~tc).any() and not (tc & ~wt).any()
 
 
 def test_label_to_regions_rejects_multichannel():
