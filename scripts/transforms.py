@@ -34,6 +34,7 @@ background is exactly 0 in every modality.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -309,7 +310,24 @@ class SharedGridNibabelReader(NibabelReader):
     """``NibabelReader`` that stacks modality files whose affines match within ``AFFINE_ATOL_MM``
     (:func:`affines_match`) on the first file's affine; MONAI's own reader refuses any difference beyond
     ``numpy.allclose``'s defaults (1e-8 for a zero entry), stricter than scanners write. Affines that differ
-    more are left as they are (MONAI then refuses them; ``scripts.data.checks.check_case`` reports them first)."""
+    more are left as they are (MONAI then refuses them; ``scripts.data.checks.check_case`` reports them first).
+
+    Thread-safe: MONAI's reader keeps the names of its last ``read`` in ``self.filenames`` and ``get_data`` zips
+    the images with them, so when two threads share the reader (``CacheDataset(num_workers=2)`` fills its cache
+    with threads running one transform instance) a 1-file read between another thread's 4-file ``read`` and
+    ``get_data`` cuts that case to 1 channel. Here ``filenames`` is kept per thread."""
+
+    _per_thread = threading.local()
+
+    @property
+    def filenames(self):
+        return getattr(self._per_thread, "filenames", {}).get(id(self), ())
+
+    @filenames.setter
+    def filenames(self, value) -> None:
+        if not hasattr(self._per_thread, "filenames"):
+            self._per_thread.filenames = {}
+        self._per_thread.filenames[id(self)] = value
 
     def get_data(self, img):
         images = tuple(img) if isinstance(img, (list, tuple)) else (img,)

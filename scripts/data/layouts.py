@@ -188,7 +188,7 @@ def _find_split_cases(
         found = files[(folder, prefix)]
         ext = ".nii.gz" if next(iter(found.values())).name.lower().endswith(".gz") else ".nii"
         images = [found.get(m) or folder / f"{prefix}{sep}{m}{ext}" for m in modalities]
-        missing = [str(p) for p in images if not p.is_file()]
+        missing = [str(p) for m, p in zip(modalities, images) if m not in found or not p.is_file()]
         if missing and incomplete == "raise":
             raise FileNotFoundError(f"case {prefix}: missing modality file(s) {missing}")
         item = {"case_id": prefix, "image": [str(p) for p in images]}
@@ -342,10 +342,12 @@ def detect_layout(root: str | os.PathLike) -> str | None:
     """The layout of the data at ``root`` (one of ``LAYOUTS``), or ``None`` when nothing is recognised.
 
     Checked in this order: an MSD task folder (``imagesTr``/``imagesTs``, or such a folder itself); BraTS
-    2023+ files (``*-t1c.nii*``) or BraTS 2020 files (``*_t1ce.nii*``) anywhere below (both at once is
-    ambiguous: ``ValueError``, pass the layout explicitly); DICOM case folders; NIfTI files directly in
-    ``root`` (4D cases; if they are all named like MSD's ``BRATS_001.nii.gz``, ``msd`` with a warning,
-    because their channels are in MSD order); a single NIfTI file (``nifti4d``).
+    2023+ modality files (``*-t1n/-t1c/-t2w/-t2f.nii*``) or BraTS 2020 ones (``*_t1/_t1ce/_t2/_flair.nii*``)
+    anywhere below (both at once is ambiguous: ``ValueError``, pass the layout explicitly), so a folder holding
+    one modality file of a case, e.g. while the case is being written, is an incomplete case, never a 4D
+    study; DICOM case folders; NIfTI files directly in ``root`` (4D cases; if they are all named like MSD's
+    ``BRATS_001.nii.gz``, ``msd`` with a warning, because their channels are in MSD order); a single NIfTI
+    file (``nifti4d``).
     """
     root = Path(root)
     if root.is_file():
@@ -357,8 +359,11 @@ def detect_layout(root: str | os.PathLike) -> str | None:
     stems = [strip_nifti(p.name).lower() for p in nifti_files(root)]
     found = [
         layout
-        for layout, suffix in (("brats2021", "-t1c"), ("brats2020", "_t1ce"))
-        if any(stem.endswith(suffix) for stem in stems)
+        for layout, suffixes in (
+            ("brats2021", [f"-{m}" for m in BRATS2021_MODALITIES]),
+            ("brats2020", [f"_{m}" for m in MODALITIES]),
+        )
+        if any(stem.endswith(suffix) for stem in stems for suffix in suffixes)
     ]
     if len(found) > 1:
         raise ValueError(f"{root}: holds both {' and '.join(found)} cases; choose one with layout=...")
@@ -619,6 +624,20 @@ def _is_empty(folder: Path) -> bool:
     return not nifti_files(folder) and not find_dicom_cases(folder)
 
 
+def _fill_synthetic(folder: Path, num_cases: int, seed: int) -> None:
+    """Fill the default data folder with ``num_cases`` generated cases when it is missing or empty. In a
+    multi-process run (``torch.distributed`` initialised, e.g. ``configs/multi_gpu_train.json``) only rank 0
+    decides and writes; every rank waits at a barrier before listing, so no rank lists a case folder whose
+    files are still being written."""
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized()
+    if (not distributed or dist.get_rank() == 0) and (not folder.exists() or _is_empty(folder)):
+        write_dataset(folder, num_cases=num_cases, seed=seed)
+    if distributed:
+        dist.barrier()
+
+
 def _prepare_datalist(dataset_dir, fold, num_folds, seed, synthetic_cases, layout, incomplete, synthetic_dir):
     if dataset_dir.suffix == ".json":
         if not dataset_dir.is_file():
@@ -629,9 +648,8 @@ def _prepare_datalist(dataset_dir, fold, num_folds, seed, synthetic_cases, layou
                 datalist[key], bad = valid_entries(datalist, key, dataset_dir)
                 skipped += bad
     else:
-        synthetic = synthetic_dir is not None and os.path.realpath(dataset_dir) == os.path.realpath(synthetic_dir)
-        if synthetic and (not dataset_dir.exists() or _is_empty(dataset_dir)):
-            write_dataset(dataset_dir, num_cases=synthetic_cases, seed=seed)
+        if synthetic_dir is not None and os.path.realpath(dataset_dir) == os.path.realpath(synthetic_dir):
+            _fill_synthetic(dataset_dir, synthetic_cases, seed)
         if not dataset_dir.exists():
             raise DatasetError(f"{dataset_dir}: dataset folder does not exist (check --dataset_dir)")
         if dataset_dir.is_dir() and _is_empty(dataset_dir):
