@@ -53,6 +53,18 @@ def test_a_case_folder_seen_mid_write_stops_training_with_one_line(tmp_path):
         prepare_datalist(data, num_folds=2, exit_on_error=True)
 
 
+def test_a_case_seen_before_its_label_is_written_is_named_as_left_out(tmp_path, caplog):
+    data = tmp_path / "data"
+    write_dataset(data, num_cases=4, seed=1, shape=SHAPE, progress=False)
+    (data / "BraTS20_Training_004" / "BraTS20_Training_004_seg.nii.gz").unlink()
+    with caplog.at_level("WARNING"):
+        datalist = prepare_datalist(data, num_folds=2)
+    assert len(datalist["training"] + datalist["validation"]) == 3
+    assert "1 case(s) without a segmentation left out (nothing to train or score against): BraTS20_Training_004" in (
+        caplog.text
+    )
+
+
 def test_a_shared_image_reader_keeps_each_threads_files(tmp_path):
     """``CacheDataset(num_workers=2)`` runs one loader in two threads. Thread A reads a case's 4 files, thread B
     reads 1 file before A turns its images into data: A still gets 4 channels (MONAI's reader alone gives 1)."""

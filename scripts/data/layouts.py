@@ -665,6 +665,13 @@ def _prepare_datalist(dataset_dir, fold, num_folds, seed, synthetic_cases, layou
                 f"{dataset_dir}: no labelled cases in its {layout} layout ({len(found)} unlabelled case(s); "
                 "training needs segmentations, e.g. <id>_seg.nii.gz, <id>-seg.nii.gz or labelsTr/)"
             )
+        unlabelled = [c["case_id"] for c in found if "label" not in c]
+        if unlabelled:
+            logger.warning(
+                "%d case(s) without a segmentation left out (nothing to train or score against): %s",
+                len(unlabelled),
+                ", ".join(unlabelled[:10]) + (", ..." if len(unlabelled) > 10 else ""),
+            )
         datalist = {"training": assign_folds(cases, num_folds, seed)}
     training, validation = split_fold(datalist, fold)
     check_unique_case_ids(training, f"the training list of {dataset_dir}")
