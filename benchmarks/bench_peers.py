@@ -3,7 +3,8 @@
 
 Peers:
 
-* ``resunet``     -- this bundle's ResUNet exactly as ``configs/train.json`` ``network_def`` builds it.
+* ``resunet``     -- this bundle's ResUNet as ``configs/train.json`` + ``inference.json`` build and place it
+  (``network``: ``network_def`` placed channels-last by ``scripts.networks.place``).
 * ``resunet_sep`` -- the same ResUNet with every level depthwise-separable (``separable_levels = all``).
 * ``student``     -- the distilled MobileNetV3-style student as ``configs/student.json`` builds it (or
   ``--student_target``/``--student_kwargs``).
@@ -13,17 +14,22 @@ Peers:
   ``ResidualEncoderUNet``) with a BraTS-like plan.
 
 Measured per model: parameters; forward FLOPs per ``4 x 128^3`` patch (``torch.utils.flop_counter``, a
-multiply-add counts as 2 FLOPs); forward latency per patch; whole-volume sliding-window inference time on a
-``4 x 240 x 240 x 155`` case with the model's own sliding-window settings; peak memory (RSS high-water mark
-of a fresh subprocess per model and phase on CPU, ``torch.cuda.max_memory_allocated`` on CUDA); training
-throughput (forward + backward + Adam step on the model's own training patch); ratios against SegResNet;
-achieved GFLOP/s against the machine's measured large-matmul GFLOP/s.
+multiply-add counts as 2 FLOPs); forward latency per patch; whole-case inference with the model's own settings
+(the bundle's networks: ``sw_inferer`` and ``inference_backend`` of the configs, i.e. one window over the input
+and ONNX Runtime on CPU; SegResNet: one 240x240x160 window; ResEnc-M: 128^3 tiles, step 0.5) on (``case``) the
+real case ``--case_dir`` brain-cropped by the bundle's preprocessing and (``volume``) the full 240x240x155
+volume (the bundle's networks get it padded as their crop pads it); peak memory (RSS high-water mark of a
+fresh subprocess per model and phase on CPU, ``torch.cuda.max_memory_allocated`` on CUDA); training throughput
+(forward + backward + Adam step on the model's own training patch); ratios against SegResNet; achieved GFLOP/s
+against the machine's measured large-matmul GFLOP/s; and (``roofline``, ``benchmarks/roofline.py``) dense,
+depthwise and 1x1x1 conv kernels at the ResUNet's level sizes against the measured memory bandwidth and matmul
+peak.
 
 Full run (quiet machine)::
 
     python benchmarks/bench_peers.py --device cpu
 
-Smoke run (small sizes, writes nothing under docs/)::
+Smoke run (small sizes, every task; writes nothing under docs/)::
 
     python benchmarks/bench_peers.py --quick --output_md /tmp/b.md --output_png /tmp/b.png \
         --output_json /tmp/b.json
@@ -54,20 +60,28 @@ if REPO_ROOT not in sys.path:
 from benchmarks.peers import (  # noqa: E402
     ALL_MODELS,
     ALL_TASKS,
+    CASE_DIR,
     COMMON_TRAIN,
+    MODEL_TASKS,
+    QUICK_CASE_MAX,
     QUICK_MATMUL,
     QUICK_PATCH,
     QUICK_TRAIN_PATCH,
     QUICK_VOLUME,
     REF_PATCH,
     VOLUME_SHAPE,
+    WHOLE_CASE_TASKS,
+    bundle_parser,
+    bundle_shapes,
     count_params,
     forward_flops,
     log,
     make_specs,
     train_step_estimates,
+    window_plan,
 )
 from benchmarks.report import failed_note, fmt, gib, render_markdown, render_plot, shape_str  # noqa: E402
+from benchmarks.roofline import COPY_MIB, QUICK_COPY_MIB, resunet_levels  # noqa: E402
 from benchmarks.timing import machine_info, run_worker, worker_main  # noqa: E402
 from scripts.io import keep_other_markdown_sections, write_text  # noqa: E402
 
@@ -95,12 +109,26 @@ def parse_args(argv=None):
     p.add_argument(
         "--quick",
         action="store_true",
-        help=f"smoke run: forward patch {shape_str(QUICK_PATCH)}, volume {shape_str(QUICK_VOLUME)}, training patch "
-        f"{shape_str(QUICK_TRAIN_PATCH)}, ResEnc-M/SegResNet rois shrunk to fit, matmul {QUICK_MATMUL}",
+        help=f"smoke run: forward patch {shape_str(QUICK_PATCH)}, real case cut to {shape_str(QUICK_CASE_MAX)}, "
+        f"volume {shape_str(QUICK_VOLUME)}, training patch {shape_str(QUICK_TRAIN_PATCH)}, ResEnc-M/SegResNet rois "
+        f"shrunk to fit, matmul {QUICK_MATMUL}, copy {QUICK_COPY_MIB} MiB",
     )
     p.add_argument("--models", nargs="+", choices=ALL_MODELS, default=list(ALL_MODELS))
     p.add_argument("--tasks", nargs="+", choices=ALL_TASKS, default=list(ALL_TASKS))
-    p.add_argument("--volume_shape", type=int, nargs=3, default=None, help=f"default {shape_str(VOLUME_SHAPE)}")
+    p.add_argument(
+        "--case_dir",
+        default=CASE_DIR,
+        help="the real case: brain-cropped by configs/inference.json's preprocessing for the `case` task "
+        f"(--quick: each side cut to at most {shape_str(QUICK_CASE_MAX)})",
+    )
+    p.add_argument(
+        "--volume_shape",
+        type=int,
+        nargs=3,
+        default=None,
+        help=f"the full volume of the `volume` task (default {shape_str(VOLUME_SHAPE)}; {shape_str(QUICK_VOLUME)} "
+        "with --quick)",
+    )
     p.add_argument("--matmul_size", type=int, default=None, help="default 4096 (1024 with --quick)")
     p.add_argument(
         "--train_patch",
@@ -154,7 +182,9 @@ def main(argv=None) -> int:
         f"bench_peers: {machine['cpu_model']}, device {args.device}, {machine['torch_threads']} threads, torch {machine['torch']}"
         + (" [QUICK smoke run]" if run["quick"] else "")
     )
-    specs, skipped = make_specs(args, run["quick"])
+    run["shapes"] = _shapes(args, run)
+    log(f"whole-case inputs: {run['shapes']}")
+    specs, skipped = make_specs(args, run["quick"], run["shapes"])
     for k, why in skipped.items():
         log(f"  skip {k}: {why}")
     if not specs:
@@ -186,9 +216,22 @@ def _settings(args) -> dict:
         "patch": list(QUICK_PATCH if quick else REF_PATCH),
         "volume": list(args.volume_shape or (QUICK_VOLUME if quick else VOLUME_SHAPE)),
         "matmul_size": args.matmul_size or (QUICK_MATMUL if quick else 4096),
+        "copy_mib": QUICK_COPY_MIB if quick else COPY_MIB,
+        "case_dir": _rel(args.case_dir),
         "out_json": args.output_json
         or os.path.join(REPO_ROOT, "benchmarks", "results", f"bench_peers_{args.device}_{stamp}.json"),
     }
+
+
+def _shapes(args, run: dict) -> dict:
+    """The whole-case inputs: the real case brain-cropped by the bundle's preprocessing (cut to
+    ``QUICK_CASE_MAX`` with ``--quick``), the full volume as it is and as the bundle's crop pads it."""
+    shapes = bundle_shapes(args.case_dir, tuple(run["volume"]))
+    if run["quick"]:
+        shapes["case_cropped"] = shapes["case"]
+        shapes["case"] = [min(s, q) for s, q in zip(shapes["case"], QUICK_CASE_MAX)]
+    shapes["raw_volume"] = list(run["volume"])
+    return shapes
 
 
 def _cpu_mem_limit(args, machine: dict) -> int | None:
@@ -210,7 +253,8 @@ def _static_measures(specs: list[dict], args, run: dict, budget: int | None) -> 
         r["params"] = count_params(s)
         r["flops_ref"] = forward_flops(s, REF_PATCH)
         r["flops_patch"] = forward_flops(s, tuple(run["patch"]))
-        r["flops_window"] = forward_flops(s, tuple(s["sw"]["roi_size"]))
+        r["plan"] = {t: window_plan(s["sw"], s["inputs"][t]) for t in WHOLE_CASE_TASKS}
+        r["flops_window"] = {t: forward_flops(s, tuple(r["plan"][t]["roi"])) for t in WHOLE_CASE_TASKS}
         r.update(_train_setting(s, args, run, budget))
         log(
             f"  {s['key']:<12} params {r['params'] / 1e6:8.3f} M   fwd 4x{shape_str(REF_PATCH)} {r['flops_ref'] / 1e9:9.1f} GFLOP"
@@ -266,13 +310,23 @@ def _measure_all(specs: list[dict], results: dict, args, run: dict, t_start: flo
         "repeats": run["repeats"],
     }
     size = run["matmul_size"]
-    jobs = [(t, s["key"]) for s in specs for t in ALL_TASKS if t in args.tasks]
-    n_jobs = len(jobs) + 1
+    jobs = [(t, s["key"]) for s in specs for t in MODEL_TASKS if t in args.tasks]
+    roofline = "roofline" in args.tasks
+    n_jobs = len(jobs) + 1 + roofline
     log(f"[1/{n_jobs}] matmul {size}x{size} ... (elapsed {time.perf_counter() - t_start:.0f} s)")
     matmul = run_worker(dict(base_task, task="matmul", size=size), args, f"[1/{n_jobs}] matmul")
     log(f"  -> {matmul['gflops']:.1f} GFLOP/s" if "error" not in matmul else f"  -> failed: {matmul['error']}")
+    if roofline:
+        log(f"[2/{n_jobs}] roofline kernels ... (elapsed {time.perf_counter() - t_start:.0f} s)")
+        levels = resunet_levels(
+            bundle_parser([], {}, args.device).get_parsed_content("network_def", instantiate=False).get_config(),
+            run["shapes"]["case"],
+        )
+        task = dict(base_task, task="roofline", levels=levels, copy_mib=run["copy_mib"], backends=_backends(args))
+        run["roofline"] = run_worker(task, args, f"[2/{n_jobs}] roofline")
+        log(f"  -> failed: {run['roofline']['error']}" if "error" in run["roofline"] else "  -> done")
     by_key = {s["key"]: s for s in specs}
-    for i, (task, key) in enumerate(jobs, 2):
+    for i, (task, key) in enumerate(jobs, 2 + roofline):
         label = f"[{i}/{n_jobs}] {task} {key}"
         log(f"{label} ... (elapsed {time.perf_counter() - t_start:.0f} s)")
         results[key][task] = out = _measure_one(task, by_key[key], results[key], base_task, args, run, label)
@@ -280,12 +334,20 @@ def _measure_all(specs: list[dict], results: dict, args, run: dict, t_start: flo
             log(f"  -> failed: {out['error']}")
         else:
             mem = out.get("cuda_peak_bytes", out.get("peak_rss_bytes", 0)) / 2**20
-            extra = f", {out['windows']} windows" if task == "volume" else ""
+            extra = f", {out['windows']} windows" if task in WHOLE_CASE_TASKS else ""
             extra += f", {out['patches_per_s']:.3f} patches/s" if task == "train" else ""
             log(f"  -> median {out['median_s']:.3f} s{extra}, peak {mem:.0f} MiB (worker wall {out['wall_s']:.0f} s)")
     for r in results.values():
         r.pop("_common", None)
     return matmul
+
+
+def _backends(args) -> list[str]:
+    """The kernel backends of the roofline: torch, and the bundle's CPU backend when it is another one."""
+    from scripts.inferers import default_backend
+
+    backend = "torch" if args.precision != "fp32" else (args.resunet_backend or default_backend(args.device))
+    return ["torch"] + ([backend] if backend != "torch" else [])
 
 
 def _measure_one(task: str, s: dict, r: dict, base_task: dict, args, run: dict, label: str) -> dict:
@@ -296,7 +358,7 @@ def _measure_one(task: str, s: dict, r: dict, base_task: dict, args, run: dict, 
         task=task,
         spec=s,
         patch=run["patch"],
-        volume=run["volume"],
+        shape=s["inputs"].get(task),
         train_patch=r["train_setting"]["patch"],
         train_batch=r["train_setting"]["batch"],
     )
@@ -333,6 +395,8 @@ def _report(args, argv, run: dict, machine: dict, specs, skipped, matmul: dict, 
             "patch": run["patch"],
             "ref_patch": list(REF_PATCH),
             "volume": run["volume"],
+            "shapes": run["shapes"],
+            "case_dir": run["case_dir"],
             "matmul_size": run["matmul_size"],
             "tasks": [t for t in ALL_TASKS if t in args.tasks],
             "train_patch_policy": args.train_patch,
@@ -347,6 +411,7 @@ def _report(args, argv, run: dict, machine: dict, specs, skipped, matmul: dict, 
         "specs": specs,
         "skipped": skipped,
         "matmul": matmul,
+        "roofline": run.get("roofline"),
         "results": results,
     }
 

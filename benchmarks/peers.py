@@ -17,8 +17,11 @@ from scripts.conventions import MODALITIES, REGIONS
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ALL_MODELS = ("resunet", "resunet_sep", "student", "swin", "segresnet", "resenc_m")
-ALL_TASKS = ("patch", "volume", "train")
+MODEL_TASKS = ("patch", "case", "volume", "train")  # one worker per model and task
+ALL_TASKS = (*MODEL_TASKS, "roofline")  # roofline: one worker for the machine (benchmarks/roofline.py)
+WHOLE_CASE_TASKS = ("case", "volume")  # whole-case inference: the real brain-cropped case, the full volume
 BASELINE = "segresnet"
+CASE_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "TCGA-DU-7294")
 
 # --- sizes -------------------------------------------------------------------------------------------------
 IN_CHANNELS = len(MODALITIES)
@@ -27,6 +30,7 @@ REF_PATCH = (128, 128, 128)  # the FLOPs / latency reference patch (4 x 128^3)
 VOLUME_SHAPE = (240, 240, 155)  # a BraTS case
 QUICK_PATCH = (64, 32, 32)  # ResEnc-M (5 stride-2 stages) needs > 1 bottleneck voxel for InstanceNorm
 QUICK_VOLUME = (64, 64, 40)
+QUICK_CASE_MAX = (48, 64, 48)  # --quick: the real case's brain crop, each side cut to at most this
 QUICK_TRAIN_PATCH = QUICK_PATCH
 QUICK_MATMUL = 1024
 
@@ -72,35 +76,78 @@ def log(msg: str) -> None:
 # =============================================================================================================
 
 
-def _bundle_settings(device: str) -> dict:
-    """``network_def``, the sliding-window inferer and the training patch/batch from ``configs/train.json``;
-    the inference backend that ``configs/inference.json`` picks on ``device``."""
+def bundle_parser(overlays: list[str], overrides: dict, device: str):
+    """A ``ConfigParser`` of ``configs/train.json`` + ``inference.json`` + ``overlays``, with ``overrides`` and
+    ``device`` set."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([os.path.join(REPO_ROOT, "configs", f) for f in ("train.json", "inference.json")])
-    parser.update({"device": device})
-    net = dict(parser.get_parsed_content("network_def", instantiate=False).get_config())
-    sw = dict(parser.get_parsed_content("sw_inferer", instantiate=False).get_config())
-    roi = [int(v) for v in parser.get_parsed_content("roi_size")]
-    batch = int(parser["train"]["dataloader"].get("batch_size", 1))
+    parser.read_config([os.path.join(REPO_ROOT, "configs", f) for f in ("train.json", "inference.json", *overlays)])
+    parser.update({**overrides, "device": device})
+    return parser
+
+
+def _bundle_settings(parser) -> dict:
+    """The inferer and the inference backend of ``configs/inference.json`` (``sw_inferer``, ``inference_backend``
+    on the parser's device), and the training patch/batch of ``configs/train.json``."""
+    batch = int(parser.get_parsed_content("train#dataloader#batch_size"))
     samples = 1
-    for t in parser["train"].get("random_transforms", []):
-        if "RandCropByPosNegLabel" in str(t.get("_target_", "")) or "RandCropByLabelClasses" in str(
-            t.get("_target_", "")
-        ):
-            samples = int(t.get("num_samples", 1))
+    for i, t in enumerate(parser["train"].get("random_transforms", [])):
+        if any(c in str(t.get("_target_", "")) for c in ("RandCropByPosNegLabel", "RandCropByLabelClasses")):
+            samples = int(parser.get_parsed_content(f"train#random_transforms#{i}#num_samples"))
     return {
-        "network_def": net,
         "sw": {
-            "roi_size": [int(v) for v in sw["roi_size"]],
-            "sw_batch_size": int(sw.get("sw_batch_size", 1)),
-            "overlap": float(sw.get("overlap", 0.25)),
-            "mode": str(sw.get("mode", "constant")),
+            "roi_size": [int(v) for v in parser.get_parsed_content("sw_inferer#roi_size")],
+            "sw_batch_size": int(parser.get_parsed_content("sw_inferer#sw_batch_size")),
+            "overlap": float(parser.get_parsed_content("sw_inferer#overlap")),
+            "mode": str(parser.get_parsed_content("sw_inferer#mode")),
             "backend": parser.get_parsed_content("inference_backend"),
         },
-        "train": {"patch": roi, "batch": batch * samples},
+        "train": {"patch": [int(v) for v in parser.get_parsed_content("roi_size")], "batch": batch * samples},
     }
+
+
+def bundle_shapes(case_dir: str, volume: tuple[int, ...]) -> dict:
+    """The inputs of the bundle's network, made by the preprocessing of ``configs/inference.json`` up to its
+    ``CropForegroundd``: ``case``, the real case in ``case_dir`` brain-cropped; ``volume``, an all-foreground
+    volume of shape ``volume`` (the crop's ``k_divisible`` padding)."""
+    import torch
+    from monai.transforms import Compose, CropForegroundd
+
+    from scripts.data.layouts import find_inference_cases
+
+    parser = bundle_parser([], {}, "cpu")
+    transforms = parser.get_parsed_content("preprocessing_transforms")
+    crops = [i for i, t in enumerate(transforms) if isinstance(t, CropForegroundd)]
+    if len(crops) != 1:
+        raise ValueError(f"configs/inference.json: expected one CropForegroundd in preprocessing, found {len(crops)}")
+    (item,) = find_inference_cases(case_dir, "testing", parser.get_parsed_content("layout"), exit_on_error=True)
+    case = Compose(transforms[: crops[0] + 1])(item)["image"]
+    full = transforms[crops[0]]({"image": torch.ones((IN_CHANNELS, *volume))})["image"]
+    return {
+        "case_id": item.get("case_id", os.path.basename(os.path.normpath(case_dir))),
+        "case_original": [int(v) for v in nib_shape(item["image"][0])],
+        "case": [int(v) for v in case.shape[1:]],
+        "volume": [int(v) for v in full.shape[1:]],
+    }
+
+
+def nib_shape(path: str) -> tuple[int, ...]:
+    import nibabel as nib
+
+    return tuple(nib.load(path).shape[:3])
+
+
+def window_plan(sw: dict, shape) -> dict:
+    """What MONAI's sliding window does on an input of ``shape``: the window (``roi_size`` with -1 = the input
+    size), the padded input (at least one window) and the number of windows."""
+    from monai.inferers.utils import _get_scan_interval, dense_patch_slices
+    from monai.utils import fall_back_tuple
+
+    roi = fall_back_tuple(sw["roi_size"], shape)
+    padded = [max(r, s) for r, s in zip(roi, shape)]
+    scan = _get_scan_interval(padded, roi, len(roi), (sw["overlap"],) * len(roi))
+    return {"roi": list(roi), "padded": padded, "windows": len(dense_patch_slices(padded, roi, scan))}
 
 
 def _import_target(target: str) -> Any:
@@ -110,51 +157,51 @@ def _import_target(target: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-# the bundle's other networks, each selected by a config overlay over train.json + inference.json
-OVERLAYS = {
-    "student": ("student.json", "ResUNet student (MobileNetV3-style)", "ResUNet\nstudent"),
-    "swin": ("swin.json", "ResUNet-Swin hybrid", "ResUNet-Swin\nhybrid"),
+# the bundle's networks: config overlays over train.json + inference.json, and overrides of their values
+BUNDLE_MODELS = {
+    "resunet": ([], "ResUNet (bundle)", "ResUNet"),
+    "resunet_sep": ([], "ResUNet, all levels separable", "ResUNet\nall separable"),
+    "student": (["student.json"], "ResUNet student (MobileNetV3-style)", "ResUNet\nstudent"),
+    "swin": (["swin.json"], "ResUNet-Swin hybrid", "ResUNet-Swin\nhybrid"),
 }
 
 
-def _overlay_network(overlay: str, device: str) -> tuple[dict, str]:
-    """``network_def`` of ``configs/train.json`` + ``inference.json`` + ``overlay`` as a builder description
-    (``{"target", "kwargs"}``), and the inference backend those configs pick on ``device``."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([os.path.join(REPO_ROOT, "configs", f) for f in ("train.json", "inference.json", overlay)])
-    parser.update({"device": device})
-    net = dict(parser.get_parsed_content("network_def", instantiate=False).get_config())
-    return {"target": net.pop("_target_"), "kwargs": net}, parser.get_parsed_content("inference_backend")
-
-
-def _overlay_spec(key: str, args, bundle: dict, sw_for: Callable, train_for: Callable) -> tuple[dict | None, str]:
-    """The spec of ``OVERLAYS[key]`` (``--student_target`` replaces the student's config), or ``(None, reason)``."""
-    overlay, label, short = OVERLAYS[key]
-    sw = dict(bundle["sw"])
+def _bundle_spec(key: str, args, sw_for: Callable, train_for: Callable) -> tuple[dict | None, str | None]:
+    """The spec of ``BUNDLE_MODELS[key]`` as the configs build and place it (``resunet_sep``: every level
+    separable; ``--student_target`` replaces the student's config), or ``(None, reason)``."""
+    overlays, label, short = BUNDLE_MODELS[key]
+    where = " + ".join(f"configs/{f}" for f in ["train.json", "inference.json", *overlays])
     try:
-        if key == "student" and args.student_target:
-            kwargs = json.loads(args.student_kwargs) if args.student_kwargs else {}
-            found, source = {"target": args.student_target, "kwargs": kwargs}, f"--student_target {args.student_target}"
-        else:
-            (found, sw["backend"]), source = _overlay_network(overlay, args.device), f"configs/{overlay} `network_def`"
+        parser = bundle_parser(overlays, {}, args.device)
+        net = dict(parser.get_parsed_content("network_def", instantiate=False).get_config())
+        overrides = {}
+        if key == "resunet_sep":
+            overrides = {"network_def#separable_levels": list(range(len(net["channels"])))}
+            net["separable_levels"] = overrides["network_def#separable_levels"]
+        settings = _bundle_settings(parser)
     except Exception as e:  # noqa: BLE001 - a broken overlay must not stop the benchmark
-        return None, f"configs/{overlay} failed: {type(e).__name__}: {e}"
+        return None, f"{where} failed: {type(e).__name__}: {e}"
     spec = {
         "key": key,
         "label": label,
         "short": short,
-        "source": source,
-        "builder": "target",
-        "kwargs": found,
-        "arch": f"{found['target']}({', '.join(f'{k}={v}' for k, v in found['kwargs'].items())})",
-        "sw": sw_for(sw, None),
-        "train": train_for(bundle["train"]),
-        "sw_source": f"configs/train.json `sw_inferer`, `inference_backend` of inference.json + {overlay}",
-        "train_source": "configs/train.json (same as the ResUNet)",
+        "source": f"{where} `network` (`network_def`"
+        + (", every level separable)" if overrides else ")")
+        + ", placed as the config places it",
+        "builder": "bundle",
+        "bundle": {"overlays": overlays, "overrides": overrides},
+        "arch": ", ".join(f"{k}={v}" for k, v in net.items()),
+        "sw": sw_for(settings["sw"], None),
+        "train": train_for(settings["train"]),
+        "sw_source": f"`sw_inferer` and `inference_backend` of {where}",
+        "train_source": "configs/train.json: roi_size, batch_size x RandCropByPosNegLabeld num_samples",
     }
-    return spec, source
+    if key == "student" and args.student_target:
+        kwargs = json.loads(args.student_kwargs) if args.student_kwargs else {}
+        found = {"target": args.student_target, "kwargs": kwargs}
+        spec.update(builder="target", kwargs=found, source=f"--student_target {args.student_target}")
+        spec["arch"] = f"{found['target']}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
+    return spec, None
 
 
 def _call_with_supported(fn: Callable, kwargs: dict, defaults: dict) -> Any:
@@ -170,16 +217,23 @@ def _call_with_supported(fn: Callable, kwargs: dict, defaults: dict) -> Any:
     return fn(**merged)
 
 
+def worker_model(spec: dict, device):
+    """The network of ``spec`` on ``device`` as it runs: the bundle's networks through the configs' ``network``
+    (their placement, e.g. channels-last), the others moved to ``device``."""
+    if spec["builder"] == "bundle":
+        b = spec["bundle"]
+        return bundle_parser(b["overlays"], b["overrides"], str(device)).get_parsed_content("network")
+    return build_model(spec).to(device)
+
+
 def build_model(spec: dict):
-    """Build the network of ``spec`` (on the current default device)."""
+    """Build the network of ``spec`` (on the current default device, not placed)."""
     import torch.nn as nn
 
     kind = spec["builder"]
-    if kind == "resunet":
-        from scripts.networks import ResUNet
-
-        kwargs = {k: v for k, v in spec["kwargs"].items() if k != "_target_"}
-        return ResUNet(**kwargs)
+    if kind == "bundle":
+        b = spec["bundle"]
+        return bundle_parser(b["overlays"], b["overrides"], "cpu").get_parsed_content("network_def")
     if kind == "segresnet":
         from monai.networks.nets import SegResNet
 
@@ -217,12 +271,13 @@ def build_model(spec: dict):
     raise ValueError(f"unknown builder {kind!r}")
 
 
-def make_specs(args, quick: bool) -> tuple[list[dict], dict[str, str]]:
-    """The model specs to benchmark (in ``ALL_MODELS`` order) and the skipped ones with the reason."""
+def make_specs(args, quick: bool, shapes: dict) -> tuple[list[dict], dict[str, str]]:
+    """The model specs to benchmark (in ``ALL_MODELS`` order) and the skipped ones with the reason. Every spec's
+    ``inputs`` holds its whole-case inputs: ``case``, the brain-cropped real case (``shapes["case"]``) for every
+    model; ``volume``, the full volume as the bundle pads it (``shapes["volume"]``) for the bundle's networks
+    and as it is (``shapes["raw_volume"]``) for the peers."""
     specs: list[dict] = []
     skipped: dict[str, str] = {}
-    wanted = [m for m in ALL_MODELS if m in args.models]
-    bundle = _bundle_settings(args.device) if {"resunet", "resunet_sep", *OVERLAYS} & set(wanted) else None
 
     def sw_for(sw: dict, quick_roi: list[int] | None) -> dict:
         sw = dict(sw)
@@ -235,50 +290,25 @@ def make_specs(args, quick: bool) -> tuple[list[dict], dict[str, str]]:
     def train_for(train: dict) -> dict:
         return {"patch": list(QUICK_TRAIN_PATCH), "batch": train["batch"]} if quick else dict(train)
 
-    for key in wanted:
-        if key in ("resunet", "resunet_sep"):
-            spec, reason = _resunet_spec(key, bundle, sw_for, train_for), None
-        elif key in OVERLAYS:
-            spec, reason = _overlay_spec(key, args, bundle, sw_for, train_for)
+    for key in [m for m in ALL_MODELS if m in args.models]:
+        if key in BUNDLE_MODELS:
+            spec, reason = _bundle_spec(key, args, sw_for, train_for)
         elif key == "segresnet":
             spec, reason = _segresnet_spec(sw_for, train_for), None
         else:
             spec, reason = _resenc_spec(sw_for, train_for)
         if spec is None:
             skipped[key] = reason
-        else:
-            specs.append(spec)
+            continue
+        volume = shapes["volume"] if key in BUNDLE_MODELS else shapes["raw_volume"]
+        spec["inputs"] = {"case": list(shapes["case"]), "volume": list(volume)}
+        specs.append(spec)
     return specs, skipped
-
-
-def _resunet_spec(key: str, bundle: dict, sw_for: Callable, train_for: Callable) -> dict:
-    """This bundle's ResUNet as configs/train.json builds it (``resunet_sep``: every level separable)."""
-    net = dict(bundle["network_def"])
-    if key == "resunet_sep":
-        net["separable_levels"] = list(range(len(net["channels"])))
-        label = "ResUNet, all levels separable"
-        source = "configs/train.json `network_def` with `separable_levels` = all levels"
-    else:
-        label = "ResUNet (bundle)"
-        source = "configs/train.json `network_def`"
-    return {
-        "key": key,
-        "label": label,
-        "short": "ResUNet" if key == "resunet" else "ResUNet\nall separable",
-        "source": source,
-        "builder": "resunet",
-        "kwargs": net,
-        "arch": ", ".join(f"{k}={v}" for k, v in net.items() if k != "_target_"),
-        "sw": sw_for(bundle["sw"], None),
-        "train": train_for(bundle["train"]),
-        "sw_source": "configs/train.json `sw_inferer`, configs/inference.json `inference_backend`",
-        "train_source": "configs/train.json: roi_size, batch_size x RandCropByPosNegLabeld num_samples",
-    }
 
 
 def _segresnet_spec(sw_for: Callable, train_for: Callable) -> dict:
     """MONAI SegResNet as the model zoo's brats_mri_segmentation bundle configures it."""
-    quick_roi = [int(math.ceil(s / 8) * 8) for s in QUICK_VOLUME]
+    quick_roi = [int(math.ceil(max(v, c) / 8) * 8) for v, c in zip(QUICK_VOLUME, QUICK_CASE_MAX)]
     return {
         "key": "segresnet",
         "label": "MONAI SegResNet (model zoo)",
@@ -321,7 +351,7 @@ def _resenc_spec(sw_for: Callable, train_for: Callable) -> tuple[dict | None, st
         "sw_source": "nnU-Net default: tile = patch size 128^3, step 0.5, gaussian; no mirroring TTA",
         "train_source": "nnU-Net plan patch 128^3, batch 2; deep supervision on (5 outputs)",
         "train_deep_supervision": True,
-    }
+    }, None
 
 
 # =============================================================================================================

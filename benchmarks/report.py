@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks.peers import BASELINE, REF_PATCH
+from benchmarks.roofline import roofline_markdown
 
 # =============================================================================================================
 # report
@@ -59,6 +60,16 @@ def _backend(sw: dict) -> str:
     return f", {sw['backend']}" if sw.get("backend", "torch") != "torch" else ""
 
 
+def sw_text(sw: dict) -> str:
+    """The sliding-window setting of a model (a roi of -1 sides: one window over the input)."""
+    if all(int(v) <= 0 for v in sw["roi_size"]):
+        return "one window over the input" + _backend(sw)
+    return (
+        f"roi {shape_str(sw['roi_size'])}, overlap {sw['overlap']}, {sw['mode']}, sw_batch {sw['sw_batch_size']}"
+        + _backend(sw)
+    )
+
+
 def _phase_rows(
     specs: list[dict],
     res: dict,
@@ -105,7 +116,8 @@ class _Context:
 
 def render_markdown(report: dict) -> str:
     c = _Context(report)
-    sections = (_header, _machine, _models, _size, _patch, _volume, _train, _memory, _matmul_and_notes)
+    sections = (_header, _summary, _machine, _models, _size, _patch, _case, _volume, _train, _memory, _roofline)
+    sections += (_matmul_and_notes,)
     return "\n".join(line for section in sections for line in section(report, c))
 
 
@@ -189,12 +201,11 @@ def _models(report: dict, c: _Context) -> list[str]:
             [
                 s["label"],
                 s["source"],
-                f"roi {shape_str(sw['roi_size'])}, overlap {sw['overlap']}, {sw['mode']}, sw_batch_size {sw['sw_batch_size']}"
-                + _backend(sw),
+                sw_text(sw),
                 f"{tr['batch']} x 4x{shape_str(tr['patch'])}" + (" (common patch)" if r.get("train_common") else ""),
             ]
         )
-    L.append(_table(["model", "source", "whole-volume sliding window", "training batch x patch"], rows))
+    L.append(_table(["model", "source", "whole-case inference", "training batch x patch"], rows))
     L.append("")
     for s in specs:
         L.append(f"- **{s['label']}**: `{s['arch']}`; sliding window: {s['sw_source']}; training: {s['train_source']}.")
@@ -294,66 +305,104 @@ def _patch(report: dict, c: _Context) -> list[str]:
     return L
 
 
-def _volume(report: dict, c: _Context) -> list[str]:
-    cfg, res, specs, base, mem_name, mem_of = c.cfg, c.res, c.specs, c.base, c.mem_name, c.mem_of
-    L = []
-    if "volume" in cfg["tasks"]:
-        L.append("## Whole-volume inference")
-        L.append("")
-        L.append(
-            f"One random 1x4x{shape_str(cfg['volume'])} case, MONAI `SlidingWindowInferer` with each model's own settings "
-            "(below), output on the same device, eval mode, `torch.inference_mode()`. Warm-up: one batch of windows. "
-            "No test-time augmentation for any model (nnU-Net's default mirroring would multiply ResEnc-M's time by up to 8). "
-            "GFLOP = windows x forward FLOPs per window."
+def _whole_case_intro(c: _Context, task: str) -> str:
+    """What the ``case`` / ``volume`` input is."""
+    sh = c.cfg["shapes"]
+    if task == "case":
+        cut = f", cut to {shape_str(sh['case'])} for the smoke run" if sh.get("case_cropped") else ""
+        return (
+            f"The real case {sh['case_id']} (`{c.cfg['case_dir']}`, {shape_str(sh['case_original'])} voxels) "
+            f"brain-cropped as the bundle's preprocessing crops it (`configs/inference.json` transforms up to "
+            f"`CropForegroundd`): {shape_str(sh['case_cropped'] if cut else sh['case'])}{cut}. Every model gets "
+            "this input; SegResNet pads it to its one window."
         )
-        ort = [s["label"] for s in specs if s["sw"].get("backend", "torch") != "torch"]
-        if ort:
-            L.append("")
-            L.append(
-                f"{', '.join(ort)}: the network backend the bundle's inference config uses on this device "
-                "(`inference_backend`; ONNX Runtime is exported from the torch model during the warm-up); every other "
-                "model and measurement runs in torch."
-            )
+    return (
+        f"The full {shape_str(sh['raw_volume'])} volume (no brain crop). The bundle's networks get it as their "
+        f"preprocessing pads it (`CropForegroundd` `k_divisible` on an all-brain volume): {shape_str(sh['volume'])}."
+    )
+
+
+def _whole_case(task: str, title: str) -> Callable[[dict, _Context], list[str]]:
+    def section(report: dict, c: _Context) -> list[str]:
+        if task not in c.cfg["tasks"]:
+            return []
+        L = [f"## {title}", "", _whole_case_intro(c, task), ""]
+        L.append(
+            "MONAI `SlidingWindowInferer` with each model's own settings on a random input of that shape (the "
+            "cost does not depend on the values), output on the same device, eval mode, `torch.inference_mode()`; "
+            "network and window blending only (no loading, preprocessing or writing). Warm-up: one batch of windows "
+            "(the ONNX export for the ONNX Runtime rows). No test-time augmentation for any model (nnU-Net's default "
+            "mirroring would multiply ResEnc-M's time by up to 8). GFLOP = windows x forward FLOPs per window."
+        )
         L.append("")
 
-        def volume_setting(s: dict, r: dict) -> list:
-            sw = s["sw"]
-            return [
-                f"roi {shape_str(sw['roi_size'])}, overlap {sw['overlap']}, {sw['mode']}, sw_batch {sw['sw_batch_size']}"
-                + _backend(sw)
-            ]
+        def setting(s: dict, r: dict) -> list:
+            plan = r.get("plan", {}).get(task, {})
+            return [shape_str(s["inputs"][task]), sw_text(s["sw"]), shape_str(plan.get("roi", []))]
 
-        def volume_cells(s: dict, r: dict, v: dict) -> list:
+        def cells(s: dict, r: dict, v: dict) -> list:
             med = v.get("median_s")
-            total = (r.get("flops_window") or 0) * (v.get("windows") or 0) or None
+            total = (r.get("flops_window", {}).get(task) or 0) * (v.get("windows") or 0) or None
             return [
                 v.get("windows"),
                 total / 1e9 if total else None,
                 med,
-                _ratio(med, (base.get("volume") or {}).get("median_s")),
+                _ratio(med, (c.base.get(task) or {}).get("median_s")),
                 (total / med / 1e9) if total and med else None,
-                mem_of(v),
+                c.mem_of(v),
             ]
 
-        rows = _phase_rows(specs, res, "volume", 8, volume_setting, volume_cells)
-        L.append(
-            _table(
-                [
-                    "model",
-                    "sliding window",
-                    "windows",
-                    "GFLOP",
-                    "median time (s)",
-                    "time / SegResNet",
-                    "achieved GFLOP/s",
-                    f"{mem_name} (MiB)",
-                ],
-                rows,
-            )
-        )
+        header = ["model", "input", "inference", "window", "windows", "GFLOP", "median time (s)"]
+        header += ["time / SegResNet", "achieved GFLOP/s", f"{c.mem_name} (MiB)"]
+        L.append(_table(header, _phase_rows(c.specs, c.res, task, len(header), setting, cells)))
         L.append("")
+        return L
 
+    return section
+
+
+_case = _whole_case("case", "Whole-case inference: the real case, brain-cropped")
+_volume = _whole_case("volume", "Whole-case inference: the full volume")
+
+
+def _summary(report: dict, c: _Context) -> list[str]:
+    """The one table of the issue: whole-case times and ratios to SegResNet on both inputs."""
+    tasks = [t for t in ("case", "volume") if t in c.cfg["tasks"]]
+    if not tasks:
+        return []
+    sh = c.cfg["shapes"]
+    names = {"case": f"{sh['case_id']} brain-cropped", "volume": f"full {shape_str(sh['raw_volume'])}"}
+    L = ["## Summary: whole-case CPU inference" if c.dev == "cpu" else "## Summary: whole-case inference", ""]
+    L.append(
+        "Each model with its own whole-case inference settings, median seconds in this run; ratio = time / the model "
+        "zoo's SegResNet time on the same input (< 1: faster). Details in the two whole-case sections below."
+    )
+    L.append("")
+    header = ["model", "inference"]
+    for t in tasks:
+        header += [f"{names[t]} (s)", "/ SegResNet"]
+    rows = []
+    for s in c.specs:
+        r = c.res.get(s["key"], {})
+        row = [s["label"], sw_text(s["sw"])]
+        for t in tasks:
+            v = r.get(t) or {}
+            if "error" in v:
+                row += [failed_note(v["error"]), None]
+            else:
+                row += [v.get("median_s"), _ratio(v.get("median_s"), (c.base.get(t) or {}).get("median_s"))]
+        rows.append(row)
+    L.append(_table(header, rows))
+    L.append("")
     return L
+
+
+def _roofline(report: dict, c: _Context) -> list[str]:
+    if "roofline" not in c.cfg["tasks"]:
+        return []
+    mm = c.mm
+    label = f"{mm.get('size')}x{mm.get('size')} {mm.get('dtype')} matmul, below" if c.peak else "matmul"
+    return roofline_markdown(report.get("roofline"), c.peak, label)
 
 
 def _train(report: dict, c: _Context) -> list[str]:
@@ -439,14 +488,14 @@ def _memory(report: dict, c: _Context) -> list[str]:
     for s in specs:
         r = res.get(s["key"], {})
         base_rss = None
-        for ph in ("patch", "volume", "train"):
+        for ph in ("patch", "case", "volume", "train"):
             if (r.get(ph) or {}).get("baseline_rss_bytes"):
                 base_rss = r[ph]["baseline_rss_bytes"]
                 break
         rows.append(
             [s["label"], _mib(base_rss) if dev != "cuda" else None]
-            + [mem_of(r.get(ph)) for ph in ("patch", "volume", "train")]
-            + [_ratio(mem_of(r.get("volume")), mem_of(base.get("volume")))]
+            + [mem_of(r.get(ph)) for ph in ("patch", "case", "volume", "train")]
+            + [_ratio(mem_of(r.get("case")), mem_of(base.get("case")))]
         )
     L.append(
         _table(
@@ -454,9 +503,10 @@ def _memory(report: dict, c: _Context) -> list[str]:
                 "model",
                 "baseline RSS (MiB)",
                 f"forward 1x4x{shape_str(cfg['patch'])} (MiB)",
-                "whole volume (MiB)",
+                "real case (MiB)",
+                "full volume (MiB)",
                 "training step (MiB)",
-                "whole-volume memory / SegResNet",
+                "real-case memory / SegResNet",
             ],
             rows,
         )
@@ -485,10 +535,6 @@ def _matmul_and_notes(report: dict, c: _Context) -> list[str]:
         "- Ratios are against MONAI SegResNet (model zoo); > 1 means more (params, FLOPs, time, memory) or faster (voxel/s)."
     )
     L.append("- Inputs are random; convolution cost does not depend on the values.")
-    L.append(
-        f"- All models see the same {shape_str(cfg['volume'])} case; nnU-Net would normally first crop to the brain's "
-        "bounding box, which lowers its window count."
-    )
     L.append(
         "- Memory limit: on CPU each worker runs under `RLIMIT_DATA` = "
         + (f"{fmt(gib(cfg['cpu_mem_limit_bytes']), 1)} GiB" if cfg.get("cpu_mem_limit_bytes") else "none")
@@ -530,7 +576,8 @@ def render_plot(report: dict, path: str) -> None:
     panels = [
         ("parameters (M)", series(lambda r: r["params"] / 1e6)),
         (f"GFLOP per 4x{shape_str(REF_PATCH)} forward", series(lambda r: r["flops_ref"] / 1e9)),
-        ("whole-volume inference (s)", series(lambda r: r["volume"]["median_s"])),
+        ("whole case, real case brain-cropped (s)", series(lambda r: r["case"]["median_s"])),
+        ("whole case, full volume (s)", series(lambda r: r["volume"]["median_s"])),
         (
             f"forward latency 4x{shape_str(report['config']['patch'])} (ms)",
             series(lambda r: r["patch"]["median_s"] * 1e3),
@@ -545,7 +592,9 @@ def render_plot(report: dict, path: str) -> None:
             ),
         ),
     ]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    fig, axes = plt.subplots(2, 4, figsize=(20, 8.5))
+    for ax in axes.ravel()[len(panels) :]:
+        ax.axis("off")
     colors = ["#4C72B0" if not s["key"].startswith(BASELINE) else "#DD8452" for s in specs]
     for ax, (title, vals) in zip(axes.ravel(), panels):
         xs = range(len(labels))

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.peers import IN_CHANNELS, REPO_ROOT, build_model, log
+from benchmarks.peers import IN_CHANNELS, REPO_ROOT, log, window_plan, worker_model
 from scripts.io import write_json
 
 # =============================================================================================================
@@ -127,16 +127,20 @@ def _worker(task: dict) -> None:
     run = _Run(task)
     result: dict = {"threads": torch.get_num_threads()}
     torch.manual_seed(0)
-    if task["task"] == "matmul":
-        write_json(result | _measure_matmul(task, run), task["result_path"])
+    if task["task"] in ("matmul", "roofline"):
+        from benchmarks.roofline import measure_roofline
+
+        measure_machine = {"matmul": _measure_matmul, "roofline": measure_roofline}[task["task"]]
+        write_json(result | measure_machine(task, run), task["result_path"])
         return
-    measure = {"patch": _measure_patch, "volume": _measure_volume, "train": _measure_train}.get(task["task"])
+    measure = {"patch": _measure_patch, "case": _measure_volume, "volume": _measure_volume, "train": _measure_train}
+    measure = measure.get(task["task"])
     if measure is None:
         raise ValueError(f"unknown task {task['task']!r}")
     spec = task["spec"]
     if task["task"] == "train" and spec.get("train_deep_supervision"):
         spec = dict(spec, deep_supervision=True)
-    model = build_model(spec).to(run.device)
+    model = worker_model(spec, run.device)
     baseline_rss = _current_rss_bytes()
     if run.is_cuda:
         torch.cuda.synchronize(run.device)
@@ -188,12 +192,13 @@ def _measure_patch(task: dict, spec: dict, model, run: _Run) -> dict:
 
 
 def _measure_volume(task: dict, spec: dict, model, run: _Run) -> dict:
-    """Whole-volume sliding-window inference with the model's own settings (warm-up: one batch of windows)."""
+    """Whole-case sliding-window inference (``task["task"]``: ``case`` or ``volume``) on a random input of
+    ``task["shape"]`` with the model's own settings; warm-up: one batch of windows (the ONNX export)."""
     import torch
     from monai.inferers import SlidingWindowInferer
 
     model.eval()
-    sw = spec["sw"]
+    sw, shape = spec["sw"], task["shape"]
     if sw.get("backend", "torch") != "torch":  # exported at the warm-up call
         from scripts.inferers import inference_network
 
@@ -208,7 +213,7 @@ def _measure_volume(task: dict, spec: dict, model, run: _Run) -> dict:
         progress=False,
     )
     g = torch.Generator().manual_seed(0)
-    image = torch.randn((1, IN_CHANNELS, *task["volume"]), generator=g).to(run.device)
+    image = torch.randn((1, IN_CHANNELS, *shape), generator=g).to(run.device)
     windows = [0]
 
     def predictor(batch):
@@ -216,21 +221,23 @@ def _measure_volume(task: dict, spec: dict, model, run: _Run) -> dict:
         with _autocast(run.device, run.precision):
             return model(batch)
 
+    plan = window_plan(sw, shape)
+    what = f"{spec['key']} {task['task']} 1x4x{'x'.join(map(str, shape))}"
     with torch.inference_mode():
-        # warm-up: one batch of windows (a whole extra volume would double the cost of this step)
-        warm = torch.randn((sw["sw_batch_size"], IN_CHANNELS, *sw["roi_size"]), device=run.device)
+        # warm-up: one batch of windows (a whole extra case would add up to one more run of the whole case)
+        warm = torch.randn((min(sw["sw_batch_size"], plan["windows"]), IN_CHANNELS, *plan["roi"]), device=run.device)
         for i in range(max(run.warmup, 1)):
             t0 = time.perf_counter()
             predictor(warm)
             run.sync()
-            log(f"    {spec['key']} volume: warm-up window batch {i + 1} {time.perf_counter() - t0:.3f} s")
+            log(f"    {what}: warm-up window batch {i + 1} {time.perf_counter() - t0:.3f} s")
         del warm
         windows[0] = 0
         out_shape = []
-        what = f"{spec['key']} whole volume 1x4x{'x'.join(map(str, task['volume']))}"
         result = run.timed(lambda: out_shape.append(list(inferer(image, predictor).shape)), what, warmup=0)
     result["windows"] = windows[0] // max(run.repeats, 1)
-    result["volume"] = task["volume"]
+    result["shape"] = shape
+    result["roi"] = plan["roi"]
     result["output_shape"] = out_shape[-1] if out_shape else None
     return result
 
