@@ -27,8 +27,9 @@ import torch
 
 from apps import server
 from apps.resunet_brats.lib.models import MODELS, missing_files
-from scripts.conventions import MODALITIES
+from scripts.conventions import MODALITIES, REGIONS
 from scripts.synthetic.phantom import write_dataset, write_monailabel_datastore
+from scripts.transforms import label_to_regions
 from tests._bundle import ROOT
 
 pytestmark = pytest.mark.slow
@@ -140,7 +141,8 @@ def _serving(venv_dir, studies, conf, log_path, app_dir=server.APP_DIR):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
+        # a server that crashes is seen at once (poll); one slow to start on busy cores is given time
+        deadline = time.monotonic() + 900
         while True:
             try:
                 info = json.loads(_request("GET", f"{url}/info/", timeout=10))
@@ -206,6 +208,12 @@ def _infer(srv, model, image, params=None):
 
 def _study(srv, image):
     return nib.load(srv["studies"] / f"{image}.nii.gz")
+
+
+def _regions(label):
+    """The regions (``"tc"``, ``"wt"``, ``"et"``, as the validation metrics name them) a label map has voxels of."""
+    masks = label_to_regions(torch.as_tensor(np.asarray(label))[None])
+    return {region.lower() for region, mask in zip(REGIONS, masks) if mask.any()}
 
 
 def test_info_lists_the_bundle_models_and_trainers(live_server):

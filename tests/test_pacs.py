@@ -1,19 +1,20 @@
 """The hospital loop on loopback: a real Orthanc (Debian packages ``orthanc``, ``orthanc-dicomweb``) started by
 ``scripts/pacs/orthanc.py``, studies pushed by ``scripts/pacs/load.py`` as four DICOM series each, a real MONAI
 Label server (its own environment, ``apps/server.py``) with ``--studies http://127.0.0.1:<port>/dicom-web``
-serving the shipped weights (read only).
+serving a temporary copy of the bundle with the shipped weights.
 
 Checked: the four series of a study become one input; the automatic segmentation is stored in Orthanc as a DICOM
 SEG that decodes (highdicom, the bundle's reader) to the label map of the NIfTI path, on the series' geometry,
 and nothing else is written to Orthanc; a correction saved against one series (as OHIF's panel saves it) is a
-DICOM SEG in Orthanc and the study's training label; bad studies (three series, two FLAIR series, a series with
-a missing slice, an unknown id) and an unreachable Orthanc are each one HTTP error with a one-line reason while
-the server keeps serving the good study.
+DICOM SEG in Orthanc and the study's training label, and the label of a one-epoch training over the DICOMweb
+datastore; bad studies (three series, two FLAIR series, a series with a missing slice, an unknown id) and an
+unreachable Orthanc are each one HTTP error with a one-line reason while the server keeps serving the good study.
 """
 
 import gzip
 import json
 import os
+import shutil
 import time
 import urllib.error
 from pathlib import Path
@@ -28,7 +29,7 @@ from scripts.data.dicom import dicom_seg_to_label, is_dicom_file, nifti_to_dicom
 from scripts.pacs import load, orthanc
 from scripts.synthetic.phantom import write_case
 from tests._bundle import ROOT
-from tests.test_monailabel_server import _free_port, _multipart, _request, _serving, venv_dir  # noqa: F401
+from tests.test_monailabel_server import _free_port, _multipart, _regions, _request, _serving, venv_dir  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -94,13 +95,19 @@ def studies(pacs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(venv_dir, pacs, studies, tmp_path_factory):  # noqa: F811
-    """MONAI Label on DICOMweb (its cache in a temporary folder), the shipped weights, no trainers."""
+    """MONAI Label on DICOMweb (its cache in a temporary folder) serving a copy of the bundle with the shipped
+    weights (a training writes its run folder and may replace the served weights there, never in the repository)."""
     cache = tmp_path_factory.mktemp("dicomweb-cache")
+    bundle = tmp_path_factory.mktemp("bundle")
+    for part in ("configs", "scripts"):
+        shutil.copytree(ROOT / part, bundle / part, ignore=shutil.ignore_patterns("__pycache__"))
+    (bundle / "models").mkdir()
+    shutil.copyfile(ROOT / "models" / "model.pt", bundle / "models" / "model.pt")
     os.environ["MONAI_LABEL_DICOMWEB_CACHE_PATH"] = str(cache)
-    conf = [("bundle_path", str(ROOT)), ("models", "resunet_brats"), ("preload", "false"), ("skip_trainers", "true")]
+    conf = [("bundle_path", str(bundle)), ("models", "resunet_brats"), ("preload", "false")]
     try:
         with _serving(venv_dir, f"{pacs.url}/dicom-web", conf, cache / "server.log") as (url, info):
-            yield {"url": url, "info": info, "log": cache / "server.log", "tmp": cache}
+            yield {"url": url, "info": info, "log": cache / "server.log", "tmp": cache, "bundle": bundle}
     finally:
         os.environ.pop("MONAI_LABEL_DICOMWEB_CACHE_PATH", None)
 
@@ -199,6 +206,59 @@ def test_correction_saved_against_a_series_is_a_seg_and_the_training_label(pacs,
     files = list(server["tmp"].rglob(f"labels/final/{studies['good']}.nii.gz"))
     assert len(files) == 1, files
     np.testing.assert_array_equal(np.asarray(nib.load(files[0]).dataobj), corrected)
+
+
+def _healthy_block(brain, tumour, size=6):
+    """Index of a ``size``-voxel cube inside the brain holding no predicted tumour."""
+    for corner in np.argwhere(brain[:-size, :-size, :-size])[::97]:
+        block = tuple(slice(c, c + size) for c in corner)
+        if brain[block].all() and not tumour[block].any():
+            return block
+    pytest.fail("no tumour-free cube inside the brain")
+
+
+def test_saved_correction_is_the_label_of_a_one_epoch_training(pacs, studies, server, tmp_path):
+    """The automatic segmentation of the PACS study, corrected (oedema painted in a tumour-free cube of the brain)
+    and saved as OHIF saves it (``PUT /datastore/label`` against the FLAIR series), is the label of a one-epoch
+    training over the DICOMweb datastore: the study is trained and validated on; the served weights are scored
+    against the corrected label (the painted oedema lowers WT by exactly its voxels, the other regions of the
+    prediction score 1); the run folder holds the new weights and the result; ``GET /train/`` shows the run."""
+    study = studies["good"]
+    body, headers = _multipart({"params": "{}"}, {})
+    pred_path = tmp_path / "pred.nii.gz"
+    pred_path.write_bytes(
+        _request("POST", f"{server['url']}/infer/resunet_brats?image={study}&output=image", body, headers)
+    )
+    pred = nib.load(pred_path)
+    corrected = np.asarray(pred.dataobj).astype(np.uint8)
+    assert corrected.any(), "the shipped weights find no tumour in the study: nothing to correct"
+    image = _request("GET", f"{server['url']}/datastore/image?image={study}")  # the combined study, pred's grid
+    brain = (np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(image)).dataobj) != 0).any(axis=-1)
+    block = _healthy_block(brain, corrected > 0)
+    corrected[block] = 2
+    path = tmp_path / "corrected.nii.gz"
+    nib.save(nib.Nifti1Image(corrected, pred.affine), path)
+    body, headers = _multipart({"params": "{}"}, {"label": (path.name, path.read_bytes())})
+    _request("PUT", f"{server['url']}/datastore/label?image={studies['series']['flair']}&tag=final", body, headers)
+
+    params = json.dumps({"max_epochs": 1, "device": "cpu", "multi_gpu": False}).encode()
+    url = f"{server['url']}/train/resunet_brats?run_sync=true"
+    result = json.loads(_request("POST", url, params, {"Content-Type": "application/json"}, timeout=1800))
+    validation = result["validation"]
+    assert validation["training_cases"] == [study] == validation["validation_cases"], result
+    assert result["epochs"] == 1
+    served, key = result["served_before"], result["metric"]
+    prediction_wt, painted = int((np.asarray(pred.dataobj) > 0).sum()), corrected[block].size
+    assert served["val_dice_wt"] == pytest.approx(2 * prediction_wt / (2 * prediction_wt + painted), abs=1e-3), result
+    for region in _regions(np.asarray(pred.dataobj)) - {"wt"}:
+        assert served[f"val_dice_{region}"] >= 0.99, (region, result)
+    assert result["decision"] == ("replaced" if result["new"][key] >= served[key] else "kept"), result
+    run_dir = Path(result["run_dir"])
+    assert run_dir.parent == server["bundle"] / "models" / "monailabel_runs"
+    assert (run_dir / "model.pt").is_file()
+    assert json.loads((run_dir / "result.json").read_text()) == result
+    status = json.loads(_request("GET", f"{server['url']}/train/"))
+    assert status["status"] == "DONE" and status["result"] == result, status
 
 
 @pytest.mark.parametrize(
