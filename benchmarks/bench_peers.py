@@ -29,7 +29,7 @@ Full run (quiet machine)::
 
     python benchmarks/bench_peers.py --device cpu
 
-Smoke run (small sizes, every task; writes nothing under docs/)::
+Smoke run (small sizes; tasks case, volume and roofline unless --tasks says otherwise; writes nothing under docs/)::
 
     python benchmarks/bench_peers.py --quick --output_md /tmp/b.md --output_png /tmp/b.png \
         --output_json /tmp/b.json
@@ -66,6 +66,7 @@ from benchmarks.peers import (  # noqa: E402
     QUICK_CASE_MAX,
     QUICK_MATMUL,
     QUICK_PATCH,
+    QUICK_TASKS,
     QUICK_TRAIN_PATCH,
     QUICK_VOLUME,
     REF_PATCH,
@@ -114,7 +115,13 @@ def parse_args(argv=None):
         f"shrunk to fit, matmul {QUICK_MATMUL}, copy {QUICK_COPY_MIB} MiB",
     )
     p.add_argument("--models", nargs="+", choices=ALL_MODELS, default=list(ALL_MODELS))
-    p.add_argument("--tasks", nargs="+", choices=ALL_TASKS, default=list(ALL_TASKS))
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=ALL_TASKS,
+        default=None,
+        help=f"default: all; with --quick {' '.join(QUICK_TASKS)} (one worker process per model and task)",
+    )
     p.add_argument(
         "--case_dir",
         default=CASE_DIR,
@@ -166,6 +173,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args._worker:
         return worker_main(args._worker)
+    if args.tasks is None:
+        args.tasks = list(QUICK_TASKS if args.quick else ALL_TASKS)
 
     import torch
 

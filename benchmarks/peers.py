@@ -20,6 +20,7 @@ ALL_MODELS = ("resunet", "resunet_sep", "student", "swin", "segresnet", "resenc_
 MODEL_TASKS = ("patch", "case", "volume", "train")  # one worker per model and task
 ALL_TASKS = (*MODEL_TASKS, "roofline")  # roofline: one worker for the machine (benchmarks/roofline.py)
 WHOLE_CASE_TASKS = ("case", "volume")  # whole-case inference: the real brain-cropped case, the full volume
+QUICK_TASKS = (*WHOLE_CASE_TASKS, "roofline")  # --quick: what the whole-case comparison needs
 BASELINE = "segresnet"
 CASE_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "TCGA-DU-7294")
 
