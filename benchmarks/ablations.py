@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.clinical_figures import bundle  # noqa: E402
 from benchmarks.real_case import score_checkpoint  # noqa: E402
 from scripts.conventions import REGIONS  # noqa: E402
 from scripts.figures import png_bytes  # noqa: E402
@@ -37,17 +37,14 @@ from scripts.io import atomic_path, write_json  # noqa: E402
 
 def synthetic_scores(ckpt: Path, synthetic_dir: Path, num_folds: int) -> dict:
     """Dice per region (and mean) of ``ckpt`` on fold 0 of ``synthetic_dir``, through the ``evaluating`` workflow."""
-    configs = str([str(ROOT / "configs" / "inference.json"), str(ROOT / "configs" / "evaluate.json")])
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--meta_file",
-               str(ROOT / "configs" / "metadata.json"), "--config_file", configs, "--bundle_root", str(ROOT),
-               "--dataset_dir", str(synthetic_dir), "--num_folds", str(num_folds), "--fold", "0",
-               "--ckpt_path", str(ckpt), "--output_dir", tmp]  # fmt: skip
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        summary = Path(tmp) / "metrics_summary.json"
-        if proc.returncode or not summary.is_file():
-            raise SystemExit(f"{ckpt}: evaluating failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-        result = json.loads(summary.read_text())
+        args = ["--dataset_dir", str(synthetic_dir), "--num_folds", str(num_folds), "--fold", "0",
+                "--ckpt_path", str(ckpt), "--output_dir", tmp]  # fmt: skip
+        try:
+            bundle("evaluating", "evaluate.json", *args)
+        except SystemExit as e:
+            raise SystemExit(f"{ckpt}: {e}") from None
+        result = json.loads((Path(tmp) / "metrics_summary.json").read_text())
     dice = {r: round(result["metrics"]["dice"][r]["mean"], 4) for r in REGIONS}
     return {"n_cases": result["n_cases"], **{f"dice_{r}": d for r, d in dice.items()}, "dice_mean": _mean(dice)}
 
