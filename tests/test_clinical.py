@@ -20,6 +20,7 @@ from scripts.conventions import MODALITIES
 from scripts.degradations import DEGRADATIONS, degrade
 from scripts.explain import RegionGradCAM, RegionScore, randomisation_check
 from scripts.inferers import FlipTTAInferer
+from scripts.pacs.ohif import find_chromium
 from scripts.synthetic.phantom import write_dataset
 from scripts.uncertainty import binary_entropy, tta_uncertainty
 from tests._bundle import ROOT, TINY
@@ -203,11 +204,12 @@ def test_report_writes_the_case_files_and_skips_the_bad_case(report):
 
 @pytest.mark.slow
 def test_report_page_renders_in_headless_chromium(report, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
+    try:
+        browser = find_chromium()
+    except FileNotFoundError as e:
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed (.ci/run installs the Debian package)")
-        pytest.skip("chromium not installed (apt-get install -y chromium)")
+        pytest.skip(str(e))
     out = report[0]
     page = out / "BraTS20_Training_001" / "report.html"
     assert "<script" not in page.read_text() and "<link" not in page.read_text()  # self-contained, static
