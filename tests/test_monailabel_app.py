@@ -4,8 +4,10 @@ launch command and the overlay rendering (the server itself: tests/test_monailab
 import nibabel as nib
 import numpy as np
 import pytest
+from monai.bundle import ConfigParser
 
 from apps import render_overlay, server
+from apps.resunet_brats.lib import versions
 from apps.resunet_brats.lib.models import MODELS, missing_files
 from scripts.synthetic.phantom import generate_case, write_monailabel_datastore
 from tests._bundle import ROOT
@@ -53,6 +55,24 @@ def test_server_command_serves_this_bundle_on_loopback_with_the_server_environme
 
 def test_every_served_model_has_its_configs_in_the_bundle():
     assert {name: missing_files(ROOT, m) for name, m in MODELS.items()} == {name: [] for name in MODELS}
+
+
+def test_models_beside_each_other_keep_separate_versions_and_checkpoint_folders(tmp_path):
+    """The student's weights (models/student.pt) sit beside the ResUNet's (models/model.pt): each keeps its own
+    versions folder, and every train config writes its checkpoints outside the other's."""
+    weights = {name: tmp_path / "models" / m.weights for name, m in MODELS.items()}
+    folders = {name: versions.versions_dir(str(w)) for name, w in weights.items()}
+    assert folders["resunet_brats"] == str(tmp_path / "models" / "versions")
+    assert folders["resunet_brats_student"] == str(tmp_path / "models" / "versions_student")
+    assert len(set(folders.values())) == len(MODELS)
+    ckpt = {}
+    for name, model in MODELS.items():
+        parser = ConfigParser()
+        parser.read_config([str(ROOT / "configs" / c) for c in model.train_configs])
+        parser["bundle_root"] = str(tmp_path)
+        assert parser.get_parsed_content("ckpt_path") == f"{tmp_path}/models/{model.weights}"
+        ckpt[name] = parser.get_parsed_content("ckpt_dir")
+    assert len(set(ckpt.values())) == len(MODELS)
 
 
 def test_overlay_png_of_a_study_and_its_label(tmp_path):

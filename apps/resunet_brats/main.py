@@ -5,12 +5,13 @@ Start it with ``python apps/server.py start --studies DATASTORE`` (see docs/mona
 ``monailabel start_server --app apps/resunet_brats ...`` in the server environment. Options (``--conf KEY VALUE``):
 
 - ``bundle_path``: the bundle to serve (default: the repository this app lives in);
-- ``models``: ``all`` (default) or a comma-separated list of ``resunet_brats``, ``resunet_brats_deepedit``;
+- ``models``: ``all`` (default) or a comma-separated list of ``resunet_brats``, ``resunet_brats_deepedit``,
+  ``resunet_brats_student`` (the distilled student, ``configs/student.json``);
 - ``max_epochs``: default epochs of a training request (default 50);
 - ``preload``, ``skip_trainers``: as in MONAI Label's sample apps.
 
-A model is served once its weights exist (``models/model.pt``, ``models/deepedit/model.pt``); train them with the
-bundle's configs first (README.md, docs/interactive.md).
+A model is served once its weights exist (``models/model.pt``, ``models/deepedit/model.pt``,
+``models/student.pt``); train them with the bundle's configs first (README.md, docs/interactive.md).
 """
 
 from __future__ import annotations

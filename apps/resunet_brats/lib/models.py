@@ -32,6 +32,9 @@ MODELS = {
         os.path.join("deepedit", "model.pt"),
         "deepedit",
     ),
+    "resunet_brats_student": BundleModel(
+        ("inference.json", "student.json"), ("train.json", "student.json"), "student.pt", "segmentation"
+    ),
 }
 
 

@@ -5,6 +5,8 @@ For the served weights ``<dir>/model.pt`` the versions live in ``<dir>/versions/
     models/versions/20261201T112233Z_0.1710.pt     the weights
     models/versions/20261201T112233Z_0.1710.json   what they are: Dice, validation cases, where they came from
 
+and those of another file in the same folder, ``<dir>/<stem>.pt``, in ``<dir>/versions_<stem>/``.
+
 The name is the UTC time the version was kept and its validation mean Dice (``unscored`` when it was never
 validated, e.g. weights that were served before the first retraining and are restored over). A version is
 identified by its name (without ``.pt``); the served one is the version whose content (MD5) equals the served
@@ -48,7 +50,11 @@ def bundle_imports(bundle_path: str) -> Iterator[None]:
 
 
 def versions_dir(weights: str) -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(weights)), VERSIONS)
+    """``<dir>/versions`` for ``<dir>/model.pt``, ``<dir>/versions_<stem>`` for any other ``<dir>/<stem>.pt`` (the
+    student's ``models/student.pt`` sits beside ``models/model.pt``: their versions must not mix)."""
+    stem = os.path.splitext(os.path.basename(weights))[0]
+    folder = VERSIONS if stem == "model" else f"{VERSIONS}_{stem}"
+    return os.path.join(os.path.dirname(os.path.abspath(weights)), folder)
 
 
 def _copy(src: str, dst: str) -> None:
