@@ -9,10 +9,14 @@ that both see the same machine load; the median is reported. Dice per region (si
 measured on the real case against its consensus and, with ``--datalist``, on the validation fold of a datalist
 (held-out synthetic cases), for the teacher, the student and any ``--extra_student NAME=CKPT``::
 
-    python benchmarks/bench_student.py --case ../shared/data/TCGA-DU-7294 --repeats 3 --datalist datalist.json \
-        --extra_student no_teacher=models/runs/scratch.pt --output_md docs/benchmarks.md
+    python benchmarks/bench_student.py --case ../shared/data/TCGA-DU-7294 --repeats 3 \
+        --datalist data/synthetic_mni --num_folds 48 --student_ckpt runs/student_distill/model.pt \
+        --extra_student no_teacher=runs/student_scratch/model.pt --output_md docs/benchmarks.md \
+        --curve distilled=data/logs/student_distill.log --curve no_teacher=data/logs/student_scratch.log \
+        --plot docs/images/student_distillation.png
 
-With ``--output_md`` the "Student vs teacher" section of that page is replaced (other sections are kept).
+With ``--output_md`` the "Student vs teacher" section of that page is replaced (other sections are kept); with
+``--plot`` the validation Dice of the training logs (``--curve``) is drawn against epochs.
 """
 
 from __future__ import annotations
@@ -118,7 +122,7 @@ def measure(args) -> dict:
     if args.datalist:
         from scripts.data.layouts import prepare_datalist
 
-        held_out = prepare_datalist(args.datalist)["validation"]
+        held_out = prepare_datalist(args.datalist, 0, args.num_folds)["validation"]
         per_case = region_dice(ort, held_out, parser, inferer)
         result["held_out"] = {"n": len(held_out), "mean_dice_tc_wt_et": {n: _mean(d) for n, d in per_case.items()}}
     return result
@@ -166,17 +170,56 @@ def markdown(r: dict) -> str:
     )
 
 
+def plot_curves(curves: list[str], png: str) -> None:
+    """Validation mean Dice per validated epoch of each ``NAME=TRAINING_LOG`` (one line each), as a PNG."""
+    from pathlib import Path
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from benchmarks.real_case import training_hours
+    from scripts.figures import png_bytes
+    from scripts.io import atomic_path
+
+    fig = Figure(figsize=(6, 3.6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, log in (c.split("=", 1) for c in curves):
+        _, val = training_hours(Path(log))
+        if not val:
+            raise SystemExit(f"--curve {name}: {log} holds no 'Epoch[N] Metrics -- ... val_mean_dice' line")
+        ax.plot(sorted(val), [val[e] for e in sorted(val)], "o-", label=name)
+    ax.set_xlabel("epoch (16 steps of 2 cases x 4 patches of 64³)")
+    ax.set_ylabel("validation mean Dice (TC/WT/ET)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        Path(tmp).write_bytes(png_bytes(fig))
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--case", default=os.path.join(REPO_ROOT, "..", "shared", "data", "TCGA-DU-7294"))
     p.add_argument("--teacher_ckpt", default=os.path.join(REPO_ROOT, "models", "model.pt"))
     p.add_argument("--student_ckpt", default=os.path.join(REPO_ROOT, "models", "student.pt"))
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--datalist", default=None, help="datalist JSON whose validation fold is the held-out set")
+    p.add_argument(
+        "--datalist",
+        default=None,
+        help="datalist JSON whose validation list is the held-out set, or a data folder "
+        "whose fold 0 of --num_folds is (the training configs' split)",
+    )
+    p.add_argument("--num_folds", type=int, default=5, help="as in the training config (synthetic_train.json: 48)")
     p.add_argument("--extra_student", action="append", default=[], help="NAME=CKPT, another student's weights")
     p.add_argument("--output_json", default=None)
     p.add_argument("--output_md", default=None, help="replace the section of this Markdown page")
+    p.add_argument("--curve", action="append", default=[], help="NAME=TRAINING_LOG: plot its validation Dice")
+    p.add_argument("--plot", default=None, help="PNG of the --curve validation Dice against epochs")
     args = p.parse_args(argv)
+    if args.plot:
+        plot_curves(args.curve, args.plot)
     result = measure(args)
     print(json.dumps(result, indent=1))
     print(markdown(result))

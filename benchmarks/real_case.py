@@ -2,7 +2,8 @@
 the five BraTS 2020 algorithm outputs; optionally a learning curve over saved epoch checkpoints.
 
     python benchmarks/real_case.py --ckpt models/model.pt [--ckpt runs/curve/checkpoint_epoch=2.pt ...] \\
-        --case_dir ../shared/data/TCGA-DU-7294 --output results/real_case.json [--window_size '[64,64,64]'] \\
+        [--overlay student.json] --case_dir ../shared/data/TCGA-DU-7294 --output results/real_case.json \\
+        [--window_size '[64,64,64]'] \\
         [--plot docs/images/learning_curve.png --train_log data/logs/train.log]
 
 ``--plot`` draws the real-case Dice of the ``checkpoint_epoch=N.pt`` checkpoints against hours of training, read
@@ -46,16 +47,19 @@ def _scores(pred: Path, ref: Path) -> dict:
     return {f"{m}_{r}": round(float(metrics[f"{m}_{r}"]), 4) for m in ("dice", "hd95") for r in REGIONS}
 
 
-def score_checkpoint(ckpt: Path, case_dir: Path, window: str | None = None, first: Path | None = None) -> dict:
-    """Inference with ``ckpt`` on the case (``window``: a ``window_size`` override), then its scores against the
-    consensus, each algorithm and (``first``) another prediction."""
+def score_checkpoint(
+    ckpt: Path, case_dir: Path, window: str | None = None, first: Path | None = None, overlays=()
+) -> dict:
+    """Inference with ``ckpt`` on the case (``window``: a ``window_size`` override; ``overlays``: config files
+    merged over ``inference.json``), then its scores against the consensus, each algorithm and (``first``) another
+    prediction."""
     with tempfile.TemporaryDirectory() as tmp:
         images = Path(tmp) / "images" / case_dir.name  # the four modalities only: algorithms/ holds no case
         images.mkdir(parents=True)
         for m in MODALITIES:
             (images / f"{case_dir.name}_{m}.nii.gz").symlink_to((case_dir / f"{case_dir.name}_{m}.nii.gz").resolve())
         start = time.perf_counter()
-        run_inference(images, Path(tmp) / "pred", ckpt, ["--window_size", window] if window else [])
+        run_inference(images, Path(tmp) / "pred", ckpt, ["--window_size", window] if window else [], overlays)
         seconds = time.perf_counter() - start
         pred = Path(tmp) / "pred" / f"{case_dir.name}.nii.gz"
         row = {"ckpt": str(ckpt), "window_size": window or "config default", "inference_s": round(seconds, 1)}
@@ -81,13 +85,20 @@ def main(argv=None) -> list[dict]:
         help="also run the last --ckpt with this window, e.g. "
         "'[64,64,64]', and compare its label map with the default window's",
     )
+    parser.add_argument(
+        "--overlay",
+        action="append",
+        default=[],
+        help="config file under configs/ merged over inference.json "
+        "for every --ckpt, e.g. student.json (the student's weights)",
+    )
     parser.add_argument("--plot", type=Path, help="learning-curve PNG of the checkpoint_epoch=N.pt checkpoints")
     parser.add_argument("--train_log", type=Path, help="the training log giving the hours of training per epoch")
     args = parser.parse_args(argv)
     rows, first = [], Path(tempfile.gettempdir()) / f"real_case_first_{os.getpid()}.nii.gz"
     runs = [(ckpt, None) for ckpt in args.ckpt] + [(args.ckpt[-1], w) for w in args.window_size]
     for ckpt, window in runs:
-        rows.append(score_checkpoint(ckpt, args.case_dir, window, first if window else None))
+        rows.append(score_checkpoint(ckpt, args.case_dir, window, first if window else None, args.overlay))
         c = rows[-1]["consensus"]
         print(
             f"{ckpt}: WT {c['dice_WT']:.3f} TC {c['dice_TC']:.3f} ET {c['dice_ET']:.3f} ({rows[-1]['inference_s']} s)"

@@ -29,10 +29,12 @@ BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CASE = BUNDLE_ROOT / "examples" / "TCGA-DU-7294"
 
 
-def run_inference(case_dir: Path, prediction_dir: Path, ckpt_path: Path, extra=()) -> None:
-    """The bundle's inference workflow on one case folder, as a user runs it (``extra``: more overrides)."""
+def run_inference(case_dir: Path, prediction_dir: Path, ckpt_path: Path, extra=(), overlays=()) -> None:
+    """The bundle's inference workflow on one case folder, as a user runs it (``extra``: more overrides;
+    ``overlays``: config files under ``configs/`` merged over ``inference.json``, e.g. ``student.json``)."""
+    configs = [str(BUNDLE_ROOT / "configs" / name) for name in ("inference.json", *overlays)]
     command = [sys.executable, "-m", "monai.bundle", "run", "--meta_file", str(BUNDLE_ROOT / "configs/metadata.json")]
-    command += ["--config_file", str(BUNDLE_ROOT / "configs/inference.json"), "--bundle_root", str(BUNDLE_ROOT)]
+    command += ["--config_file", str(configs) if overlays else configs[0], "--bundle_root", str(BUNDLE_ROOT)]
     command += ["--dataset_dir", str(case_dir), "--output_dir", str(prediction_dir), "--ckpt_path", str(ckpt_path)]
     subprocess.run([*command, *extra], check=True)
 
