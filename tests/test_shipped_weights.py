@@ -22,7 +22,7 @@ def _listed():
     return (yaml.safe_load((ROOT / "large_files.yml").read_text()) or {}).get("large_files") or []
 
 
-@pytest.mark.parametrize("name", ["models/model.pt", "models/model.ts"])
+@pytest.mark.parametrize("name", ["models/model.pt", "models/model.ts", "models/student.pt"])
 def test_weights_are_listed_with_their_hash_and_small(name):
     entries = {e["path"]: e for e in _listed()}
     assert name in entries, f"{name} is not listed in large_files.yml"
@@ -43,6 +43,18 @@ def test_model_pt_loads_safely_into_the_configured_network():
     x = torch.rand(1, 4, 32, 32, 32)
     with torch.no_grad():
         assert torch.allclose(network.eval()(x), scripted(x), atol=1e-4)
+
+
+def test_student_pt_loads_safely_into_the_student_overlay_network():
+    from monai.bundle import ConfigParser
+
+    state = torch.load(ROOT / "models/student.pt", map_location="cpu", weights_only=True)
+    parser = ConfigParser()
+    parser.read_config([ROOT / "configs/inference.json", ROOT / "configs/student.json"])
+    assert parser.get_parsed_content("ckpt_path").endswith("/models/student.pt")
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(state)
+    assert sum(p.numel() for p in network.parameters()) < 150_000
 
 
 def test_training_refuses_to_overwrite_shipped_weights(tmp_path):
