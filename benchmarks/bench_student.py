@@ -177,9 +177,7 @@ def plot_curves(curves: list[str], png: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from benchmarks.real_case import training_hours
-    from scripts.figures import png_bytes
-    from scripts.io import atomic_path
+    from benchmarks.real_case import training_hours, write_dice_plot
 
     fig = Figure(figsize=(6, 3.6))
     FigureCanvasAgg(fig)
@@ -189,14 +187,7 @@ def plot_curves(curves: list[str], png: str) -> None:
         if not val:
             raise SystemExit(f"--curve {name}: {log} holds no 'Epoch[N] Metrics -- ... val_mean_dice' line")
         ax.plot(sorted(val), [val[e] for e in sorted(val)], "o-", label=name)
-    ax.set_xlabel("epoch (16 steps of 2 cases x 4 patches of 64³)")
-    ax.set_ylabel("validation mean Dice (TC/WT/ET)")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(png) as tmp:
-        Path(tmp).write_bytes(png_bytes(fig))
+    write_dice_plot(fig, ax, "epoch (16 steps of 2 cases x 4 patches of 64³)", "validation mean Dice (TC/WT/ET)", png)
 
 
 def main(argv=None) -> dict:

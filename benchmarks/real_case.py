@@ -153,8 +153,13 @@ def plot_learning_curve(rows: list[dict], log: Path | None, png: Path) -> None:
             "^--",
             label="synthetic validation (mean of TC/WT/ET)",
         )
-    ax.set_xlabel("hours of training (2 CPU cores)")
-    ax.set_ylabel("Dice")
+    write_dice_plot(fig, ax, "hours of training (2 CPU cores)", "Dice", png)
+
+
+def write_dice_plot(fig, ax, xlabel: str, ylabel: str, png: Path) -> None:
+    """Label the axes (Dice from 0 to 1), add the grid and legend and write ``fig`` to ``png`` atomically."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
