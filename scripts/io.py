@@ -160,12 +160,9 @@ def replace_markdown_sections(text: str, new: str) -> str:
     appended when ``text`` has none; everything else in ``text`` is kept as it is."""
     head, sections = _markdown_sections(text)
     replacements = dict(_markdown_sections(new)[1])
-    out = [replacements.pop(h, s) for h, s in sections]
-    for s in replacements.values():
-        if out and not out[-1].endswith("\n\n"):
-            out[-1] = out[-1].rstrip("\n") + "\n\n"
-        out.append(s)
-    return head + "".join(out)
+    out = [replacements.pop(h, s) for h, s in sections] + list(replacements.values())
+    blank_line = [s if s.endswith("\n\n") else s.rstrip("\n") + "\n\n" for s in out[:-1]]  # before each heading
+    return head + "".join(blank_line + out[-1:])
 
 
 def keep_other_markdown_sections(old: str, new: str) -> str:

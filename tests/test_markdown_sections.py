@@ -5,8 +5,8 @@ from scripts.io import keep_other_markdown_sections, replace_markdown_sections
 PAGE = "# Benchmarks\n\nintro\n\n## A\n\na1\n\n## B\n\nb1\n"
 
 
-def test_replacing_a_section_keeps_everything_else():
-    assert replace_markdown_sections(PAGE, "## A\n\na2\n") == "# Benchmarks\n\nintro\n\n## A\n\na2\n## B\n\nb1\n"
+def test_replacing_a_section_keeps_everything_else_and_a_blank_line_before_the_next_heading():
+    assert replace_markdown_sections(PAGE, "## A\n\na2\n") == "# Benchmarks\n\nintro\n\n## A\n\na2\n\n## B\n\nb1\n"
 
 
 def test_a_new_section_is_appended():
