@@ -129,7 +129,10 @@ class Pipeline:
         train = ConfigParser()
         train.read_config(os.path.join(REPO_ROOT, "configs", "train.json"))
         train.update({"bundle_root": REPO_ROOT, "dataset_dir": args.dataset_dir or train["dataset_dir"]})
+        if args.num_folds:
+            train["num_folds"] = args.num_folds
         self.cases = train.get_parsed_content("val_datalist")[: args.max_cases or None]
+        self.fold = f"{train['fold']} of {train['num_folds']}"
         parser = ConfigParser()
         parser.read_config(os.path.join(REPO_ROOT, "configs", "inference.json"))
         parser.update({"bundle_root": REPO_ROOT, "device": str(device), "prediction_dir": self._predictions.name})
@@ -330,7 +333,7 @@ def _render_intro(report: dict) -> list[str]:
         f"torch {m['torch']}, monai {m['monai']}, onnxruntime {m['onnxruntime']}. "
         f"{len(report['cases'])} synthetic validation cases (fold {cfg['fold']}, {cfg['shape']}), weights "
         f"`{cfg['ckpt_path']}` (written {cfg['ckpt_mtime']}). Every step runs the inference configs' whole path per case; the steps are "
-        f"interleaved, {cfg['repeats']} repetitions after one warm-up case each; times are the median over the "
+        f"interleaved, {cfg['repeats']} repetition(s) after one warm-up case each; times are the median over the "
         f"repetitions of the mean per case, speed-ups the median of the per-repetition ratios to the baseline."
     )
     L.append("")
@@ -346,7 +349,7 @@ def _render_stages(report: dict) -> list[str]:
     L.append("")
     L.append(
         f"Seconds per case, median over the repetitions, for the unoptimised path and the shipped default "
-        f"({summ['default'].get('windows', 0):.0f} vs {base['windows']:.0f} windows per case)."
+        f"({summ['default'].get('windows', 0):.0f} vs {base['windows']:.0f} window(s) per case)."
     )
     L.append("")
     rows = []
@@ -488,6 +491,13 @@ def parse_args(argv=None):
         help="only these steps (the baseline and the default always run), e.g. onnxruntime overlap_0.1",
     )
     p.add_argument("--dataset_dir", default=None, help="default: configs/train.json dataset_dir")
+    p.add_argument(
+        "--num_folds",
+        type=int,
+        default=0,
+        help="the validation cases are fold 0 of this many (0: configs/train.json's"
+        " num_folds; 48 for data/synthetic_mni, as configs/synthetic_train.json splits it for the shipped weights)",
+    )
     p.add_argument("--ckpt_path", default=os.path.join(REPO_ROOT, "models", "model.pt"))
     p.add_argument("--max_cases", type=int, default=0, help="only the first N validation cases (0 = all)")
     p.add_argument("--output_md", default=os.path.join(REPO_ROOT, "docs", "benchmarks.md"))
@@ -540,7 +550,7 @@ def main(argv=None) -> int:
         "config": {
             "device": args.device,
             "repeats": args.repeats,
-            "fold": pipe.parser["fold"],
+            "fold": pipe.fold,
             "ckpt_path": rel(args.ckpt_path),
             "output_json_rel": rel(out_json),
             "ckpt_mtime": pipe.ckpt_mtime,
