@@ -29,10 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.clinical_figures import bundle  # noqa: E402
-from benchmarks.real_case import score_checkpoint  # noqa: E402
+from benchmarks.real_case import score_checkpoint, write_dice_plot  # noqa: E402
 from scripts.conventions import REGIONS  # noqa: E402
-from scripts.figures import png_bytes  # noqa: E402
-from scripts.io import atomic_path, write_json  # noqa: E402
+from scripts.io import write_json  # noqa: E402
 
 
 def synthetic_scores(ckpt: Path, synthetic_dir: Path, num_folds: int) -> dict:
@@ -118,13 +117,7 @@ def plot(results: dict, png: Path) -> None:
     ax.set_xticks(range(len(results)), list(results))
     epochs = ", ".join(str(e) for e in next(iter(results.values())))
     ax.set_title(f"bars: mean over epochs {epochs}; dots: each epoch", fontsize=9)
-    ax.set_ylabel("Dice")
-    ax.set_ylim(0, 1)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(png) as tmp:
-        Path(tmp).write_bytes(png_bytes(fig))
+    write_dice_plot(fig, ax, "", "Dice", png, grid_axis="y")
 
 
 def main(argv=None) -> dict:

@@ -182,7 +182,10 @@ def plot_curves(curves: list[str], png: str) -> None:
     fig = Figure(figsize=(6, 3.6))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for name, log in (c.split("=", 1) for c in curves):
+    for curve in curves:
+        name, sep, log = curve.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--curve {curve!r}: expected NAME=TRAINING_LOG")
         _, val = training_hours(Path(log))
         if not val:
             raise SystemExit(f"--curve {name}: {log} holds no 'Epoch[N] Metrics -- ... val_mean_dice' line")

@@ -156,12 +156,13 @@ def plot_learning_curve(rows: list[dict], log: Path | None, png: Path) -> None:
     write_dice_plot(fig, ax, "hours of training (2 CPU cores)", "Dice", png)
 
 
-def write_dice_plot(fig, ax, xlabel: str, ylabel: str, png: Path) -> None:
-    """Label the axes (Dice from 0 to 1), add the grid and legend and write ``fig`` to ``png`` atomically."""
+def write_dice_plot(fig, ax, xlabel: str, ylabel: str, png: Path, grid_axis: str = "both") -> None:
+    """Label the axes (Dice from 0 to 1), add the grid (``grid_axis``) and legend and write ``fig`` to ``png``
+    atomically."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
+    ax.grid(axis=grid_axis, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(png) as tmp:
