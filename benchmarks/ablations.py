@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.cli import name_equals_path  # noqa: E402
 from benchmarks.clinical_figures import bundle  # noqa: E402
 from benchmarks.real_case import score_checkpoint, write_dice_plot  # noqa: E402
 from scripts.conventions import REGIONS  # noqa: E402
@@ -122,7 +123,13 @@ def plot(results: dict, png: Path) -> None:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arm", action="append", required=True, help="NAME=RUN_FOLDER with checkpoint_epoch=N.pt")
+    parser.add_argument(
+        "--arm",
+        action="append",
+        required=True,
+        type=name_equals_path,
+        help="NAME=RUN_FOLDER with checkpoint_epoch=N.pt",
+    )
     parser.add_argument("--epochs", type=int, nargs="+", required=True)
     parser.add_argument("--case_dir", type=Path, default=ROOT.parent / "shared" / "data" / "TCGA-DU-7294")
     parser.add_argument("--synthetic_dir", type=Path, default=ROOT / "data" / "synthetic_mni")
@@ -130,14 +137,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args(argv)
-    arms = {}
-    for item in args.arm:
-        name, sep, folder = item.partition("=")
-        if not sep or not name:
-            raise SystemExit(f"--arm {item!r}: expected NAME=RUN_FOLDER")
-        arms[name] = Path(folder)
     done = json.loads(args.output.read_text())["scores"] if args.output.is_file() else {}
-    results = score_arms(arms, args.epochs, args, done)
+    results = score_arms(dict(args.arm), args.epochs, args, done)
     print(table(results))
     if args.plot:
         plot(results, args.plot)

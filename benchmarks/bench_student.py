@@ -27,6 +27,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
@@ -34,6 +35,7 @@ if REPO_ROOT not in sys.path:
 
 import torch  # noqa: E402
 
+from benchmarks.cli import name_equals_path  # noqa: E402
 from scripts.export import load_network  # noqa: E402
 from scripts.inferers import inference_network  # noqa: E402
 
@@ -84,8 +86,6 @@ def region_dice(networks: dict, items: list[dict], parser, inferer) -> dict[str,
 
 def real_case_item(case: str, parser) -> dict:
     """The real case's image item with its consensus segmentation as label."""
-    from pathlib import Path
-
     from scripts.data.layouts import find_inference_cases
 
     item = find_inference_cases(case, "testing", parser.get_parsed_content("layout"))[0]
@@ -104,7 +104,7 @@ def measure(args) -> dict:
     parser.read_config(_configs("inference.json"))
     inferer = parser.get_parsed_content("sw_inferer")
     nets = {"teacher": load_network(_configs("inference.json"), args.teacher_ckpt)}
-    for name, ckpt in [("student", args.student_ckpt), *(e.split("=", 1) for e in args.extra_student)]:
+    for name, ckpt in [("student", args.student_ckpt), *args.extra_student]:
         nets[name] = load_network(_configs("inference.json", "student.json"), ckpt)
     real = real_case_item(args.case, parser)
     image = torch.as_tensor(load_item(parser, real)["image"])[None].float()
@@ -170,10 +170,8 @@ def markdown(r: dict) -> str:
     )
 
 
-def plot_curves(curves: list[str], png: str) -> None:
+def plot_curves(curves: list[tuple[str, Path]], png: str) -> None:
     """Validation mean Dice per validated epoch of each ``NAME=TRAINING_LOG`` (one line each), as a PNG."""
-    from pathlib import Path
-
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -182,11 +180,8 @@ def plot_curves(curves: list[str], png: str) -> None:
     fig = Figure(figsize=(6, 3.6))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for curve in curves:
-        name, sep, log = curve.partition("=")
-        if not sep or not name:
-            raise SystemExit(f"--curve {curve!r}: expected NAME=TRAINING_LOG")
-        _, val = training_hours(Path(log))
+    for name, log in curves:
+        _, val = training_hours(log)
         if not val:
             raise SystemExit(f"--curve {name}: {log} holds no 'Epoch[N] Metrics -- ... val_mean_dice' line")
         ax.plot(sorted(val), [val[e] for e in sorted(val)], "o-", label=name)
@@ -206,10 +201,22 @@ def main(argv=None) -> dict:
         "whose fold 0 of --num_folds is (the training configs' split)",
     )
     p.add_argument("--num_folds", type=int, default=5, help="as in the training config (synthetic_train.json: 48)")
-    p.add_argument("--extra_student", action="append", default=[], help="NAME=CKPT, another student's weights")
+    p.add_argument(
+        "--extra_student",
+        action="append",
+        default=[],
+        type=name_equals_path,
+        help="NAME=CKPT, another student's weights",
+    )
     p.add_argument("--output_json", default=None)
     p.add_argument("--output_md", default=None, help="replace the section of this Markdown page")
-    p.add_argument("--curve", action="append", default=[], help="NAME=TRAINING_LOG: plot its validation Dice")
+    p.add_argument(
+        "--curve",
+        action="append",
+        default=[],
+        type=name_equals_path,
+        help="NAME=TRAINING_LOG: plot its validation Dice",
+    )
     p.add_argument("--plot", default=None, help="PNG of the --curve validation Dice against epochs")
     args = p.parse_args(argv)
     if args.plot:
