@@ -35,13 +35,14 @@ from scripts.conventions import REGIONS  # noqa: E402
 from scripts.io import write_json  # noqa: E402
 
 
-def synthetic_scores(ckpt: Path, synthetic_dir: Path, num_folds: int) -> dict:
-    """Dice per region (and mean) of ``ckpt`` on fold 0 of ``synthetic_dir``, through the ``evaluating`` workflow."""
+def synthetic_scores(ckpt: Path, synthetic_dir: Path, num_folds: int, overlays=()) -> dict:
+    """Dice per region (and mean) of ``ckpt`` on fold 0 of ``synthetic_dir``, through the ``evaluating`` workflow
+    (``overlays``: more config files, e.g. the network's norm)."""
     with tempfile.TemporaryDirectory() as tmp:
         args = ["--dataset_dir", str(synthetic_dir), "--num_folds", str(num_folds), "--fold", "0",
                 "--ckpt_path", str(ckpt), "--output_dir", tmp]  # fmt: skip
         try:
-            bundle("evaluating", "evaluate.json", *args)
+            bundle("evaluating", "evaluate.json", *args, overlays=overlays)
         except SystemExit as e:
             raise SystemExit(f"{ckpt}: {e}") from None
         result = json.loads((Path(tmp) / "metrics_summary.json").read_text())
@@ -53,7 +54,7 @@ def _mean(values: dict) -> float:
     return round(sum(values.values()) / len(values), 4)
 
 
-def _key(ckpt: Path) -> str:
+def checkpoint_key(ckpt: Path) -> str:
     stat = ckpt.stat()
     return f"{ckpt}:{stat.st_size}:{int(stat.st_mtime)}"
 
@@ -67,7 +68,7 @@ def score_arms(arms: dict[str, Path], epochs: list[int], args, done: dict) -> di
             ckpt = folder / f"checkpoint_epoch={epoch}.pt"
             if not ckpt.is_file():
                 raise SystemExit(f"{arm}: {ckpt}: no such checkpoint (the arm's run must reach epoch {epoch})")
-            key = _key(ckpt)
+            key = checkpoint_key(ckpt)
             if key not in done:
                 real = score_checkpoint(ckpt, args.case_dir)["consensus"]
                 done[key] = {"real": real, "synthetic": synthetic_scores(ckpt, args.synthetic_dir, args.num_folds)}

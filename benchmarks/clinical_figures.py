@@ -35,9 +35,10 @@ DOC = ROOT / "docs" / "clinical.md"
 IMAGES = ROOT / "docs" / "images"
 
 
-def bundle(run_id: str, overlay: str, *args: str) -> tuple[subprocess.CompletedProcess, float]:
-    """Run a workflow; (process, wall seconds)."""
-    configs = str([str(ROOT / "configs" / "inference.json"), str(ROOT / "configs" / overlay)])
+def bundle(run_id: str, overlay: str, *args: str, overlays=()) -> tuple[subprocess.CompletedProcess, float]:
+    """Run a workflow of ``inference.json`` + ``configs/<overlay>`` (+ the config files ``overlays``); (process,
+    wall seconds)."""
+    configs = str([str(ROOT / "configs" / name) for name in ("inference.json", overlay, *overlays)])
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--meta_file", str(ROOT / "configs" / "metadata.json"),
            "--config_file", configs, *args]  # fmt: skip
     start = time.perf_counter()

@@ -1,0 +1,162 @@
+"""Window-independence candidates: normalisation layers and training patches measured against the shipped
+batch-norm ResUNet (issue: inference cost no longer tied to the training patch).
+
+Each candidate is a 16-epoch run of the shipped recipe (``configs/train.json`` + ``configs/synthetic_train.json``)
+with an overlay from ``benchmarks/configs/``:
+
+- ``groupnorm.json``: GroupNorm, 8 groups;
+- ``instancenorm.json`` + ``random_patch_train.json``: instance norm trained on cubes of a random edge length
+  (48-112 voxels, drawn per case, as many patches as fit the shipped recipe's voxels per case).
+
+    python -m monai.bundle run training --meta_file configs/metadata.json --config_file \\
+        "['configs/train.json','configs/synthetic_train.json','benchmarks/configs/groupnorm.json']" \\
+        --ckpt_dir runs/candidate_groupnorm --output_dir runs/candidate_groupnorm \\
+        --train#trainer#max_epochs 16 --train#checkpoint#n_saved 16
+
+Every candidate is scored at the same epochs (``--epochs``) on the real case, with one window over the brain crop
+and with ``--window_size`` sliding windows (agreement between the two label maps, time of each), and on the
+held-out synthetic cases (the ``evaluating`` workflow, whole-volume window):
+
+    python benchmarks/window_candidates.py --arm batch=runs/curve \\
+        --arm group=runs/candidate_groupnorm:benchmarks/configs/groupnorm.json \\
+        --epochs 13 14 15 16 --output benchmarks/results/window_candidates.json
+
+Results already in ``--output`` (same checkpoint file, size and time) are reused. Prints a markdown table of the
+means over the epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from monai.transforms import RandCropByPosNegLabeld
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.ablations import checkpoint_key, synthetic_scores  # noqa: E402
+from benchmarks.real_case import score_checkpoint  # noqa: E402
+from scripts.io import write_json  # noqa: E402
+
+
+class RandPatchSizeCropByPosNegLabeld(RandCropByPosNegLabeld):
+    """:class:`~monai.transforms.RandCropByPosNegLabeld` (``pos = neg = 1``) with a cube edge drawn per call from
+    ``sizes`` and as many patches as fit ``voxels`` (at least one). The input must be padded to ``max(sizes)``.
+
+    Returns a list of ``num_samples`` dicts of ``(C, s, s, s)`` crops, ``s`` the drawn edge.
+    """
+
+    def __init__(self, keys, label_key: str, sizes: Sequence[int], voxels: int, **kwargs) -> None:
+        super().__init__(keys, label_key, spatial_size=max(sizes), **kwargs)
+        self.sizes = [int(s) for s in sizes]
+        self.voxels = int(voxels)
+
+    def randomize(self, label=None, fg_indices=None, bg_indices=None, image=None) -> None:
+        size = self.sizes[self.R.randint(len(self.sizes))]
+        self.cropper.spatial_size = (size,) * 3
+        self.cropper.num_samples = max(1, round(self.voxels / size**3))
+        super().randomize(label, fg_indices, bg_indices, image)
+
+
+def replace_crop(transforms: list, crop) -> list:
+    """``transforms`` with each :class:`~monai.transforms.RandCropByPosNegLabeld` replaced by ``crop``."""
+    if not any(isinstance(t, RandCropByPosNegLabeld) for t in transforms):
+        raise ValueError("no RandCropByPosNegLabeld in the training transforms to replace")
+    return [crop if isinstance(t, RandCropByPosNegLabeld) else t for t in transforms]
+
+
+def arm(text: str) -> tuple[str, Path, Path | None]:
+    """argparse ``type`` of ``--arm NAME=RUN_FOLDER[:OVERLAY]``."""
+    name, sep, rest = text.partition("=")
+    folder, _, overlay = rest.partition(":")
+    if not sep or not name or not folder:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=RUN_FOLDER[:OVERLAY]")
+    return name, Path(folder), Path(overlay).resolve() if overlay else None
+
+
+def score(ckpt: Path, overlay: Path | None, args) -> dict:
+    """Real case (one window, then ``--window_size`` windows compared with it) and held-out synthetic scores."""
+    overlays = [str(overlay)] if overlay else []
+    first = Path(tempfile.gettempdir()) / f"real_case_first_{os.getpid()}.nii.gz"
+    whole = score_checkpoint(ckpt, args.case_dir, overlays=overlays)  # leaves its label map at ``first``
+    windowed = score_checkpoint(ckpt, args.case_dir, args.window_size, first, overlays)
+    first.unlink()
+    return {
+        "real": whole["consensus"],
+        "real_s": whole["inference_s"],
+        "windowed": windowed["consensus"],
+        "windowed_s": windowed["inference_s"],
+        "agreement": windowed["agreement_with_first"],
+        "synthetic": synthetic_scores(ckpt, args.synthetic_dir, args.num_folds, overlays),
+    }
+
+
+def score_arms(arms: list, epochs: list[int], args, done: dict) -> dict:
+    """{arm: {epoch: scores}}, reusing ``done`` ({checkpoint key: scores}) and saving each new score."""
+    results = {}
+    for name, folder, overlay in arms:
+        results[name] = {}
+        for epoch in epochs:
+            ckpt = folder / f"checkpoint_epoch={epoch}.pt"
+            if not ckpt.is_file():
+                raise SystemExit(f"{name}: {ckpt}: no such checkpoint (the run must reach epoch {epoch})")
+            key = f"{checkpoint_key(ckpt)}:{args.window_size}"
+            if key not in done:
+                done[key] = score(ckpt, overlay, args)
+                write_json({"scores": done}, args.output)
+            results[name][epoch] = s = done[key]
+            print(f"{name} epoch {epoch}: real WT {s['real']['dice_WT']:.3f} TC {s['real']['dice_TC']:.3f} "
+                  f"({s['real_s']} s; windows {s['windowed_s']} s, agreement WT {s['agreement']['dice_WT']:.4f}), "
+                  f"synthetic mean {s['synthetic']['dice_mean']:.3f}")  # fmt: skip
+    return results
+
+
+def table(results: dict, window: str) -> str:
+    """Markdown: per arm, means over the epochs (lowest-highest for the Dice scores)."""
+
+    def mean(values: list[float], spread: bool = True, digits: int = 3) -> str:
+        text = f"{sum(values) / len(values):.{digits}f}"
+        return f"{text} ({min(values):.{digits}f}-{max(values):.{digits}f})" if spread else text
+
+    lines = [
+        f"| candidate | real WT Dice | real TC Dice | synthetic held-out mean Dice | one window (s) | {window} windows "
+        "(s) | agreement WT / TC / ET (lowest) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, by_epoch in results.items():
+        rows = list(by_epoch.values())
+        agree = " / ".join(f"{min(r['agreement'][f'dice_{k}'] for r in rows):.4f}" for k in ("WT", "TC", "ET"))
+        lines.append(
+            f"| {name} | {mean([r['real']['dice_WT'] for r in rows])} | {mean([r['real']['dice_TC'] for r in rows])} "
+            f"| {mean([r['synthetic']['dice_mean'] for r in rows])} | {mean([r['real_s'] for r in rows], False, 1)} "
+            f"| {mean([r['windowed_s'] for r in rows], False, 1)} | {agree} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arm", action="append", required=True, type=arm,
+                        help="NAME=RUN_FOLDER[:OVERLAY]: checkpoint_epoch=N.pt files and the config file of the "
+                        "network's norm (none for the shipped batch norm)")  # fmt: skip
+    parser.add_argument("--epochs", type=int, nargs="+", required=True)
+    parser.add_argument("--window_size", default="[64,64,64]", help="the sliding windows compared with one window")
+    parser.add_argument("--case_dir", type=Path, default=ROOT.parent / "shared" / "data" / "TCGA-DU-7294")
+    parser.add_argument("--synthetic_dir", type=Path, default=ROOT / "data" / "synthetic_mni")
+    parser.add_argument("--num_folds", type=int, default=48, help="as in configs/synthetic_train.json")
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    done = json.loads(args.output.read_text())["scores"] if args.output.is_file() else {}
+    results = score_arms(args.arm, args.epochs, args, done)
+    print(table(results, args.window_size))
+    return results
+
+
+if __name__ == "__main__":
+    main()
