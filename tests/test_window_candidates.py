@@ -3,13 +3,14 @@ training overlays that use it and the norm overlays."""
 
 import argparse
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.transforms import RandCropByPosNegLabeld
 
-from benchmarks.window_candidates import RandPatchSizeCropByPosNegLabeld, arm, replace_crop
+from benchmarks.window_candidates import RandPatchSizeCropByPosNegLabeld, arm, markdown, replace_crop
 
 ROOT = Path(__file__).resolve().parents[1]
 CANDIDATES = ROOT / "benchmarks" / "configs"
@@ -70,3 +71,21 @@ def test_arm_option():
     assert arm("batch=runs/curve") == ("batch", Path("runs/curve"), None)
     with pytest.raises(argparse.ArgumentTypeError, match="NAME=RUN_FOLDER"):
         arm("runs/curve")
+
+
+def _scores(wt: float, seconds: float, agreement: float) -> dict:
+    dice = {"dice_WT": wt, "dice_TC": wt / 2, "dice_ET": wt / 4}
+    return {"real": dice, "real_s": seconds, "windowed": dice, "windowed_s": 2 * seconds,
+            "agreement": {k: agreement for k in dice}, "synthetic": {"dice_mean": wt / 3}}  # fmt: skip
+
+
+def test_markdown_section_means_over_epochs_and_lowest_agreement():
+    results = {"batch": {15: _scores(0.6, 30.0, 0.999), 16: _scores(0.8, 40.0, 0.997)}}
+    args = SimpleNamespace(arm=[arm("batch=runs/curve")], epochs=[15, 16], window_size="[64,64,64]")
+    text = markdown(results, args)
+    assert text.startswith("## Window-independence candidates\n") and "`batch` = `runs/curve`" in text
+    row = text.strip().splitlines()[-1]
+    assert (
+        row
+        == "| batch | 0.700 (0.600-0.800) | 0.350 (0.300-0.400) | 0.233 (0.200-0.267) | 35.0 | 70.0 | 0.9970 / 0.9970 / 0.9970 |"
+    )
