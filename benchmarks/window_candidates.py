@@ -22,8 +22,9 @@ held-out synthetic cases (the ``evaluating`` workflow, whole-volume window):
         --epochs 13 14 15 16 --output benchmarks/results/window_candidates.json \\
         --output_md docs/benchmarks.md --plot docs/images/window_candidates.png
 
-Results already in ``--output`` (same checkpoint file, size and time) are reused. Prints a markdown table of the
-means over the epochs.
+Results already in ``--output`` (same checkpoint file, size and time) are reused. Then each network is timed alone
+(one window and sliding windows, repetitions interleaved across the candidates), and a markdown table of the means
+over the epochs is printed.
 """
 
 from __future__ import annotations
@@ -31,18 +32,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from monai.transforms import RandCropByPosNegLabeld
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.ablations import checkpoint_key, plot, synthetic_scores  # noqa: E402
+from benchmarks.bench_student import time_case  # noqa: E402
 from benchmarks.real_case import score_checkpoint  # noqa: E402
+from scripts.export import load_network, preprocess_case  # noqa: E402
+from scripts.inferers import inference_network  # noqa: E402
 from scripts.io import replace_markdown_sections, write_json, write_text  # noqa: E402
 
 
@@ -118,16 +124,16 @@ def score_arms(arms: list, epochs: list[int], args, done: dict) -> dict:
     return results
 
 
-def table(results: dict, window: str) -> str:
-    """Markdown: per arm, means over the epochs (lowest-highest for the Dice scores)."""
+def table(results: dict, window: str, times: dict) -> str:
+    """Markdown: per arm, Dice means over the epochs (lowest-highest), the network times (``times``, from
+    :func:`network_times`) and the lowest agreement between one window and ``window`` windows."""
 
-    def mean(values: list[float], spread: bool = True, digits: int = 3) -> str:
-        text = f"{sum(values) / len(values):.{digits}f}"
-        return f"{text} ({min(values):.{digits}f}-{max(values):.{digits}f})" if spread else text
+    def mean(values: list[float]) -> str:
+        return f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
     lines = [
-        f"| candidate | real WT Dice | real TC Dice | synthetic held-out mean Dice | one window (s) | {window} windows "
-        "(s) | agreement WT / TC / ET (lowest) |",
+        f"| candidate | real WT Dice | real TC Dice | synthetic held-out mean Dice | network, one window (s) | network, "
+        f"{window} windows (s) | agreement one window vs {window} windows, WT / TC / ET (lowest) |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, by_epoch in results.items():
@@ -135,13 +141,13 @@ def table(results: dict, window: str) -> str:
         agree = " / ".join(f"{min(r['agreement'][f'dice_{k}'] for r in rows):.4f}" for k in ("WT", "TC", "ET"))
         lines.append(
             f"| {name} | {mean([r['real']['dice_WT'] for r in rows])} | {mean([r['real']['dice_TC'] for r in rows])} "
-            f"| {mean([r['synthetic']['dice_mean'] for r in rows])} | {mean([r['real_s'] for r in rows], False, 1)} "
-            f"| {mean([r['windowed_s'] for r in rows], False, 1)} | {agree} |"
+            f"| {mean([r['synthetic']['dice_mean'] for r in rows])} | {times[name]['one_window_s']:.2f} "
+            f"| {times[name]['windows_s']:.2f} | {agree} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def markdown(results: dict, args) -> str:
+def markdown(results: dict, times: dict, args) -> str:
     """The ``## Window-independence candidates`` section of docs/benchmarks.md."""
     arms = ", ".join(f"`{name}` = `{folder}`" + (f" + `{os.path.relpath(overlay, ROOT)}`" if overlay else "")
                      for name, folder, overlay in args.arm)  # fmt: skip
@@ -150,12 +156,35 @@ def markdown(results: dict, args) -> str:
         "## Window-independence candidates\n\n"
         f"`benchmarks/window_candidates.py`: each candidate is a 16-epoch run of the shipped recipe with one change "
         f"({arms}), scored at epochs {epochs}. Real case: Dice against the consensus with one window over the brain "
-        f"crop (the shipped default), then with {args.window_size} sliding windows (overlap 0.25, Gaussian blending); "
-        "agreement is the Dice between the two label maps (lowest over the epochs), times are end to end (process "
-        "start included, 2 shared cores, ONNX Runtime). Synthetic: mean Dice of TC, WT and ET on the 6 held-out "
-        "cases of fold 0 (one window). Dice columns: mean over the epochs (lowest-highest).\n\n"
-        + table(results, args.window_size)
+        f"crop (the shipped default); agreement is the Dice between that label map and the one from {args.window_size} "
+        "sliding windows (overlap 0.25, Gaussian blending), lowest over the epochs. Synthetic: mean Dice of TC, WT "
+        "and ET on the 6 held-out cases of fold 0 (one window). Dice columns: mean over the epochs (lowest-highest). "
+        f"Network times: ONNX Runtime, {torch.get_num_threads()} torch thread(s), median of {args.repeats} "
+        f"repetitions interleaved across the candidates, epoch-{max(args.epochs)} weights, on the real case's "
+        "preprocessed image.\n\n" + table(results, args.window_size, times)
     )
+
+
+def network_times(args) -> dict:
+    """{arm: {"one_window_s", "windows_s"}}: median seconds of each arm's network alone (ONNX Runtime, its last
+    ``--epochs`` checkpoint) on the real case's preprocessed image, with one window and with ``--window_size``
+    windows; repetitions interleaved across arms so that every network sees the same load."""
+    from monai.inferers import SlidingWindowInferer
+
+    inference = [str(ROOT / "configs" / "inference.json")]
+    image = preprocess_case(inference, str(args.case_dir))
+    nets = {}
+    for name, folder, overlay in args.arm:
+        ckpt = folder / f"checkpoint_epoch={max(args.epochs)}.pt"
+        nets[name] = inference_network(
+            load_network(inference + ([str(overlay)] if overlay else []), str(ckpt)), "onnxruntime"
+        )
+    windows = SlidingWindowInferer(json.loads(args.window_size), sw_batch_size=4, overlap=0.25, mode="gaussian")
+    times: dict = {name: {} for name in nets}
+    for key, inferer in (("one_window_s", SlidingWindowInferer([-1] * 3)), ("windows_s", windows)):
+        for name, seconds in time_case(image, nets, inferer, args.repeats).items():
+            times[name][key] = round(statistics.median(seconds), 2)
+    return times
 
 
 def main(argv=None) -> dict:
@@ -171,13 +200,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--output_md", type=Path, help="markdown page whose candidates section is rewritten")
     parser.add_argument("--plot", type=Path, help="PNG: per candidate, the Dice of each epoch and their mean")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions of each network")
     args = parser.parse_args(argv)
     done = json.loads(args.output.read_text())["scores"] if args.output.is_file() else {}
     results = score_arms(args.arm, args.epochs, args, done)
-    print(table(results, args.window_size))
+    times = network_times(args)
+    print(table(results, args.window_size, times))
     if args.output_md:
         old = args.output_md.read_text() if args.output_md.is_file() else ""
-        write_text(replace_markdown_sections(old, markdown(results, args)), args.output_md)
+        write_text(replace_markdown_sections(old, markdown(results, times, args)), args.output_md)
     if args.plot:
         plot(results, args.plot)
     return results

@@ -81,11 +81,11 @@ def _scores(wt: float, seconds: float, agreement: float) -> dict:
 
 def test_markdown_section_means_over_epochs_and_lowest_agreement():
     results = {"batch": {15: _scores(0.6, 30.0, 0.999), 16: _scores(0.8, 40.0, 0.997)}}
-    args = SimpleNamespace(arm=[arm("batch=runs/curve")], epochs=[15, 16], window_size="[64,64,64]")
-    text = markdown(results, args)
+    args = SimpleNamespace(arm=[arm("batch=runs/curve")], epochs=[15, 16], window_size="[64,64,64]", repeats=3)
+    text = markdown(results, {"batch": {"one_window_s": 4.4, "windows_s": 9.25}}, args)
     assert text.startswith("## Window-independence candidates\n") and "`batch` = `runs/curve`" in text
     row = text.strip().splitlines()[-1]
     assert (
         row
-        == "| batch | 0.700 (0.600-0.800) | 0.350 (0.300-0.400) | 0.233 (0.200-0.267) | 35.0 | 70.0 | 0.9970 / 0.9970 / 0.9970 |"
+        == "| batch | 0.700 (0.600-0.800) | 0.350 (0.300-0.400) | 0.233 (0.200-0.267) | 4.40 | 9.25 | 0.9970 / 0.9970 / 0.9970 |"
     )
