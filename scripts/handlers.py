@@ -232,7 +232,8 @@ class TrainingCheckpoint:
     the random states (:func:`get_random_state`, with the random transforms found from ``randomizable``,
     e.g. the training dataset) and, with AMP, the trainer's grad ``scaler``. It is saved at the end of every
     epoch, after validation and the scheduler step, and only the newest ``n_saved`` ``checkpoint_epoch=N.pt``
-    are kept (older ones, also those of an earlier run, are deleted after a successful save).
+    are kept (older ones, also those of an earlier run, are deleted after a successful save; a resumed run counts
+    the checkpoints it resumes among them).
 
     It holds the trainer, so it is attached from the config's ``run`` list rather than passed in the
     trainer's own handler list (which would be a circular reference), and so its epoch-end handler runs
@@ -269,7 +270,7 @@ class TrainingCheckpoint:
             self.load_path = latest_checkpoint(self.ckpt_dir, self.prefix)
             if self.load_path is None:
                 raise FileNotFoundError(f"resume requested but {self.ckpt_dir} holds no {self.prefix}_epoch=N.pt")
-            self._saved = [self.load_path]
+            self._saved = [path for _, path in _epoch_checkpoints(self.ckpt_dir, self.prefix)]  # the same run's
             engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
 

@@ -173,6 +173,25 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     assert alive.exists() and keep.exists()
 
 
+def test_resumed_run_keeps_its_earlier_checkpoints_up_to_n_saved(tmp_path):
+    from ignite.engine import Engine
+
+    from scripts.handlers import TrainingCheckpoint
+
+    for epoch in (1, 2, 3):
+        torch.save({"model": torch.nn.Linear(1, 1).state_dict()}, tmp_path / f"checkpoint_epoch={epoch}.pt")
+    handler = TrainingCheckpoint(str(tmp_path), {"model": torch.nn.Linear(1, 1)}, resume=True, n_saved=3)
+    engine = Engine(lambda e, b: None)
+    handler.attach(engine)
+    engine.state.epoch = 4
+    handler.save(engine)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_epoch=*.pt")) == [
+        "checkpoint_epoch=2.pt",
+        "checkpoint_epoch=3.pt",
+        "checkpoint_epoch=4.pt",
+    ]
+
+
 def test_best_model_is_not_replaced_by_a_worse_one_after_resume(tmp_path):
     """The validator's best Dice travels in the full checkpoint, so after a restart a validation worse than
     the best before it leaves ``model.pt`` alone (a fresh validator would take any first result as best)."""
