@@ -13,13 +13,15 @@ with an overlay from ``benchmarks/configs/``:
         --ckpt_dir runs/candidate_groupnorm --output_dir runs/candidate_groupnorm \\
         --train#trainer#max_epochs 16 --train#checkpoint#n_saved 16
 
-Every candidate is scored at the same epochs (``--epochs``) on the real case, with one window over the brain crop
-and with ``--window_size`` sliding windows (agreement between the two label maps, time of each), and on the
-held-out synthetic cases (the ``evaluating`` workflow, whole-volume window):
+(the random-patch run lists ``instancenorm.json`` and ``random_patch_train.json``). Every candidate is scored at
+the same epochs (``--epochs``) on the real case, with one window over the brain crop and with ``--window_size``
+sliding windows (agreement between the two label maps), and on the held-out synthetic cases (the ``evaluating``
+workflow, whole-volume window):
 
     python benchmarks/window_candidates.py --arm batch=runs/curve \\
         --arm group=runs/candidate_groupnorm:benchmarks/configs/groupnorm.json \\
-        --epochs 13 14 15 16 --output benchmarks/results/window_candidates.json \\
+        --arm instance_random_patch=runs/candidate_random_patch:benchmarks/configs/instancenorm.json \\
+        --epochs 15 16 --output benchmarks/results/window_candidates.json \\
         --output_md docs/benchmarks.md --plot docs/images/window_candidates.png
 
 Results already in ``--output`` (same checkpoint file, size and time) are reused. Then each network is timed alone
