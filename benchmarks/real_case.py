@@ -47,6 +47,12 @@ def _scores(pred: Path, ref: Path) -> dict:
     return {f"{m}_{r}": round(float(metrics[f"{m}_{r}"]), 4) for m in ("dice", "hd95") for r in REGIONS}
 
 
+def first_prediction() -> Path:
+    """Where :func:`score_checkpoint` called without ``first`` leaves its label map (one file per process), for the
+    calls that compare other windows with it."""
+    return Path(tempfile.gettempdir()) / f"real_case_first_{os.getpid()}.nii.gz"
+
+
 def score_checkpoint(
     ckpt: Path, case_dir: Path, window: str | None = None, first: Path | None = None, overlays=()
 ) -> dict:
@@ -69,7 +75,7 @@ def score_checkpoint(
         if first is not None:
             row["agreement_with_first"] = _scores(pred, first)
         else:
-            shutil.copy(pred, Path(tempfile.gettempdir()) / f"real_case_first_{os.getpid()}.nii.gz")
+            shutil.copy(pred, first_prediction())
     return row
 
 
@@ -95,7 +101,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--plot", type=Path, help="learning-curve PNG of the checkpoint_epoch=N.pt checkpoints")
     parser.add_argument("--train_log", type=Path, help="the training log giving the hours of training per epoch")
     args = parser.parse_args(argv)
-    rows, first = [], Path(tempfile.gettempdir()) / f"real_case_first_{os.getpid()}.nii.gz"
+    rows, first = [], first_prediction()
     runs = [(ckpt, None) for ckpt in args.ckpt] + [(args.ckpt[-1], w) for w in args.window_size]
     for ckpt, window in runs:
         rows.append(score_checkpoint(ckpt, args.case_dir, window, first if window else None, args.overlay))

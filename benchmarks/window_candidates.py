@@ -36,7 +36,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.ablations import checkpoint_key, plot, synthetic_scores  # noqa: E402
 from benchmarks.bench_student import time_case  # noqa: E402
-from benchmarks.real_case import score_checkpoint  # noqa: E402
+from benchmarks.real_case import first_prediction, score_checkpoint  # noqa: E402
 from scripts.export import load_network, preprocess_case  # noqa: E402
 from scripts.inferers import inference_network  # noqa: E402
 from scripts.io import replace_markdown_sections, write_json, write_text  # noqa: E402
@@ -92,8 +91,8 @@ def arm(text: str) -> tuple[str, Path, Path | None]:
 def score(ckpt: Path, overlay: Path | None, args) -> dict:
     """Real case (one window, then ``--window_size`` windows compared with it) and held-out synthetic scores."""
     overlays = [str(overlay)] if overlay else []
-    first = Path(tempfile.gettempdir()) / f"real_case_first_{os.getpid()}.nii.gz"
-    whole = score_checkpoint(ckpt, args.case_dir, overlays=overlays)  # leaves its label map at ``first``
+    whole = score_checkpoint(ckpt, args.case_dir, overlays=overlays)  # leaves its label map at first_prediction()
+    first = first_prediction()
     windowed = score_checkpoint(ckpt, args.case_dir, args.window_size, first, overlays)
     first.unlink()
     return {
@@ -144,8 +143,8 @@ def table(results: dict, window: str, times: dict) -> str:
         agree = " / ".join(f"{min(r['agreement'][f'dice_{k}'] for r in rows):.4f}" for k in ("WT", "TC", "ET"))
         lines.append(
             f"| {name} | {mean([r['real']['dice_WT'] for r in rows])} | {mean([r['real']['dice_TC'] for r in rows])} "
-            f"| {mean([r['windowed']['dice_WT'] for r in rows])} | {mean([r['synthetic']['dice_mean'] for r in rows])} | {times[name]['one_window_s']:.2f} "
-            f"| {times[name]['windows_s']:.2f} | {agree} |"
+            f"| {mean([r['windowed']['dice_WT'] for r in rows])} | {mean([r['synthetic']['dice_mean'] for r in rows])} "
+            f"| {times[name]['one_window_s']:.2f} | {times[name]['windows_s']:.2f} | {agree} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -159,8 +158,9 @@ def markdown(results: dict, times: dict, args) -> str:
         "## Window-independence candidates\n\n"
         f"`benchmarks/window_candidates.py`: each candidate is a 16-epoch run of the shipped recipe with one change "
         f"({arms}), scored at epochs {epochs}. Real case: Dice against the consensus with one window over the brain "
-        f"crop (the shipped default) and, for WT, with the sliding windows; agreement is the Dice between that label map and the one from {args.window_size} "
-        "sliding windows (overlap 0.25, Gaussian blending), lowest over the epochs. Synthetic: mean Dice of TC, WT "
+        "crop (the shipped default) and, for WT, with the sliding windows; agreement is the Dice between that label "
+        f"map and the one from {args.window_size} sliding windows (overlap 0.25, Gaussian blending), lowest over the "
+        "epochs. Synthetic: mean Dice of TC, WT "
         "and ET on the 6 held-out cases of fold 0 (one window). Dice columns: mean over the epochs (lowest-highest). "
         f"Network times: ONNX Runtime, {torch.get_num_threads()} torch thread(s), median of {args.repeats} "
         f"repetitions interleaved across the candidates, epoch-{max(args.epochs)} weights, on the real case's "

@@ -270,7 +270,8 @@ class TrainingCheckpoint:
             self.load_path = latest_checkpoint(self.ckpt_dir, self.prefix)
             if self.load_path is None:
                 raise FileNotFoundError(f"resume requested but {self.ckpt_dir} holds no {self.prefix}_epoch=N.pt")
-            self._saved = [path for _, path in _epoch_checkpoints(self.ckpt_dir, self.prefix)]  # the same run's
+            # the checkpoints resumed from are this run's own: they count towards n_saved
+            self._saved = [path for _, path in _epoch_checkpoints(self.ckpt_dir, self.prefix)]
             engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
 
