@@ -13,20 +13,40 @@ from monai.data import decollate_batch
 from tqdm import tqdm
 
 from scripts.data.checks import CheckedDataset, SkippingDataLoader, case_id_of, failure, format_failure
+from scripts.handlers import read_checkpoint
 
 logger = logging.getLogger(__name__)
 
 
 def load_weights(network: torch.nn.Module, path, device) -> torch.nn.Module:
-    """Load a state dict (or a ``{"model": state_dict}`` checkpoint) into ``network``; a clear error when the
-    file is missing."""
+    """Load a state dict (or a ``{"model": state_dict}`` checkpoint) into ``network``. A missing or unreadable
+    file (:func:`scripts.handlers.read_checkpoint`) or weights of another network (:func:`misfit`) is one
+    ``error: checkpoint <path> ...`` line."""
     if not Path(path).is_file():
         raise SystemExit(f"error: checkpoint {path} not found (train first, or pass --ckpt_path)")
-    state = torch.load(path, map_location=device, weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+    state = read_checkpoint(path, map_location=device)
+    if isinstance(state.get("model"), dict):
         state = state["model"]
+    problem = misfit(network, state)
+    if problem:
+        raise SystemExit(f"error: checkpoint {path} does not fit the configured {type(network).__name__}: {problem}")
     network.load_state_dict(state)
     return network.eval()
+
+
+def misfit(network: torch.nn.Module, state: dict) -> str:
+    """How the weights ``state`` do not fit ``network`` (missing, unexpected and other-shape keys, with the first
+    of each); ``""`` when they fit."""
+    own = network.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and getattr(state[k], "shape", None) != own[k].shape]
+    found = [(missing, "missing"), (unexpected, "unexpected"), (shapes, "of another shape")]
+    parts = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in found if keys]
+    if shapes:
+        k = shapes[0]
+        parts[-1] += f": {list(getattr(state[k], 'shape', []))} vs {list(own[k].shape)}"
+    return "; ".join(parts) + (" (other --network_def settings?)" if parts else "")
 
 
 def sources_of(item: dict) -> list[str]:

@@ -120,6 +120,23 @@ def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint") -> str | None:
     return found[-1][1] if found else None
 
 
+def read_checkpoint(path: str, map_location=None) -> dict:
+    """The dict saved in the checkpoint ``path`` (``torch.load`` with ``weights_only=True``). A file that cannot
+    be read (truncated, empty, not a PyTorch file, or holding objects other than tensors and plain values) or
+    that holds no dict is ``SystemExit("error: checkpoint <path>: ...")``, one line naming the file."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... depending on the damage
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SystemExit(
+            f"error: checkpoint {path}: cannot be read as PyTorch weights (truncated, empty or not a weights file: "
+            f"{reason[:200]})"
+        ) from None
+    if not isinstance(state, dict):
+        raise SystemExit(f"error: checkpoint {path}: holds a {type(state).__name__}, not a dict of weights")
+    return state
+
+
 # --- random states as weights_only-loadable values --------------------------------------------------------
 
 
@@ -238,8 +255,9 @@ class TrainingCheckpoint:
     It holds the trainer, so it is attached from the config's ``run`` list rather than passed in the
     trainer's own handler list (which would be a circular reference), and so its epoch-end handler runs
     after all of the trainer's. With ``resume=True`` the newest ``checkpoint_epoch=N.pt`` in ``ckpt_dir`` is
-    loaded when the trainer starts (``weights_only=True``), and a missing checkpoint is a clear error
-    instead of a silent restart. Only rank 0 writes files; every rank loads.
+    read when the handler is attached (:func:`read_checkpoint`: a damaged file is one error line naming it) and
+    restored when the trainer starts; a missing checkpoint is one error line instead of a silent restart. Only
+    rank 0 writes files; every rank loads.
     """
 
     def __init__(
@@ -259,6 +277,7 @@ class TrainingCheckpoint:
         self.map_location, self.n_saved = map_location, n_saved
         self.validator, self.randomizable, self.prefix = validator, randomizable, prefix
         self.load_path: str | None = None
+        self.checkpoint: dict | None = None
         self._saved: list[str] = []
         self.logger = logging.getLogger(__name__)
 
@@ -269,9 +288,10 @@ class TrainingCheckpoint:
         if self.resume:
             self.load_path = latest_checkpoint(self.ckpt_dir, self.prefix)
             if self.load_path is None:
-                raise FileNotFoundError(f"resume requested but {self.ckpt_dir} holds no {self.prefix}_epoch=N.pt")
+                raise SystemExit(f"error: --resume: {self.ckpt_dir} holds no {self.prefix}_epoch=N.pt to resume from")
             # the checkpoints resumed from are this run's own: they count towards n_saved
             self._saved = [path for _, path in _epoch_checkpoints(self.ckpt_dir, self.prefix)]
+            self.checkpoint = read_checkpoint(self.load_path, self.map_location)  # a damaged file stops here
             engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
 
@@ -308,7 +328,7 @@ class TrainingCheckpoint:
     def load(self, engine: Engine) -> None:
         from ignite.handlers import Checkpoint
 
-        checkpoint = torch.load(self.load_path, map_location=self.map_location, weights_only=True)
+        checkpoint = self.checkpoint
         prior_max_epochs = engine.state.max_epochs
         Checkpoint.load_objects(to_load=self.save_dict, checkpoint=checkpoint)
         if prior_max_epochs is not None and engine.state.epoch > prior_max_epochs:

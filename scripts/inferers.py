@@ -67,7 +67,7 @@ class OnnxRuntimeNetwork(torch.nn.Module):
     """Run ``network`` with ONNX Runtime on the CPU, as a drop-in for the torch module in any inferer.
 
     The network is exported (``torch.onnx.export``, TorchScript-based, batch and spatial axes dynamic) at
-    the first call, i.e. after a bundle's ``CheckpointLoader`` has loaded the weights; later changes to its
+    the first call, i.e. after the workflow has loaded the weights; later changes to its
     weights are not seen. Inputs on another device are copied to the CPU and the logits copied back.
     ONNX Runtime uses as many threads as torch.
     """
