@@ -70,8 +70,8 @@ def dead_pid() -> int:
 def test_temporaries_of_a_killed_run_are_removed_at_the_next_start(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    dead = out / f".case_1.nii.gz.{dead_pid()}.tmp.nii.gz"
-    live = out / ".case_2.nii.gz.1.tmp.nii.gz"  # pid 1 runs: another run's file in progress
+    dead = out / f".case_1.nii.gz.{dead_pid()}.tmp-resunet.nii.gz"
+    live = out / ".case_2.nii.gz.1.tmp-resunet.nii.gz"  # pid 1 runs: another run's file in progress
     dead.write_bytes(b"")
     live.write_bytes(b"")
     check_output_dirs(out)
@@ -159,7 +159,7 @@ def test_a_mixed_batch_keeps_the_inputs_reports_every_bad_case_once_and_leaves_n
     save(stray, arrays["t1"])
     expected["BraTS20_Training_001_T1w"] = (stray, r"not part of any brats2020 case")
     out.mkdir()
-    killed = out / f".BraTS20_Training_001.nii.gz.{dead_pid()}.tmp.nii.gz"  # a SIGKILL while writing
+    killed = out / f".BraTS20_Training_001.nii.gz.{dead_pid()}.tmp-resunet.nii.gz"  # a SIGKILL while writing
     killed.write_bytes(b"")
     save(out / "BraTS20_Training_003.nii.gz", arrays["seg"])  # an earlier run's prediction of a case now bad
     before = checksums(data) | checksums(tmp_path / "elsewhere")

@@ -164,8 +164,8 @@ def test_random_states_round_trip_through_weights_only_checkpoint():
 
 
 def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
-    dead = tmp_path / ".checkpoint_epoch=3.pt.999999999.tmp.pt"  # pid beyond pid_max: not running
-    alive = tmp_path / f".checkpoint_epoch=4.pt.{os.getppid()}.tmp.pt"
+    dead = tmp_path / ".checkpoint_epoch=3.pt.999999999.tmp-resunet.pt"  # pid beyond pid_max: not running
+    alive = tmp_path / f".checkpoint_epoch=4.pt.{os.getppid()}.tmp-resunet.pt"
     keep = tmp_path / "checkpoint_epoch=2.pt"
     for p in (dead, alive, keep):
         p.write_bytes(b"x")

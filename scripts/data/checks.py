@@ -38,7 +38,7 @@ import numpy as np
 from monai.data import DataLoader, Dataset, list_data_collate
 
 from scripts.conventions import MODALITY_NAMES, case_id_from_path, prediction_name
-from scripts.io import WRITTEN, remove_stale_temporaries
+from scripts.io import FAILED_WRITES, INPUTS, WRITTEN, remove_stale_temporaries
 from scripts.transforms import CaseError, affines_match, shape_str
 
 logger = logging.getLogger(__name__)
@@ -150,15 +150,36 @@ def _check_data_size(path: str, header, shape) -> None:
         raise CaseError(path, f"truncated: {total} bytes of data after decompression, its header needs {need}")
 
 
-def check_case(item: Mapping, image_key: str = "image", label_key: str | None = "label", channels: int = 4) -> None:
+def check_case(
+    item: Mapping,
+    image_key: str = "image",
+    label_key: str | None = "label",
+    channels: int = 4,
+    allow_missing_modalities: bool = False,
+) -> None:
     """Header-level checks of one datalist item (see the module docstring); raises :class:`CaseError` naming
     the case, the file and the problem, the first problem found. DICOM series folders are only checked for
-    existence (their geometry is checked when they are read)."""
+    existence (their geometry is checked when they are read). With ``allow_missing_modalities`` a case given
+    as one file per sequence may lack all of them but one; the present files are checked."""
     case_id = case_id_of(item, image_key)
     try:
+        if allow_missing_modalities:
+            item = _present_files_only(item, image_key, channels)
         _check_case(item, image_key, label_key, channels)
     except CaseError as e:
         raise CaseError(e.path, e.problem, case_id, e.channel) from None
+
+
+def _present_files_only(item: Mapping, image_key: str, channels: int) -> dict:
+    """``item`` with its missing modality files replaced by the first present one (so the header checks compare
+    the present files only); :class:`CaseError` when none of the ``channels`` files exists."""
+    files = _as_list(item.get(image_key))
+    if len(files) != channels:
+        return dict(item)
+    present = [f for f in files if os.path.exists(f)]
+    if not present:
+        raise CaseError(files[0], f"none of the {channels} sequence files exists ({', '.join(MODALITY_NAMES)})")
+    return dict(item, **{image_key: [f if os.path.exists(f) else present[0] for f in files]})
 
 
 def _check_case(item: Mapping, image_key: str, label_key: str | None, channels: int) -> None:
@@ -288,7 +309,7 @@ class CheckedDataset(Dataset):
 
     On construction (main process) every item goes through :func:`check_case` (``check_headers``); the items
     that fail are not part of the dataset and are listed in ``failures`` (``{"case_id", "file", "problem"}``,
-    one warning line each). An item whose ``transform`` raises (in a ``DataLoader`` worker or not) is returned
+    one warning line each; ``allow_missing_modalities`` goes to :func:`check_case`). An item whose ``transform`` raises (in a ``DataLoader`` worker or not) is returned
     as ``{FAILURE_KEY: record}`` instead; :class:`SkippingDataLoader` takes those out of the batches.
     """
 
@@ -300,6 +321,7 @@ class CheckedDataset(Dataset):
         image_key: str = "image",
         label_key: str | None = "label",
         channels: int = 4,
+        allow_missing_modalities: bool = False,
     ):
         self.image_key, self.label_key = image_key, label_key
         self.failures: list[dict] = []
@@ -307,7 +329,7 @@ class CheckedDataset(Dataset):
         for item in data:
             if check_headers:
                 try:
-                    check_case(item, image_key, label_key, channels)
+                    check_case(item, image_key, label_key, channels, allow_missing_modalities)
                 except CaseError as e:
                     self._fail(failure(e.case_id or case_id_of(item, image_key), e.path, e.problem))
                     continue
@@ -356,9 +378,11 @@ class SkippingDataLoader(Iterable):
     """Iterate a ``DataLoader`` over a :class:`CheckedDataset`, leaving the failed items out of the batches.
 
     The keyword arguments go to ``monai.data.DataLoader`` (``num_workers`` > 0 works: failures travel in the
-    batches as plain records). ``failures`` holds the dataset's header failures and the preprocessing failures
-    of the last pass; ``done`` counts the items yielded. It deliberately has no ``len()``: the number of
-    batches is only known after the pass, and ignite then takes the epoch length from the data.
+    batches as plain records). ``failures`` holds the dataset's header failures, the preprocessing failures
+    of the last pass and the predictions that could not be written during it (``scripts.io.FAILED_WRITES``, a
+    folder at a prediction's path for example); ``done`` counts the items yielded less those. It deliberately
+    has no ``len()``: the number of batches is only known after the pass, and ignite then takes the epoch
+    length from the data.
     """
 
     def __init__(self, dataset, **kwargs):
@@ -366,14 +390,24 @@ class SkippingDataLoader(Iterable):
         self.dataset = dataset
         self.loader = DataLoader(dataset, **kwargs)
         self.skipped: list[dict] = []
-        self.done = 0
+        self.yielded = 0
+        self._writes_from = len(FAILED_WRITES)
+
+    @property
+    def write_failures(self) -> list[dict]:
+        """The predictions of the last pass that could not be written (``scripts.io.AtomicNibabelWriter``)."""
+        return [dict(r) for r in FAILED_WRITES[self._writes_from :]]
 
     @property
     def failures(self) -> list[dict]:
-        return list(getattr(self.dataset, "failures", [])) + list(self.skipped)
+        return list(getattr(self.dataset, "failures", [])) + list(self.skipped) + self.write_failures
+
+    @property
+    def done(self) -> int:
+        return self.yielded - len(self.write_failures)
 
     def __iter__(self) -> Iterator:
-        self.skipped, self.done = [], 0
+        self.skipped, self.yielded, self._writes_from = [], 0, len(FAILED_WRITES)
         for batch in self.loader:
             if isinstance(batch, dict) and FAILURE_KEY in batch:
                 batch = dict(batch)
@@ -383,7 +417,7 @@ class SkippingDataLoader(Iterable):
             if not batch:
                 continue
             image = batch.get(self.dataset.image_key) if isinstance(batch, dict) else None
-            self.done += len(image) if image is not None and hasattr(image, "__len__") else 1
+            self.yielded += len(image) if image is not None and hasattr(image, "__len__") else 1
             yield batch
 
 
@@ -420,47 +454,80 @@ def output_ids(item: Mapping, image_key: str = "image") -> list[str]:
     return ids
 
 
-def _input_files(items: Iterable, keys: Sequence[str]) -> Iterator[str]:
-    for item in items:
-        if not isinstance(item, Mapping):
-            continue
-        for key in keys:
-            yield from _as_list(item.get(key))
+INPUT_KEYS = ("image", "label", "reference")
+"""The datalist fields that name a workflow's input files (``reference``: the report's segmentation)."""
 
 
-def check_no_input_overwrite(path, inputs: Iterable, image_key: str = "image", label_key: str = "label") -> None:
+def input_files(inputs: Iterable, keys: Sequence[str] = INPUT_KEYS) -> dict[str, str]:
+    """``{real path: path}`` of every input file of ``inputs`` (datalist items, or plain paths): the files their
+    ``keys`` name, and the files directly in a named folder (a DICOM series)."""
+    found: dict[str, str] = {}
+    for entry in inputs:
+        paths = [f for k in keys for f in _as_list(entry.get(k))] if isinstance(entry, Mapping) else _as_list(entry)
+        for f in paths:
+            found.setdefault(os.path.realpath(f), f)
+            if os.path.isdir(f):
+                for child in sorted(os.scandir(f), key=lambda d: d.name):
+                    found.setdefault(os.path.realpath(child.path), child.path)
+    return found
+
+
+def check_outputs_spare_inputs(outputs: Iterable[tuple[str, str]], inputs: Iterable, what: str = "the output") -> None:
+    """The one check every workflow (inference, evaluating, report, robustness, example, import_studies) makes
+    before it writes anything: raise :class:`OutputDirError` (one line, ``owner: input file: problem``) when
+    one of its planned ``outputs`` (``(case id or workflow, path)`` pairs) is one of the ``inputs``' files
+    (:func:`input_files`; real paths compared, so a symlinked folder is the same folder). Then the input files
+    become ``scripts.io.INPUTS``, which ``scripts.io.atomic_path`` never replaces, so an output the plan missed
+    cannot overwrite one either."""
+    real = input_files(inputs)
+    hits = [(owner, real[os.path.realpath(out)], out) for owner, out in outputs if os.path.realpath(out) in real]
+    if hits:
+        (owner, file, out), more = hits[0], len({h[1] for h in hits}) - 1
+        also = f" ({more} more input file(s) likewise)" if more else ""
+        raise OutputDirError(
+            f"{owner}: {file}: input file would be overwritten by {what} {out}{also}; choose another output folder "
+            "(--output_dir)"
+        )
+    INPUTS.clear()
+    INPUTS.update(real)
+
+
+def prediction_outputs(path, inputs: Iterable, image_key: str = "image") -> list[tuple[str, str]]:
+    """``(case id, <path>/<case_id>.nii.gz)`` of every prediction a run over ``inputs`` may write into the
+    output folder ``path`` (see :func:`output_ids`)."""
+    items = [i for i in inputs if isinstance(i, Mapping)]
+    return [(cid, os.path.join(str(path), prediction_name(cid))) for i in items for cid in output_ids(i, image_key)]
+
+
+def check_no_input_overwrite(path, inputs: Iterable, image_key: str = "image") -> None:
     """Raise :class:`OutputDirError` (one line, ``case: file: problem``) when a prediction written to the
     output folder ``path`` (``<case_id>.nii.gz``, see :func:`output_ids`) would replace one of the ``inputs``'
-    image or label files. An output folder that holds inputs is fine as long as no output name collides with
-    one of them (a BraTS folder's ``<id>_t1.nii.gz`` files; not a folder of 4D ``<id>.nii.gz`` studies)."""
-    items = [i for i in inputs if isinstance(i, Mapping)]
-    real = {os.path.realpath(f): f for f in _input_files(items, (image_key, label_key))}
-    hits = []
-    for item in items:
-        for cid in output_ids(item, image_key):
-            target = os.path.realpath(os.path.join(str(path), prediction_name(cid)))
-            if target in real:
-                hits.append((cid, real[target]))
-    if hits:
-        (cid, file), more = hits[0], len({h[1] for h in hits}) - 1
-        raise OutputDirError(
-            f"{cid}: {file}: input file would be overwritten by the prediction {prediction_name(cid)} in the output "
-            f"folder {path}" + (f" ({more} more input file(s) likewise)" if more else "") + "; choose another output "
-            "folder (--output_dir)"
-        )
+    files (:func:`check_outputs_spare_inputs`). An output folder that holds inputs is fine as long as no output
+    name collides with one of them (a BraTS folder's ``<id>_t1.nii.gz`` files; not a folder of 4D
+    ``<id>.nii.gz`` studies)."""
+    inputs = list(inputs)
+    check_outputs_spare_inputs(prediction_outputs(path, inputs, image_key), inputs, "the prediction")
 
 
-def check_output_dirs(*paths, inputs: Iterable | None = None, exit_on_error: bool = False) -> list[str]:
+def check_output_dirs(
+    *paths, inputs: Iterable | None = None, outputs: Iterable | None = None, exit_on_error: bool = False
+) -> list[str]:
     """Create the output folders if needed and make sure they can be read and written (a probe file is
     created and removed), before any case is processed; with ``inputs`` (the run's datalist items) also refuse
-    a folder where a prediction would overwrite an input file (:func:`check_no_input_overwrite`). Temporary
+    an output that would overwrite an input file (:func:`check_outputs_spare_inputs`): the ``(owner, path)``
+    pairs of ``outputs``, by default the predictions ``<case_id>.nii.gz`` in each of ``paths``. Temporary
     files a killed run left in them are removed (``scripts.io.remove_stale_temporaries``). Raises
     :class:`OutputDirError` with one clear line, or with ``exit_on_error`` (the configs) exits with that line
     and code 1."""
     try:
+        if inputs is not None:
+            inputs = list(inputs)
+            if outputs is None:
+                planned = [o for p in paths for o in prediction_outputs(p, inputs)]
+                check_outputs_spare_inputs(planned, inputs, "the prediction")
+            else:
+                check_outputs_spare_inputs(outputs, inputs)
         for p in paths:
-            if inputs is not None:
-                check_no_input_overwrite(p, inputs)
             _check_output_dir(p)
             for path in remove_stale_temporaries(str(p), ".*.*.tmp*"):
                 logger.warning("removed %s, a temporary file a killed run left", path)
@@ -526,6 +593,9 @@ __all__ = [
     "check_case",
     "check_no_input_overwrite",
     "check_output_dirs",
+    "check_outputs_spare_inputs",
+    "input_files",
+    "prediction_outputs",
     "describe_error",
     "exit_on_failures",
     "failure",
