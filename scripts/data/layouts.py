@@ -40,7 +40,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +92,7 @@ def check_unique_case_ids(items: Sequence, what: str = "cases") -> None:
     """Raise :class:`DatasetError` when two ``items`` share a case id (their ``case_id``, or the id of their
     first image file, which the prediction ``<case_id>.nii.gz`` is named after): one line, ``case: file:
     problem``, naming both files and how many other ids are duplicated too."""
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, object]] = {}
     dups = []
     for item in items:
         if not isinstance(item, dict):
@@ -100,16 +100,26 @@ def check_unique_case_ids(items: Sequence, what: str = "cases") -> None:
         first = _first(item.get("image")) if item.get("image") else "<datalist entry>"
         for cid in output_ids(item):
             if cid in seen:
-                dups.append((cid, first, seen[cid]))
-            seen.setdefault(cid, first)
+                dups.append((cid, (first, item.get("case_id")), seen[cid]))
+            seen.setdefault(cid, (first, item.get("case_id")))
     if dups:
-        (cid, file, other), more = dups[0], len({d[0] for d in dups}) - 1
-        also = "the same case listed twice" if file == other else f"also the id of {other}"
+        (cid, (file, owner), (other, other_owner)), more = dups[0], len({d[0] for d in dups}) - 1
+        also = _duplicate_reason(file, owner, other, other_owner)
         raise DatasetError(
             f"{cid}: {file}: duplicate case id in {what}, {also}; predictions are named "
             "<case_id>.nii.gz, so case ids must be unique (rename a case folder or give each datalist entry its "
             "own case_id)" + (f"; {more} more duplicate id(s)" if more else "")
         )
+
+
+def _duplicate_reason(file: str, owner, other: str, other_owner) -> str:
+    """Why two entries share a case id: the same case listed twice, one file in two cases of their own ids, or
+    two files of the same id."""
+    if file != other:
+        return f"also the id of {other}"
+    if owner and other_owner and owner != other_owner:
+        return f"the same file in two cases ({other_owner} and {owner})"
+    return "the same case listed twice"
 
 
 INCOMPLETE_MODES = ("raise", "keep")
@@ -120,31 +130,61 @@ def _check_incomplete(incomplete: str) -> None:
         raise ValueError(f"incomplete must be one of {INCOMPLETE_MODES}, got {incomplete!r}")
 
 
-def nifti_files(root: str | os.PathLike) -> list[Path]:
-    """Every NIfTI file under ``root`` (``.nii``/``.nii.gz`` in any case, see ``strip_nifti``), sorted; hidden
-    files and folders (macOS/archive debris such as MSD's ``._BRATS_001.nii.gz``) and ``__MACOSX`` are left
-    out. Symlinked folders are followed, each real folder once, so a link loop ends and a case linked twice is
-    found once."""
-    found, seen = [], set()
+def _excluded(root, exclude: Sequence) -> set[str]:
+    """Real paths of the ``exclude`` folders strictly inside ``root`` (a run's output folders: never input)."""
+    top = os.path.realpath(root)
+    return {r for r in map(os.path.realpath, map(str, exclude)) if r != top and r.startswith(top + os.sep)}
+
+
+def _walk(root: str | os.PathLike, exclude: Sequence = ()) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(root)`` with symlinked folders followed, each real folder once (a link loop ends, a case linked
+    twice is found once), the ``exclude`` folders (:func:`_excluded`) left out, and the names of the hidden
+    folders (``.case``; ``__MACOSX``) of each folder as the third item, not descended into."""
+    seen, skip = set(), _excluded(root, exclude)
     for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
-        if real in seen:
+        if real in seen or real in skip:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
+        hidden = sorted(d for d in dirs if d.startswith(".") or d == "__MACOSX")
+        dirs[:] = sorted(d for d in dirs if d not in hidden)
+        yield folder, files, hidden
+
+
+def nifti_files(root: str | os.PathLike, exclude: Sequence = ()) -> list[Path]:
+    """Every NIfTI file under ``root`` (``.nii``/``.nii.gz`` in any case, see ``strip_nifti``), sorted; hidden
+    files and folders (macOS/archive debris such as MSD's ``._BRATS_001.nii.gz``, see :func:`hidden_folders`),
+    ``__MACOSX`` and the ``exclude`` folders inside ``root`` (the run's output folders) are left out. Symlinked
+    folders are followed, each real folder once, so a link loop ends and a case linked twice is found once."""
+    found = []
+    for folder, files, _ in _walk(root, exclude):
         found += [Path(folder) / f for f in files if not f.startswith(".") and strip_nifti(f) is not None]
     return sorted(found)
 
 
-def _split_files(root: Path, modalities: Sequence[str], sep: str) -> dict[tuple[Path, str], dict[str, Path]]:
+def hidden_folders(root: str | os.PathLike, exclude: Sequence = ()) -> list[tuple[Path, int]]:
+    """``(folder, number of NIfTI files in it and below)`` of every hidden folder under ``root`` (``.case``,
+    ``__MACOSX``) holding NIfTI files: :func:`nifti_files` does not search them, the run says so."""
+    out = []
+    for folder, _, hidden in _walk(root, exclude):
+        for name in hidden:
+            count = sum(strip_nifti(f) is not None for _, _, fs in os.walk(Path(folder) / name) for f in fs)
+            if count:
+                out.append((Path(folder) / name, count))
+    return out
+
+
+def _split_files(
+    root: Path, modalities: Sequence[str], sep: str, exclude: Sequence = ()
+) -> dict[tuple[Path, str], dict[str, Path]]:
     """``{(folder, case prefix): {suffix: file}}`` of the files ``<prefix><sep><suffix>.nii[.gz]`` under
     ``root`` whose suffix is one of ``modalities`` or ``seg``, matched in any case (``_T1``, ``.NII.GZ``;
     suffixes keyed in lower case); of two files for one suffix (``.nii`` and ``.nii.gz``) the first in sorted
     order is kept (the other is reported by :func:`unused_files`)."""
     suffixes = {s.lower() for s in (*modalities, LABEL_SUFFIX)}
     cases: dict[tuple[Path, str], dict[str, Path]] = {}
-    for path in nifti_files(root):
+    for path in nifti_files(root, exclude):
         prefix, found_sep, suffix = strip_nifti(path.name).rpartition(sep)
         if found_sep and prefix and suffix.lower() in suffixes:
             cases.setdefault((path.parent, prefix), {}).setdefault(suffix.lower(), path)
@@ -173,12 +213,13 @@ def _find_split_cases(
     labels: Sequence[int],
     incomplete: str,
     brats2020_label_quirks: bool = False,
+    exclude: Sequence = (),
 ) -> list[dict]:
     """Cases stored as one ``<id><sep><modality>.nii[.gz]`` file per modality (``modalities`` in the bundle's
     channel order) plus ``<id><sep>seg`` when labelled; found from any of their modality files. ``brats2020_label_quirks`` also accepts the label with the other
     NIfTI extension and the single-case-folder ``*seg*`` file (see :func:`find_brats2020_cases`)."""
     _check_incomplete(incomplete)
-    files = _split_files(Path(root), modalities, sep)
+    files = _split_files(Path(root), modalities, sep, exclude)
     keys = [key for key, found in sorted(files.items()) if any(m in found for m in modalities)]
     per_folder: dict[Path, int] = {}
     for folder, _ in keys:
@@ -202,7 +243,7 @@ def _find_split_cases(
     return sorted(cases, key=lambda c: c["case_id"])
 
 
-def find_brats2020_cases(root: str | os.PathLike, incomplete: str = "raise") -> list[dict]:
+def find_brats2020_cases(root: str | os.PathLike, incomplete: str = "raise", exclude: Sequence = ()) -> list[dict]:
     """All BraTS 2020-style cases under ``root`` (searched recursively, symlinked folders followed: see
     :func:`nifti_files`), sorted by case id.
 
@@ -220,10 +261,10 @@ def find_brats2020_cases(root: str | os.PathLike, incomplete: str = "raise") -> 
     ``seg`` in its name uses that file as label: BraTS 2020 ships ``BraTS20_Training_355`` with
     ``W39_1998.09.19_Segm.nii``.
     """
-    return _find_split_cases(root, MODALITIES, "_", BRATS2020_LABELS, incomplete, brats2020_label_quirks=True)
+    return _find_split_cases(root, MODALITIES, "_", BRATS2020_LABELS, incomplete, True, exclude)
 
 
-def find_brats2021_cases(root: str | os.PathLike, incomplete: str = "raise") -> list[dict]:
+def find_brats2021_cases(root: str | os.PathLike, incomplete: str = "raise", exclude: Sequence = ()) -> list[dict]:
     """All BraTS 2023/2024-style cases under ``root`` (searched recursively), sorted by case id.
 
     A case is ``<id>-t1n``, ``<id>-t1c``, ``<id>-t2w``, ``<id>-t2f`` NIfTI files in one folder (e.g.
@@ -232,7 +273,7 @@ def find_brats2021_cases(root: str | os.PathLike, incomplete: str = "raise") -> 
     enhancing). Raises ``FileNotFoundError`` naming the case and the missing file(s) for incomplete cases,
     or with ``incomplete="keep"`` keeps them (see :func:`find_brats2020_cases`).
     """
-    return _find_split_cases(root, BRATS2021_MODALITIES, "-", BRATS2021_LABELS, incomplete)
+    return _find_split_cases(root, BRATS2021_MODALITIES, "-", BRATS2021_LABELS, incomplete, exclude=exclude)
 
 
 MSD_SUBSETS = ("imagesTr", "imagesTs")
@@ -338,7 +379,7 @@ LAYOUT_FINDERS = {
 """Layout name -> finder (``root`` -> datalist items, sorted by case id)."""
 
 
-def detect_layout(root: str | os.PathLike) -> str | None:
+def detect_layout(root: str | os.PathLike, exclude: Sequence = ()) -> str | None:
     """The layout of the data at ``root`` (one of ``LAYOUTS``), or ``None`` when nothing is recognised.
 
     Checked in this order: an MSD task folder (``imagesTr``/``imagesTs``, or such a folder itself); BraTS
@@ -356,7 +397,7 @@ def detect_layout(root: str | os.PathLike) -> str | None:
         return None
     if _msd_root(root) is not None:
         return "msd"
-    stems = [strip_nifti(p.name).lower() for p in nifti_files(root)]
+    stems = [strip_nifti(p.name).lower() for p in nifti_files(root, exclude)]
     found = [
         layout
         for layout, suffixes in (
@@ -384,14 +425,16 @@ def detect_layout(root: str | os.PathLike) -> str | None:
     return None
 
 
-def find_cases(root: str | os.PathLike, layout: str = "auto", incomplete: str = "raise") -> tuple[str, list[dict]]:
+def find_cases(
+    root: str | os.PathLike, layout: str = "auto", incomplete: str = "raise", exclude: Sequence = ()
+) -> tuple[str, list[dict]]:
     """(layout, datalist items) for the data at ``root``; ``layout="auto"`` detects it (see
     :func:`detect_layout`). Raises ``FileNotFoundError`` when no case is found. ``incomplete="keep"`` keeps
     BraTS-style cases that lack a modality file (see :func:`find_brats2020_cases`)."""
     _check_incomplete(incomplete)
     root = Path(root)
     if layout in (None, "auto"):
-        layout = detect_layout(root)
+        layout = detect_layout(root, exclude)
         if layout is None:
             raise FileNotFoundError(
                 f"{root}: no cases of a known layout ({', '.join(LAYOUTS)}): see scripts/data/layouts.py"
@@ -402,7 +445,7 @@ def find_cases(root: str | os.PathLike, layout: str = "auto", incomplete: str = 
         order, labels = _msd_conventions(root.parent)
         cases = [dict(c, channel_order=order, labels=labels) for c in find_nifti4d_cases(root)]
     elif layout in ("brats2020", "brats2021"):
-        cases = LAYOUT_FINDERS[layout](root, incomplete=incomplete)
+        cases = LAYOUT_FINDERS[layout](root, incomplete=incomplete, exclude=exclude)
     else:
         cases = LAYOUT_FINDERS[layout](root)
     if not cases:
@@ -431,7 +474,7 @@ class CaseList(list):
         self.skipped = list(skipped)
 
 
-def unused_files(root: str | os.PathLike, cases: Sequence[dict], layout: str) -> list[dict]:
+def unused_files(root: str | os.PathLike, cases: Sequence[dict], layout: str, exclude: Sequence = ()) -> list[dict]:
     """A failure record for every NIfTI file under ``root`` (:func:`nifti_files`, symlinks followed) that
     none of ``cases`` uses as image or label and that is named like a case file: a second file for one modality
     of a case, or a modality or label file that fits no case of ``layout`` (``notes_T1w.nii.gz``, a label
@@ -440,7 +483,11 @@ def unused_files(root: str | os.PathLike, cases: Sequence[dict], layout: str) ->
     used = {os.path.realpath(f) for c in cases for k in ("image", "label") for f in _as_list(c.get(k))}
     ids = {c.get("case_id") for c in cases}
     records = []
-    for path in nifti_files(root):
+    for folder, count in hidden_folders(root, exclude):
+        logger.warning(
+            "folder ignored: %s: a hidden folder; its %d NIfTI file(s) are not searched for cases", folder, count
+        )
+    for path in nifti_files(root, exclude):
         if os.path.realpath(path) in used:
             continue
         case_id = case_id_from_path(path)
@@ -464,10 +511,11 @@ def file_role(path: str | os.PathLike) -> str | None:
     return LABEL_SUFFIX if suffix.lower() == LABEL_SUFFIX else modality_of(suffix)
 
 
-def _survey(root: Path, layout: str, incomplete: str) -> tuple[str, CaseList]:
-    """:func:`find_cases` plus the files under ``root`` it left out (:func:`unused_files`) as ``skipped``."""
-    layout, cases = find_cases(root, layout, incomplete)
-    return layout, CaseList(cases, unused_files(root, cases, layout))
+def _survey(root: Path, layout: str, incomplete: str, exclude: Sequence = ()) -> tuple[str, CaseList]:
+    """:func:`find_cases` plus the files under ``root`` it left out (:func:`unused_files`) as ``skipped``; the
+    ``exclude`` folders inside ``root`` (the run's output folders) are not searched."""
+    layout, cases = find_cases(root, layout, incomplete, exclude)
+    return layout, CaseList(cases, unused_files(root, cases, layout, exclude))
 
 
 _JSON_TYPES = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string", list: "array"}
@@ -597,6 +645,7 @@ def prepare_datalist(
     incomplete: str = "raise",
     synthetic_dir: str | os.PathLike | None = None,
     exit_on_error: bool = False,
+    exclude: Sequence = (),
 ) -> dict:
     """The training datalist for ``dataset_dir``, with ``training`` and ``validation`` lists for ``fold``.
 
@@ -610,11 +659,12 @@ def prepare_datalist(
     datalist entries of the wrong type (:func:`valid_entries`) or the NIfTI files of the folder that belong to
     no case (:func:`unused_files`); the good ones go on. ``incomplete="keep"`` keeps cases that lack a
     modality file (for evaluation, whose per-case checks report them; see :func:`find_brats2020_cases`).
-    ``exit_on_error`` (the configs): a data error exits with one line ``error: ...`` instead of raising.
+    ``exit_on_error`` (the configs): a data error exits with one line ``error: ...`` instead of raising. The
+    ``exclude`` folders inside ``dataset_dir`` (the run's output folders) are never searched for cases.
     """
     return _exit_or_raise(
         lambda: _prepare_datalist(
-            Path(dataset_dir), fold, num_folds, seed, synthetic_cases, layout, incomplete, synthetic_dir
+            Path(dataset_dir), fold, num_folds, seed, synthetic_cases, layout, incomplete, synthetic_dir, exclude
         ),
         exit_on_error,
     )
@@ -638,7 +688,9 @@ def _fill_synthetic(folder: Path, num_cases: int, seed: int) -> None:
         dist.barrier()
 
 
-def _prepare_datalist(dataset_dir, fold, num_folds, seed, synthetic_cases, layout, incomplete, synthetic_dir):
+def _prepare_datalist(
+    dataset_dir, fold, num_folds, seed, synthetic_cases, layout, incomplete, synthetic_dir, exclude=()
+):
     if dataset_dir.suffix == ".json":
         if not dataset_dir.is_file():
             raise DatasetError(f"{dataset_dir}: datalist file does not exist")
@@ -656,7 +708,7 @@ def _prepare_datalist(dataset_dir, fold, num_folds, seed, synthetic_cases, layou
             raise DatasetError(
                 f"{dataset_dir}: dataset folder holds no NIfTI files or DICOM cases (check --dataset_dir)"
             )
-        layout, found = _survey(dataset_dir, layout, incomplete)
+        layout, found = _survey(dataset_dir, layout, incomplete, exclude)
         skipped = found.skipped
         check_unique_case_ids(found, f"the cases of {dataset_dir}")
         cases = [c for c in found if "label" in c]
@@ -687,6 +739,7 @@ def find_inference_cases(
     layout: str = "auto",
     incomplete: str = "raise",
     exit_on_error: bool = False,
+    exclude: Sequence = (),
 ) -> CaseList:
     """Cases to segment: a datalist JSON (its ``datalist_key`` list), a folder in any of the layouts
     (BraTS 2020 or 2023+ style cases, an MSD task or image folder, DICOM case folders, a folder of 4D NIfTI
@@ -696,13 +749,16 @@ def find_inference_cases(
     ``labels`` / ``channel_order`` / ``reader`` fields. ``incomplete="keep"`` keeps BraTS-style cases that
     lack a modality file, for :mod:`scripts.data.checks` to report (see :func:`find_brats2020_cases`). Case ids
     must be unique (:func:`check_unique_case_ids`, a :class:`DatasetError` otherwise); ``exit_on_error`` (the
-    configs): a data error exits with one line ``error: ...`` instead of raising."""
-    cases = _exit_or_raise(lambda: _find_inference_cases(Path(source), datalist_key, layout, incomplete), exit_on_error)
+    configs): a data error exits with one line ``error: ...`` instead of raising. The ``exclude`` folders inside
+    a dataset folder (the run's output folders, ``--output_dir``) are never searched for cases."""
+    cases = _exit_or_raise(
+        lambda: _find_inference_cases(Path(source), datalist_key, layout, incomplete, exclude), exit_on_error
+    )
     _exit_or_raise(lambda: check_unique_case_ids(cases, f"the cases of {source}"), exit_on_error)
     return cases
 
 
-def _find_inference_cases(source: Path, datalist_key: str, layout: str, incomplete: str) -> CaseList:
+def _find_inference_cases(source: Path, datalist_key: str, layout: str, incomplete: str, exclude=()) -> CaseList:
     if not source.exists():
         raise FileNotFoundError(f"{source}: input does not exist (check --dataset_dir)")
     if source.suffix == ".json":
@@ -715,7 +771,7 @@ def _find_inference_cases(source: Path, datalist_key: str, layout: str, incomple
     if source.is_file() and layout in (None, "auto", "nifti4d"):
         return CaseList([{"case_id": case_id_from_path(source), "image": str(source)}])
     try:
-        _, cases = _survey(source, layout, incomplete)
+        _, cases = _survey(source, layout, incomplete, exclude)
     except FileNotFoundError as e:
         raise FileNotFoundError(
             f"{source}: no cases found (BraTS-style folders, an MSD task, DICOM case folders or 4D NIfTI files)"
