@@ -12,7 +12,14 @@ import torch
 from monai.data import decollate_batch
 from tqdm import tqdm
 
-from scripts.data.checks import CheckedDataset, SkippingDataLoader, case_id_of, failure, format_failure
+from scripts.data.checks import (
+    CheckedDataset,
+    SkippingDataLoader,
+    case_id_of,
+    check_output_dirs,
+    failure,
+    format_failure,
+)
 from scripts.handlers import read_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -77,8 +84,15 @@ class CaseWorkflow:
     def process(self, item: dict):
         raise NotImplementedError
 
+    def outputs(self) -> list[tuple[str, Path]]:
+        """``(case id or workflow, path)`` of every file the run may write (subclasses)."""
+        raise NotImplementedError
+
     def each_case(self, transform) -> tuple[list, list[dict]]:
-        """(results of :meth:`process`, failure records) over the cases, ``transform`` applied to each."""
+        """(results of :meth:`process`, failure records) over the cases, ``transform`` applied to each; first,
+        with nothing written yet, a run that would overwrite an input file (one of :meth:`outputs` is one of the
+        cases' files) exits with one line (``scripts.data.checks.check_output_dirs``)."""
+        check_output_dirs(self.output_dir, inputs=self.datalist, outputs=self.outputs(), exit_on_error=True)
         load_weights(self.network, self.ckpt_path, self.device)
         dataset = CheckedDataset(self.datalist, transform)
         loader = SkippingDataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)

@@ -22,6 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from scripts.conventions import MODALITIES, REGIONS
+from scripts.data.checks import check_output_dirs
 from scripts.evaluation import evaluate_case
 from scripts.io import atomic_path, write_json
 
@@ -89,16 +90,21 @@ def main(argv=None) -> dict:
     if missing:
         raise SystemExit(f"{case_id}: {args.case_dir}: missing modality file(s) {missing} (<id>_<modality>.nii.gz)")
     prediction_dir = args.output_dir / "predictions"
-    run_inference(args.case_dir, prediction_dir, args.ckpt_path)
     prediction = prediction_dir / f"{case_id}.nii.gz"
     reference = args.case_dir / f"{case_id}_seg.nii.gz"
     reference = reference if reference.is_file() else None
-    save_overlay(args.case_dir, case_id, prediction, reference, args.output_dir / "overlay.png")
-    result = {"case_id": case_id, "prediction": str(prediction), "overlay": str(args.output_dir / "overlay.png")}
+    outputs = {"prediction": prediction, "overlay": args.output_dir / "overlay.png"}
+    outputs["metrics"] = args.output_dir / "metrics.json"
+    case = {"image": [str(args.case_dir / f"{case_id}_{m}.nii.gz") for m in MODALITIES], "label": reference}
+    planned = [(case_id, f) for f in outputs.values()]
+    check_output_dirs(args.output_dir, inputs=[case, args.ckpt_path], outputs=planned, exit_on_error=True)
+    run_inference(args.case_dir, prediction_dir, args.ckpt_path)
+    save_overlay(args.case_dir, case_id, prediction, reference, outputs["overlay"])
+    result = {"case_id": case_id, "prediction": str(prediction), "overlay": str(outputs["overlay"])}
     if reference is not None:
         metrics = evaluate_case(prediction, reference)
         result.update({k: metrics[k] for r in REGIONS for k in (f"dice_{r}", f"hd95_{r}") if k in metrics})
-        write_json(result, args.output_dir / "metrics.json")
+        write_json(result, outputs["metrics"])
         print("  ".join(f"Dice {r} {result[f'dice_{r}']:.3f}" for r in REGIONS if f"dice_{r}" in result))
     print(f"label map: {prediction}\noverlay: {result['overlay']}")
     return result

@@ -47,12 +47,13 @@ from scripts.uncertainty import DEFAULT_THRESHOLD, tta_uncertainty
 logger = logging.getLogger(__name__)
 
 
-def find_report_cases(source, layout: str = "auto") -> list[dict]:
+def find_report_cases(source, layout: str = "auto", exclude: Sequence = ()) -> list[dict]:
     """Cases of a folder in any layout, each with its reference segmentation's path as ``reference`` when
-    there is one (a datalist JSON or a single file: :func:`scripts.data.layouts.find_inference_cases`)."""
+    there is one (a datalist JSON or a single file: :func:`scripts.data.layouts.find_inference_cases`); the
+    ``exclude`` folders inside ``source`` (the output folder) are not searched."""
     source = Path(source)
     if source.is_dir():
-        cases = find_cases(source, layout, incomplete="keep")[1]
+        cases = find_cases(source, layout, incomplete="keep", exclude=exclude)[1]
     else:
         cases = find_inference_cases(source, "testing", layout, incomplete="keep")
     return [{k: v for k, v in c.items() if k != "label"} | ({"reference": c["label"]} if c.get("label") else {})
@@ -111,6 +112,17 @@ class ReportWorkflow(CaseWorkflow):
             self.info["Grad-CAM target layer"] = self.gradcam.target_layer
         return self.report_case(item)
 
+    def case_files(self, case_id: str) -> dict[str, Path]:
+        """The files :meth:`report_case` writes for ``case_id``: ``seg``, ``gradcam_<region>``, ``uncertainty``
+        and ``page`` (see the module docstring)."""
+        folder = self.output_dir / case_id
+        files = {"seg": folder / f"{case_id}_seg.nii.gz"}
+        files |= {f"gradcam_{r}": folder / f"gradcam_{r}.nii.gz" for r in REGIONS}
+        return files | {"uncertainty": folder / "uncertainty.nii.gz", "page": folder / "report.html"}
+
+    def outputs(self) -> list[tuple[str, Path]]:
+        return [(case_id_of(c), f) for c in self.datalist for f in self.case_files(case_id_of(c)).values()]
+
     def report_case(self, item: dict) -> str:
         """All outputs of one preprocessed item; returns the case folder."""
         case_id, timings, start = case_id_of(item), {}, time.perf_counter()
@@ -125,15 +137,15 @@ class ReportWorkflow(CaseWorkflow):
         maps = torch.cat([torch.sigmoid(tta.logits[0]).cpu(), cams, tta.entropy[0].cpu()])
         original = self._invert(maps, image)
         labels = tuple(int(v) for v in item.get("labels", self.labels))
-        folder = self.output_dir / case_id
-        seg = self._write_volumes(folder, case_id, original, labels)
+        files = self.case_files(case_id)
+        seg = self._write_volumes(files, original, labels)
         timings["writing volumes"] = time.perf_counter() - start - sum(timings.values())
         page = _CasePage(case_id, item, image, masks[0].cpu(), cams, tta, seg, labels, self)
-        write_text(page.html(timings, start), folder / "report.html")
+        write_text(page.html(timings, start), files["page"])
         score = tta.case_score()
         flag = " (flagged uncertain)" if score > self.threshold else ""
         logger.info("%s: TTA disagreement %.3f%s; report in %.1f s", case_id, score, flag, time.perf_counter() - start)
-        return str(folder)
+        return str(files["page"].parent)
 
     def _invert(self, maps: torch.Tensor, image: MetaTensor) -> MetaTensor:
         """``maps`` (channels, *preprocessed grid) back to the input's grid (the preprocessing inverted)."""
@@ -142,17 +154,18 @@ class ReportWorkflow(CaseWorkflow):
         inverter = Invertd(keys="pred", transform=self.preprocessing, orig_keys="image", nearest_interp=False)
         return inverter({"pred": pred, "image": image})["pred"]
 
-    def _write_volumes(self, folder: Path, case_id: str, original: MetaTensor, labels: tuple) -> np.ndarray:
-        """Write the label map, Grad-CAM and uncertainty NIfTIs; returns the label map (input grid)."""
-        folder.mkdir(parents=True, exist_ok=True)
+    def _write_volumes(self, files: dict[str, Path], original: MetaTensor, labels: tuple) -> np.ndarray:
+        """Write the label map, Grad-CAM and uncertainty NIfTIs (:meth:`case_files`); returns the label map
+        (input grid)."""
+        files["seg"].parent.mkdir(parents=True, exist_ok=True)
         affine = np.asarray(original.affine, dtype=float)
         data = original.detach().cpu().float()
         seg = regions_to_label(data[0:3] > 0.5, labels)[0].numpy()
-        write_nifti(seg, folder / f"{case_id}_seg.nii.gz", np.uint8, affine)
+        write_nifti(seg, files["seg"], np.uint8, affine)
         for i, region in enumerate(REGIONS):
-            write_nifti(data[3 + i].clamp(0, 1).numpy(), folder / f"gradcam_{region}.nii.gz", np.float32, affine)
+            write_nifti(data[3 + i].clamp(0, 1).numpy(), files[f"gradcam_{region}"], np.float32, affine)
         entropy = np.moveaxis(data[6:9].clamp(0, 1).numpy(), 0, -1)
-        write_nifti(entropy, folder / "uncertainty.nii.gz", np.float32, affine)
+        write_nifti(entropy, files["uncertainty"], np.float32, affine)
         return seg
 
 

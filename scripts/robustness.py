@@ -53,12 +53,13 @@ COLUMNS = (
 )
 
 
-def find_robustness_cases(source, layout: str = "auto") -> list[dict]:
+def find_robustness_cases(source, layout: str = "auto", exclude: Sequence = ()) -> list[dict]:
     """Cases with their reference ``label`` when there is one (folders in any layout; a datalist JSON's
-    ``testing`` list or a single file through :func:`scripts.data.layouts.find_inference_cases`)."""
+    ``testing`` list or a single file through :func:`scripts.data.layouts.find_inference_cases`); the
+    ``exclude`` folders inside ``source`` (the output folder) are not searched."""
     source = Path(source)
     if source.is_dir():
-        return find_cases(source, layout, incomplete="keep")[1]
+        return find_cases(source, layout, incomplete="keep", exclude=exclude)[1]
     return find_inference_cases(source, "testing", layout, incomplete="keep")
 
 
@@ -156,13 +157,20 @@ class RobustnessStudy(CaseWorkflow):
             row[f"volume_change_ml_{r}"] = (int(pred[i].sum()) - int(clean[i].sum())) * voxel_ml
         return row
 
+    def output_files(self) -> dict[str, Path]:
+        """The files :meth:`write_outputs` writes: ``csv``, ``md`` and ``png`` (see the module docstring)."""
+        return {ext: self.output_dir / f"robustness.{ext}" for ext in ("csv", "md", "png")}
+
+    def outputs(self) -> list[tuple[str, Path]]:
+        return [("robustness", path) for path in self.output_files().values()]
+
     def write_outputs(self) -> dict:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        summary = summarize(self.rows)
+        summary, files = summarize(self.rows), self.output_files()
         return {
-            "csv": write_rows(self.rows, self.output_dir / "robustness.csv"),
-            "md": write_text(markdown(summary, len(self.cases())), self.output_dir / "robustness.md"),
-            "png": write_curves(summary, self.output_dir / "robustness.png"),
+            "csv": write_rows(self.rows, files["csv"]),
+            "md": write_text(markdown(summary, len(self.cases())), files["md"]),
+            "png": write_curves(summary, files["png"]),
         }
 
     def cases(self) -> list[str]:

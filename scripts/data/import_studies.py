@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from scripts.conventions import BRATS2020_LABELS, MODALITY_NAMES, TUMOUR_CLASSES
-from scripts.data.checks import check_case
+from scripts.data.checks import OutputDirError, check_case, check_output_dirs
 from scripts.data.layouts import LAYOUTS, check_unique_case_ids, find_cases
 from scripts.io import write_nifti
 from scripts.transforms import CaseError, affines_match, non_integer_labels, shape_str
@@ -162,12 +162,16 @@ def import_studies(
     progress: bool = True,
 ) -> tuple[list[dict], list[str]]:
     """Import every case of ``source`` into the datastore ``out_dir``: (imported cases, one error line per case
-    that failed). Raises ``FileNotFoundError``/``ValueError`` when ``source`` holds no case or duplicate ids."""
+    that failed). Raises ``FileNotFoundError``/``ValueError`` when ``source`` holds no case or duplicate ids,
+    ``scripts.data.checks.OutputDirError`` when a study or label would overwrite an input file (importing a
+    datastore into itself) or ``out_dir`` cannot be written, before anything is written. A datastore folder
+    inside ``source`` is not searched for cases."""
     from tqdm.auto import tqdm
 
-    _, items = find_cases(source, layout)
+    _, items = find_cases(source, layout, exclude=[out_dir])
     check_unique_case_ids(items, f"{source}")
-    os.makedirs(out_dir, exist_ok=True)
+    planned = [(str(c["case_id"]), f) for c in items for f in study_files(out_dir, str(c["case_id"])).values()]
+    check_output_dirs(out_dir, inputs=items, outputs=planned)
     done, errors = [], []
     for item in tqdm(items, desc="MONAI Label studies", disable=not progress):
         try:
@@ -201,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         done, errors = import_studies(
             args.source, args.output_dir, args.layout, args.labels, args.overwrite, not args.quiet
         )
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, OutputDirError) as e:
         sys.exit(f"error: {' '.join(str(e).split())}")
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
