@@ -11,6 +11,10 @@
 - ``GET /versions/{model}``: the kept versions of the model's weights (lib/versions.py), the served one marked.
 - ``POST /versions/{model}/restore?version=<name>``: serve a kept version again (the weights served until then
   are kept too); the next inference loads it.
+- every ``/datastore`` request: an ``image``, ``id``, ``label`` or ``tag`` that is not a plain name (a path such
+  as ``../../x``) is HTTP 400 before any stock endpoint sees it (lib/uploads.py).
+- ``PUT /datastore/label`` (in front of the stock one, same parameters): the study must exist (404) and the
+  uploaded label must be a NIfTI label map on the study's grid (400 naming the problem) before it is stored.
 """
 
 from __future__ import annotations
@@ -18,17 +22,20 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import uuid
 
-from fastapi import Depends, HTTPException
+from fastapi import BackgroundTasks, Depends, File, Form, HTTPException, UploadFile
 from monailabel.config import settings
+from monailabel.endpoints import datastore as stock_datastore
 from monailabel.endpoints import train as stock_train
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
 from monailabel.utils.async_tasks import utils as async_utils
 
-from . import versions
+from . import uploads, versions
 from .retraining import TrainingRequestError
 
 logger = logging.getLogger(__name__)
@@ -36,6 +43,9 @@ logger = logging.getLogger(__name__)
 _sync_lock = threading.Lock()
 _ADMIN = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))
 _USER = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))
+_ANNOTATOR = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR))
+_PARAMS = Form("{}")
+_LABEL_FILE = File(...)
 DETAIL_LINES = 20
 
 
@@ -125,6 +135,44 @@ def restore_version(model: str, version: str, user: User = _ADMIN):
     return {"model": model, "restored": restored, "versions": versions.list_versions(served)}
 
 
+def _study_shape(image: str) -> tuple[int, ...] | None:
+    """The shape of the datastore's study ``image`` (404 when there is none), ``None`` when it is not a local
+    NIfTI file (a DICOMweb series)."""
+    import nibabel as nib
+
+    datastore = app_instance().datastore()
+    if image not in datastore.list_images():
+        raise HTTPException(404, f"image {image!r}: no such study in the datastore")
+    uri = datastore.get_image_uri(image)
+    if not (isinstance(uri, str) and os.path.isfile(uri) and uri.lower().endswith(uploads.LABEL_EXTENSIONS)):
+        return None
+    return tuple(int(s) for s in nib.load(uri).shape)
+
+
+def save_label(
+    background_tasks: BackgroundTasks,
+    image: str,
+    params: str = _PARAMS,
+    tag: str = "final",
+    label: UploadFile = _LABEL_FILE,
+    user: User = _ANNOTATOR,
+):
+    """The stock ``PUT /datastore/label`` once the names, the study and the label file are checked (400/404)."""
+    problem = uploads.name_problem("image", image) or uploads.name_problem("tag", tag)
+    if problem or (problem := uploads.upload_name_problem(label.filename)):
+        raise HTTPException(400, problem)
+    shape = _study_shape(image)
+    suffix = ".nii.gz" if label.filename.lower().endswith(".gz") else ".nii"
+    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
+        shutil.copyfileobj(label.file, tmp)
+        tmp.flush()
+        problem = uploads.label_file_problem(tmp.name, label.filename, shape)
+    if problem:
+        raise HTTPException(400, problem)
+    label.file.seek(0)
+    return stock_datastore.save_label(background_tasks, image, params, tag, label, user.username)
+
+
 def install() -> None:
     """Add the endpoints to the running server (once), this app's ``POST /train/{model}`` before the stock one."""
     from monailabel.app import app as api
@@ -136,9 +184,10 @@ def install() -> None:
     api.add_api_route(f"{prefix}/train/{{model}}", train_model, methods=["POST"], tags=["Train"])
     api.add_api_route(f"{prefix}/versions/{{model}}", list_versions, methods=["GET"], tags=["Versions"])
     api.add_api_route(f"{prefix}/versions/{{model}}/restore", restore_version, methods=["POST"], tags=["Versions"])
+    api.add_api_route(f"{prefix}/datastore/label", save_label, methods=["PUT"], tags=["Datastore"])
     added = api.router.routes[count:]
     del api.router.routes[count:]
-    api.router.routes[0:0] = added
+    api.router.routes[0:0] = [uploads.RefuseBadNames(f"{prefix}/datastore"), *added]
     api.openapi_schema = None
     api.state.resunet_endpoints = True
     logger.info(f"Endpoints: {', '.join(sorted({r.path for r in added}))} (apps/resunet_brats/lib/endpoints.py)")
