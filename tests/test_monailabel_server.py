@@ -292,6 +292,37 @@ def test_startup_log_gives_the_label_map_values(live_server):
     assert "TC => 0" not in log and "; Label: " not in log
 
 
+def test_uploads_stay_in_the_datastore_and_a_label_is_a_nifti_label_map(live_server):
+    """Issue 27: a tag, id or file name that is a path is HTTP 400 and writes nothing anywhere; a label that is not
+    a NIfTI label map of the study (a .txt file, text named .nii.gz) is HTTP 400 naming the problem, so no later
+    training fails on it; the datastore is left as it was."""
+    srv, image = live_server, "BraTS20_Training_003"
+    studies = srv["studies"]
+    escaped = (studies / "labels" / "../../../../x/y").resolve()
+    before = {str(p): _md5(p) for p in studies.rglob("*") if p.is_file()}
+    nifti = studies.parent / "upload.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.uint8), np.eye(4)), nifti)
+    for query in (f"image={image}&tag=../../../../x/y", "image=../../x&tag=final", f"image={image}&tag=.."):
+        body, headers = _multipart({"params": "{}"}, {"label": ("upload.nii.gz", nifti.read_bytes())})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            _request("PUT", f"{srv['url']}/datastore/label?{query}", body, headers)
+        assert e.value.code == 400 and "not a datastore name" in json.loads(e.value.read())["detail"], query
+    assert _http_error("DELETE", f"{srv['url']}/datastore/label?id={image}&tag=../../final")[0] == 400
+    for name, content, problem in (
+        ("label.txt", b"not a label", "unsupported type"),
+        ("label.nii.gz", b"not a label", "not a readable NIfTI file"),
+    ):
+        body, headers = _multipart({"params": "{}"}, {"label": (name, content)})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            _request("PUT", f"{srv['url']}/datastore/label?image={image}&tag=final", body, headers)
+        detail = json.loads(e.value.read())["detail"]
+        assert e.value.code == 400 and name in detail and problem in detail, detail
+    assert not escaped.exists() and not escaped.parent.exists()
+    assert {str(p): _md5(p) for p in studies.rglob("*") if p.is_file() and p.name != "datastore_v2.json"} == {
+        k: v for k, v in before.items() if not k.endswith("datastore_v2.json")
+    }
+
+
 def test_saved_correction_is_trained_on_and_better_weights_are_served(live_server):
     """Three labelled studies with MONAI Label's default val_split: one is held out. The served weights are made
     to predict nothing (Dice 0 on the held-out study), so the new weights (one epoch from scratch on the other two)
