@@ -83,10 +83,7 @@ def label_file_problem(path: str, filename: str, study_shape: Sequence[int] | No
     if not np.issubdtype(data.dtype, np.integer) and not np.array_equal(data, np.round(data)):
         return f"label file {filename!r}: non-integer values; a label map holds integer labels"
     if study_shape is not None and tuple(data.shape) != tuple(study_shape)[:3]:
-        return (
-            f"label file {filename!r}: shape {tuple(data.shape)} does not match the study's "
-            f"{tuple(study_shape)[:3]}"
-        )
+        return f"label file {filename!r}: shape {tuple(data.shape)} does not match the study's {tuple(study_shape)[:3]}"
     return None
 
 
