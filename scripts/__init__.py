@@ -4,6 +4,10 @@
 missing third-party package fails here with its own ``ImportError``. The import layers are listed in
 ``tests/test_import_layers.py``: :mod:`scripts.conventions` at the bottom, then :mod:`scripts.io`, the networks,
 transforms and metrics, the synthetic data, the data layouts and checks, and the workflow modules on top.
+
+Inside ``python -m monai.bundle run`` the configs' ``$import scripts`` is the first thing resolved, so the import
+ends with :func:`scripts.options.check_command_line`: an override that names no id of the configs, or a wrong
+value of a boolean or checked id, stops the run with one error line before any component is built.
 """
 
 from scripts import (
@@ -20,6 +24,7 @@ from scripts import (
     io,
     metrics,
     networks,
+    options,
     report,
     robustness,
     synthetic,
@@ -41,9 +46,12 @@ __all__ = [
     "io",
     "metrics",
     "networks",
+    "options",
     "report",
     "robustness",
     "synthetic",
     "transforms",
     "uncertainty",
 ]
+
+options.check_command_line()

@@ -88,21 +88,22 @@ def non_integer_labels(label) -> str | None:
 def label_to_regions(label: torch.Tensor, labels: Sequence[int] = BRATS2020_LABELS) -> torch.Tensor:
     """BraTS label map (1, *spatial) -> float region channels (3, *spatial) in order TC, WT, ET.
 
-    Raises ``ValueError`` naming the source file when the map is not single-channel or holds values outside
-    ``{0} | labels``.
+    Raises :class:`CaseError` (a ``ValueError``) naming the source file when the map is not single-channel or
+    holds values outside ``{0} | labels``.
     """
     if label.shape[0] != 1:
-        raise ValueError(f"{_source_name(label)}: expected a single-channel label map, got shape {tuple(label.shape)}")
+        raise CaseError(_source_name(label), f"expected a single-channel label map, got shape {tuple(label.shape)}")
     lab = label[0]
     problem = non_integer_labels(lab)
     if problem:
-        raise ValueError(f"{_source_name(label)}: {problem}")
+        raise CaseError(_source_name(label), problem)
     values = torch.unique(lab).tolist()
     unexpected = sorted(set(int(v) for v in values) - {0, *labels})
     if unexpected:
-        raise ValueError(
-            f"{_source_name(label)}: label values {unexpected} are outside the expected set "
-            f"{[0, *labels]} (necrotic, oedema, enhancing = {list(labels)})"
+        raise CaseError(
+            _source_name(label),
+            f"label values {unexpected} are outside the expected set {[0, *labels]} "
+            f"(necrotic, oedema, enhancing = {list(labels)})",
         )
     value = dict(zip(TUMOUR_CLASSES, labels))
     regions = [torch.isin(lab, torch.tensor([value[c] for c in REGION_CLASSES[r]], device=lab.device)) for r in REGIONS]

@@ -3,15 +3,16 @@
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
+TINY_NETWORK = [
     "--network_def#channels",
     "[8,16,32,64]",
     "--roi_size",
     "[32,32,32]",
     "--num_workers",
     "0",
-    "--num_folds",
-    "3",
     "--device",
     "cpu",
 ]
+"""Overrides every workflow takes (an override naming no id of the run's configs is an error)."""
+TINY = [*TINY_NETWORK, "--num_folds", "3"]
+""":data:`TINY_NETWORK` and the folds of training and evaluation (inference has no folds)."""

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from scripts.synthetic.phantom import write_dataset
-from tests._bundle import ROOT, TINY
+from tests._bundle import ROOT, TINY, TINY_NETWORK
 
 REAL_CASE = ROOT.parent / "shared" / "data" / "TCGA-DU-7294"
 
@@ -89,12 +89,14 @@ def test_resume_continues_from_the_last_checkpoint(trained):
 
 @pytest.mark.skipif(not REAL_CASE.is_dir(), reason=f"real case not found at {REAL_CASE}")
 def test_inference_on_real_case_keeps_input_geometry(trained, tmp_path):
-    root, common, _ = trained
+    root, _, _ = trained
     out = tmp_path / "pred"
     run(
         bundle(
             "run",
-            *common,
+            "--bundle_root",
+            str(root),
+            *TINY_NETWORK,
             "--dataset_dir",
             str(REAL_CASE),
             "--output_dir",

@@ -35,7 +35,7 @@ from scripts.interactive import (
     largest_error_click,
 )
 from scripts.transforms import label_to_regions
-from tests._bundle import ROOT, TINY
+from tests._bundle import ROOT, TINY, TINY_NETWORK
 from tests.test_transforms import _label_map
 
 CONFIGS = ROOT / "configs"
@@ -372,7 +372,8 @@ def test_interactive_training_and_click_inference_end_to_end(tmp_path):
     }
     (tmp_path / "clicks.json").write_text(json.dumps(datalist))
     out = tmp_path / "pred"
-    _run(_bundle(*common, "--dataset_dir", str(tmp_path / "clicks.json"), "--output_dir", str(out), config=INFER))
+    infer = ["--bundle_root", str(tmp_path), *TINY_NETWORK, "--dataset_dir", str(tmp_path / "clicks.json")]
+    _run(_bundle(*infer, "--output_dir", str(out), config=INFER))
     written = sorted(p.name for p in out.iterdir())
     assert written == sorted([f"{cases[0].name}.nii.gz", f"{cases[1].name}.nii.gz", "case4d.nii.gz"]), written
     for name, source, allowed in [
