@@ -20,6 +20,8 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -200,11 +202,17 @@ def unknown_override(name: str, ids: Sequence[str]) -> SystemExit:
     return fail(f"--{name}: no such id in the configs{hint}")
 
 
+def boolean_ids(config: Any) -> set[str]:
+    """The ids that ``config`` reads through :func:`as_bool` (``as_bool(@amp, 'amp')``): boolean ids whose own
+    value is an expression (``amp`` follows the device)."""
+    return set(re.findall(r"as_bool\(@([\w#]+),", json.dumps(config)))
+
+
 def check_value(parser, name: str, value: Any) -> None:
-    """Check the override ``--name value`` against the config's own value of ``name`` and
-    :data:`VALUE_CHECKS`."""
+    """Check the override ``--name value`` against the config's own value of ``name`` (a boolean, or an id read
+    through :func:`as_bool`) and :data:`VALUE_CHECKS`."""
     default = parser.get(name.replace("::", SEPARATOR))
-    if isinstance(default, bool):
+    if isinstance(default, bool) or name in boolean_ids(parser.get()):
         flag = as_bool(value, name)
         if SEPARATOR in name and not isinstance(value, (bool, int)):
             raise fail(f"--{name} {value!r}: a component argument is passed as written; write {flag} instead")

@@ -72,6 +72,7 @@ def test_every_top_level_boolean_id_is_read_through_as_bool():
     texts = {p.name: p.read_text() for p in sorted(CONFIGS.glob("*.json"))}
     flags = {k for text in texts.values() for k, v in json.loads(text).items() if isinstance(v, bool)}
     assert {"tta", "plot", "resume", "overwrite_shipped"} <= flags
+    flags.add("amp")  # its value is an expression (the device's), its overrides are words like the others
     for name, text in texts.items():
         for flag in flags:
             reads, parsed_reads = len(re.findall(rf"@{flag}\b", text)), text.count(f"as_bool(@{flag}, '{flag}')")
@@ -80,8 +81,9 @@ def test_every_top_level_boolean_id_is_read_through_as_bool():
 
 @pytest.mark.parametrize("word", ["false", "no", "0"])
 def test_false_turns_the_options_off_in_the_real_configs(word, tmp_path):
-    inference = parsed(["inference.json"], tta=word, device="cpu")
+    inference = parsed(["inference.json"], tta=word, device="cpu", amp=word)
     assert not isinstance(inference.get_parsed_content("inferer"), FlipTTAInferer)
+    assert inference.get_parsed_content("evaluator#amp") is False
     training = parsed(["train.json"], resume=word, ckpt_dir=str(tmp_path), device="cpu", num_workers=0)
     assert training.get_parsed_content("train#checkpoint#resume") is False
     evaluate = json.loads((CONFIGS / "evaluate.json").read_text())
@@ -119,6 +121,7 @@ def test_overwrite_shipped_false_keeps_the_shipped_weights(tmp_path):
         (["--overlapp", "0.9"], "--overlapp: no such id in the configs; did you mean --overlap?"),
         (["--sw_inferer#overlapp", "0.9"], "did you mean --sw_inferer#overlap?"),
         (["--tta", "maybe"], "--tta 'maybe': not a boolean"),
+        (["--amp", "off"], "--amp 'off': not a boolean"),
         (["--dataloader#shuffle", "false"], "a component argument is passed as written; write False"),
         (["--brats_labels", "[1,2,2]"], "the three label values must differ"),
         (["--brats_labels", "[1,2]"], "give three label values"),
@@ -171,16 +174,23 @@ def test_window_size_must_suit_the_network():
     ],
 )
 def test_bad_overrides_stop_the_run_with_one_line(args, expected, arrays, checkpoint, tmp_path):
+    line = failed_inference(tmp_path, arrays, "--ckpt_path", str(checkpoint), *args)
+    assert line.startswith(expected), line
+
+
+def failed_inference(tmp_path: Path, arrays: dict, *args: str) -> str:
+    """The one error line of an inference run over one case with ``args`` that must fail: no traceback, the
+    input unchanged, nothing written."""
     data, out = tmp_path / "data", tmp_path / "out"
     write_case(data, "BraTS20_Training_001", arrays)
     before = checksums(data)
     proc = bundle("--bundle_root", str(tmp_path), "--dataset_dir", str(data), "--output_dir", str(out),
-                  "--ckpt_path", str(checkpoint), "--num_workers", "0", *TINY, *args)  # fmt: skip
+                  "--num_workers", "0", *TINY, *args)  # fmt: skip
     assert proc.returncode != 0, proc.stderr[-3000:]
-    (line,) = error_lines(proc.stderr)
-    assert line.startswith(expected), line
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert checksums(data) == before and not list(out.glob("*.nii.gz"))
+    (line,) = error_lines(proc.stderr)
+    return line
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -210,16 +220,9 @@ def test_damaged_or_foreign_checkpoints_are_one_error_line(checkpoint, tmp_path)
 
 @pytest.mark.slow
 def test_inference_with_a_truncated_checkpoint_is_one_error_line(arrays, checkpoint, tmp_path):
-    data, out = tmp_path / "data", tmp_path / "out"
-    write_case(data, "BraTS20_Training_001", arrays)
     bad = damaged_checkpoints(tmp_path, checkpoint)["truncated"]
-    proc = bundle("--bundle_root", str(tmp_path), "--dataset_dir", str(data), "--output_dir", str(out),
-                  "--ckpt_path", str(bad), "--num_workers", "0", *TINY)  # fmt: skip
-    assert proc.returncode != 0, proc.stderr[-3000:]
-    (line,) = error_lines(proc.stderr)
+    line = failed_inference(tmp_path, arrays, "--ckpt_path", str(bad))
     assert line.startswith(f"error: checkpoint {bad}: cannot be read as PyTorch weights"), line
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert not list(out.glob("*.nii.gz"))
 
 
 def test_resume_from_a_truncated_newest_checkpoint_names_the_file(tmp_path):
