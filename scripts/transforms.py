@@ -41,12 +41,14 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import NibabelReader
-from monai.transforms import LoadImaged, MapTransform, Spacingd
+from monai.transforms import LoadImaged, MapTransform, RandomizableTransform, Spacingd
 from monai.utils import convert_to_dst_type
+from scipy import ndimage
 
 from scripts.conventions import (
     AFFINE_ATOL_MM,
     BRATS2020_LABELS,
+    MODALITIES,
     MODALITY_NAMES,
     REGION_CLASSES,
     REGIONS,
@@ -196,6 +198,80 @@ class NestRegionsd(MapTransform):
         return d
 
 
+def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """26-connected pieces of a boolean mask: ``(labels, sizes)``, ``sizes[i]`` the voxels of piece ``i + 1``."""
+    labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, bool))
+    return labels, np.bincount(labels.ravel(), minlength=n + 1)[1:]
+
+
+def keep_main_tumour(
+    regions: np.ndarray,
+    voxel_ml: float = 0.001,
+    min_fraction: float = 0.1,
+    min_piece_ml: float = 0.0,
+    et_min_ml: float = 0.0,
+) -> np.ndarray:
+    """Remove the scattered pieces of a prediction, per region, as nnU-Net's post-processing does.
+
+    ``regions``: boolean (3, *spatial) in order TC, WT, ET, nested (ET inside TC inside WT). Whole tumour: keep
+    the largest 26-connected piece and every piece of at least ``min_fraction`` of its volume and
+    ``min_piece_ml``; TC and ET keep only what lies in the kept whole tumour, then lose their own pieces smaller
+    than ``min_piece_ml``. BraTS's ET rule: when less than ``et_min_ml`` of enhancing tumour remains, it is
+    relabelled necrosis (it stays in TC, leaves ET). ``voxel_ml``: the volume of one voxel. Returns the
+    filtered boolean regions (same shape), still nested.
+    """
+    tc, wt, et = (np.asarray(regions[REGIONS.index(r)], bool) for r in ("TC", "WT", "ET"))
+    labels, sizes = _components(wt)
+    if sizes.size:
+        keep = (sizes >= min_fraction * sizes.max()) & (sizes * voxel_ml >= min_piece_ml)
+        keep[np.argmax(sizes)] = True
+        wt = np.isin(labels, np.flatnonzero(keep) + 1)
+    tc, et = tc & wt, et & wt
+    for mask in (tc, et):
+        labels, sizes = _components(mask)
+        small = np.flatnonzero(sizes * voxel_ml < min_piece_ml) + 1
+        mask[np.isin(labels, small)] = False
+    et &= tc
+    if et.sum() * voxel_ml < et_min_ml:
+        et[:] = False
+    out = np.empty(regions.shape, bool)
+    out[REGIONS.index("TC")], out[REGIONS.index("WT")], out[REGIONS.index("ET")] = tc, wt, et
+    return out
+
+
+class KeepMainTumourd(MapTransform):
+    """Dictionary transform of :func:`keep_main_tumour` on binary region channels (TC, WT, ET), e.g. right after
+    ``AsDiscreted``: the regions are nested first (:func:`nested`), then the scattered pieces are removed. The
+    voxel volume comes from the image's affine (1 mm³ without one). Same shape, type and metadata out.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        min_fraction: float = 0.1,
+        min_piece_ml: float = 0.0,
+        et_min_ml: float = 0.0,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        if not 0.0 <= min_fraction <= 1.0:
+            raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
+        if min_piece_ml < 0 or et_min_ml < 0:
+            raise ValueError(f"min_piece_ml and et_min_ml must be >= 0, got {min_piece_ml} and {et_min_ml}")
+        self.min_fraction, self.min_piece_ml, self.et_min_ml = min_fraction, min_piece_ml, et_min_ml
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            affine = getattr(img, "affine", None)
+            voxel_ml = 0.001 if affine is None else abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+            regions = nested(torch.as_tensor(img) > 0.5).cpu().numpy()
+            out = keep_main_tumour(regions, voxel_ml, self.min_fraction, self.min_piece_ml, self.et_min_ml)
+            d[key], *_ = convert_to_dst_type(torch.from_numpy(out), img, dtype=img.dtype)
+        return d
+
+
 class BrainNormalized(MapTransform):
     """Scale each channel to [0, 1] inside the brain; the background stays exactly 0.
 
@@ -248,6 +324,8 @@ class BrainHistogramEqualized(MapTransform):
                 for c in range(img.shape[0]):
                     vals = img[c][mask]
                     lo, hi = vals.min(), vals.max()
+                    if hi <= lo:  # a constant channel (a missing sequence is all zero) stays as it is
+                        continue
                     hist = torch.histc(vals, bins=self.num_bins, min=float(lo), max=float(hi))
                     cdf = torch.cumsum(hist, 0) / vals.numel()
                     idx = ((img[c] - lo) / (hi - lo).clamp_min(1e-8) * (self.num_bins - 1)).long()
@@ -255,6 +333,45 @@ class BrainHistogramEqualized(MapTransform):
                     blended = self.strength * equalised + (1.0 - self.strength) * img[c]
                     out[c] = torch.where(mask, blended, torch.zeros_like(blended))
             d[key], *_ = convert_to_dst_type(out, d[key], dtype=torch.float32)
+        return d
+
+
+class RandModalityDropoutd(RandomizableTransform, MapTransform):
+    """Modality dropout: with probability ``prob``, zero all voxels of a random set of channels, keeping a
+    non-empty proper subset drawn uniformly among the ``2**C - 2`` of them (for 4 sequences: 14 subsets, each
+    about ``prob / 14`` of the samples).
+
+    A missing sequence reaches the network the same way at inference: its channel is all zero (the brain is
+    where any channel is non-zero, and every present sequence is in (0, 1] inside it after
+    :class:`BrainHistogramEqualized`), so the network tells absent from present sequences by the zero channel
+    alone. Use it after every intensity transform. Input (C, *spatial).
+    """
+
+    def __init__(self, keys: KeysCollection = "image", prob: float = 0.5, allow_missing_keys: bool = False):
+        RandomizableTransform.__init__(self, prob)
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self._keep: list[int] | None = None
+
+    def randomize(self, num_channels: int) -> None:
+        super().randomize(None)
+        self._keep = None
+        if self._do_transform and num_channels > 1:
+            subset = int(self.R.randint(1, 2**num_channels - 1))  # 1 .. 2**C - 2: non-empty, not all
+            self._keep = [c for c in range(num_channels) if subset >> c & 1]
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        if not keys:
+            return d
+        self.randomize(int(d[keys[0]].shape[0]))
+        if self._keep is None:
+            return d
+        for key in keys:
+            img = d[key].clone()
+            drop = [c for c in range(img.shape[0]) if c not in self._keep]
+            img[drop] = 0
+            d[key] = img
         return d
 
 
@@ -341,15 +458,51 @@ class SharedGridNibabelReader(NibabelReader):
         return super().get_data(images if isinstance(img, (list, tuple)) else images[0])
 
 
+MISSING_KEY = "missing_modalities"
+"""Item key that :class:`LoadImageSharedGridd` sets: the missing sequences of the case, comma-joined
+(:data:`~scripts.conventions.MODALITIES` names; ``""`` when none is missing)."""
+
+
+def missing_modalities(files: Sequence) -> list[int]:
+    """Indices of the modality files of a one-file-per-sequence case that do not exist."""
+    return [i for i, f in enumerate(files) if not os.path.exists(f)] if len(files) == len(MODALITIES) else []
+
+
 class LoadImageSharedGridd(LoadImaged):
     """``LoadImaged`` whose NIfTI reader is :class:`SharedGridNibabelReader` (readers still chosen by file
-    suffix: DICOM series folders go to ITK as before)."""
+    suffix: DICOM series folders go to ITK as before).
 
-    def __init__(self, *args, **kwargs):
+    With ``allow_missing_modalities``, a case given as one file per sequence (T1, T1ce, T2, FLAIR) may lack any of
+    them but one: the present files are loaded and every missing sequence becomes an all-zero channel, as the
+    network was trained to see it (``RandModalityDropoutd``). The item then names the missing sequences under
+    :data:`MISSING_KEY`. A case without any of the four files raises :class:`CaseError`.
+    """
+
+    def __init__(self, *args, allow_missing_modalities: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.allow_missing_modalities = bool(allow_missing_modalities)
         for reader in self._loader.readers:
             if type(reader) is NibabelReader:  # same state, one method more
                 reader.__class__ = SharedGridNibabelReader
+
+    def __call__(self, data, reader=None):
+        if not self.allow_missing_modalities:
+            return super().__call__(data, reader)
+        d = dict(data)
+        missing = {key: missing_modalities(list(np.atleast_1d(d[key]))) for key in self.key_iterator(d)}
+        for key, absent in missing.items():
+            if len(absent) == len(MODALITIES):
+                raise CaseError(str(d[key][0]), "none of the four sequence files exists (T1, T1ce, T2, FLAIR)")
+            d[key] = [f for i, f in enumerate(d[key]) if i not in absent] if absent else d[key]
+        d = super().__call__(d, reader)
+        for key, absent in missing.items():
+            d[MISSING_KEY] = ",".join(MODALITIES[i] for i in absent)
+            if absent:
+                img = d[key]
+                full = img.new_zeros((len(MODALITIES), *img.shape[1:]))
+                full[[i for i in range(len(MODALITIES)) if i not in absent]] = img
+                d[key] = full
+        return d
 
 
 def _subsample(values: torch.Tensor, max_items: int = 200_000) -> torch.Tensor:
@@ -532,10 +685,16 @@ class CheckImageDatad(MapTransform):
                 for c in (~torch.isfinite(flat).all(1)).nonzero().flatten().tolist()[:1]:
                     nan, inf = int(torch.isnan(flat[c]).sum()), int(torch.isinf(flat[c]).sum())
                     raise CaseError(name, f"{self._modality(d, c)}: {nan} NaN and {inf} Inf voxel(s)", channel=c)
-            nonzero = (flat != 0).any(1)
+            absent = {MODALITIES.index(m) for m in str(d.get(MISSING_KEY) or "").split(",") if m}
+            low, high = flat.amin(1), flat.amax(1)
             for c in range(t.shape[0]):
-                if not nonzero[c]:
+                if c in absent:
+                    continue
+                if high[c] == low[c] == 0:
                     raise CaseError(name, f"{self._modality(d, c)}: all voxels are zero (empty image)", channel=c)
+                if high[c] == low[c]:
+                    value = f"{float(low[c]):.6g}"
+                    raise CaseError(name, f"{self._modality(d, c)}: every voxel is {value} (constant image)", channel=c)
         for key in self.finite_keys:
             if key not in d or d[key] is None or isinstance(d[key], (str, bytes, os.PathLike)):
                 continue
