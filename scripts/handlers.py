@@ -410,3 +410,46 @@ def guard_shipped_weights(ckpt_path: str, bundle_root: str, overwrite: bool = Fa
         "them. Train into a run folder with --ckpt_dir runs/<name> (then use it with --ckpt_path "
         "runs/<name>/model.pt), or pass --overwrite_shipped true to replace them on purpose."
     )
+
+
+class MissingModalitiesLog:
+    """Evaluator handler of ``--allow_missing_modalities true``: one line per case segmented without some of its
+    sequences, naming them; at the end of the run one summary line and ``<output_dir>/missing_sequences.json``
+    (``{case id: [missing sequences]}``, every case segmented in the run, ``[]`` for complete ones).
+
+    It reads the ``missing_modalities`` entry that ``scripts.transforms.LoadImageSharedGridd`` puts in each item.
+    """
+
+    def __init__(self, output_dir: str, enabled: bool = True, filename: str = "missing_sequences.json"):
+        self.output_dir, self.enabled, self.filename = output_dir, bool(enabled), filename
+        self.cases: dict[str, list[str]] = {}
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        self.logger = engine.logger
+        engine.add_event_handler(Events.STARTED, lambda _: self.cases.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def iteration_completed(self, engine: Engine) -> None:
+        from scripts.conventions import MODALITIES, MODALITY_NAMES
+
+        batch = engine.state.batch
+        items = batch if isinstance(batch, list) else [dict(zip(batch, v)) for v in zip(*batch.values())]
+        for item in items:
+            case_id = str(item.get("case_id", f"case {len(self.cases) + 1}"))
+            missing = [m for m in str(item.get("missing_modalities") or "").split(",") if m]
+            self.cases[case_id] = missing
+            if missing:
+                names = ", ".join(MODALITY_NAMES[MODALITIES.index(m)] for m in missing)
+                used = " + ".join(n for m, n in zip(MODALITIES, MODALITY_NAMES) if m not in missing)
+                self.logger.warning(f"case {case_id}: {names} missing: segmented from {used} only")
+
+    def completed(self, engine: Engine) -> None:
+        from scripts.io import write_json
+
+        partial = sum(1 for m in self.cases.values() if m)
+        path = write_json(self.cases, os.path.join(self.output_dir, self.filename))
+        self.logger.info(f"{partial} of {len(self.cases)} case(s) segmented without some sequences (per case: {path})")
