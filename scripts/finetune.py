@@ -1,0 +1,94 @@
+"""The fine-tuning recipe (``configs/finetune.json``): learn a few corrected real cases from trained weights
+without forgetting what the weights know.
+
+* :func:`finetune_datalist` trains on every labelled case of the given data, each repeated so that about half
+  of every epoch's cases are real, the rest replayed from the synthetic training cases; it validates on the
+  synthetic cases the weights were never trained on (the held-out fold of the shipped recipe) plus any
+  validation cases given.
+* :func:`freeze_norm_statistics` keeps the BatchNorm statistics of the trained weights: a handful of cases
+  would otherwise pull the running means towards themselves, and every other scan would be normalised wrongly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scripts.data.layouts import find_cases, prepare_datalist
+
+logger = logging.getLogger(__name__)
+
+
+def labelled_cases(dataset_dir: str | os.PathLike) -> list[dict]:
+    """Every labelled case of ``dataset_dir``: a datalist JSON (its ``training`` and ``validation`` lists) or a
+    folder in any layout the bundle reads. One case is enough; none is a ``FileNotFoundError``."""
+    path = Path(dataset_dir)
+    if path.suffix == ".json":
+        found = prepare_datalist(path, 0, 2, 0)
+        cases = found["training"] + found["validation"]
+    else:
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: dataset folder does not exist (check --dataset_dir)")
+        cases = [c for c in find_cases(path)[1] if "label" in c]
+    if not cases:
+        raise FileNotFoundError(f"{path}: no labelled case to fine-tune on (a case needs its <id>_seg.nii.gz)")
+    return cases
+
+
+def finetune_datalist(
+    dataset_dir: str | os.PathLike,
+    replay_dir: str | os.PathLike | None,
+    replay_folds: int = 48,
+    val_dir: str | os.PathLike | None = None,
+    num_replay: int = 32,
+    seed: int = 0,
+) -> dict:
+    """``{"training": ..., "validation": ...}`` of a fine-tuning run.
+
+    Training: the labelled cases of ``dataset_dir``, repeated to match ``num_replay`` cases drawn (with
+    ``seed``) from the training folds of ``replay_dir`` (the synthetic data of the shipped recipe, split into
+    ``replay_folds`` folds as that recipe splits it). Validation: the held-out fold of ``replay_dir`` and the
+    labelled cases of ``val_dir``. Without ``replay_dir`` the real cases alone are trained and validated on
+    ``val_dir`` only (which must then be given).
+    """
+    real = labelled_cases(dataset_dir)
+    validation = labelled_cases(val_dir) if val_dir else []
+    replay = []
+    if replay_dir:
+        split = prepare_datalist(replay_dir, 0, replay_folds, 0)
+        pool = split["training"]
+        picks = np.random.default_rng(seed).choice(len(pool), size=min(num_replay, len(pool)), replace=False)
+        replay = [pool[i] for i in sorted(picks)]
+        validation = split["validation"] + validation
+    if not validation:
+        raise ValueError("fine-tuning needs held-out cases to validate on: give --replay_dir or --val_dir")
+    repeats = max(1, -(-len(replay) // len(real)))
+    training = [dict(case) for case in real * repeats] + replay
+    names = ", ".join(sorted({c["case_id"] for c in real}))
+    logger.info(
+        "fine-tuning on %d real case(s) (%s) x %d and %d replayed synthetic case(s); %d validation case(s)",
+        len(real),
+        names,
+        repeats,
+        len(replay),
+        len(validation),
+    )
+    return {"training": training, "validation": validation}
+
+
+def _keep_eval(module: torch.nn.Module, _inputs) -> None:
+    module.train(False)
+
+
+def freeze_norm_statistics(network: torch.nn.Module) -> torch.nn.Module:
+    """Keep every BatchNorm layer of ``network`` in eval mode, also while the network trains: it normalises with
+    the running statistics of the trained weights and never updates them (its affine weights still learn).
+    Returns ``network``."""
+    for module in network.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.register_forward_pre_hook(_keep_eval)
+    return network
