@@ -1,0 +1,200 @@
+"""Quality of weights per case, per set of available sequences and per post-processing, in one pass.
+
+    python -m benchmarks.quality --ckpt NAME=runs/x/model.pt [--ckpt ...] \\
+        --real ../shared/data/TCGA-DU-7294 --real ../shared/data/UPENN-GBM-00003_11 \\
+        --synthetic data/synthetic_mni --num_folds 48 --subsets all --output benchmarks/results/quality.json
+
+Each case goes through ``configs/inference.json``'s preprocessing once (its reference too). For every set of
+sequences (``--subsets``: ``all`` for the 15 non-empty subsets, ``main`` for four sequences, FLAIR + T1ce and
+FLAIR alone, or names such as ``flair+t1ce``) the missing channels are zero, as inference with
+``--allow_missing_modalities true`` gives them to the network. The network runs once (one window over the brain,
+as inference.json does) and every ``--postprocessing`` variant (``NAME=min_fraction,min_piece_ml,et_min_ml`` of
+:func:`scripts.transforms.keep_main_tumour`; ``none`` keeps every piece) is scored on its output: Dice, HD95,
+lesion-wise PQ, the number of pieces and the volumes per region, on the preprocessed 1 mm grid.
+
+The synthetic cases are the validation fold of ``--synthetic`` (fold 0 of ``--num_folds``, seed 0), the cases the
+training run held out. Results go to ``--output`` (JSON, one row per checkpoint, case, subset and variant) and a
+summary table is printed; ``--markdown`` writes it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import Compose
+
+from benchmarks.cli import name_equals_path
+from scripts.conventions import MODALITIES, MODALITY_NAMES, REGIONS
+from scripts.data.layouts import find_inference_cases, prepare_datalist
+from scripts.evaluation import region_metrics
+from scripts.export import _parser, load_network
+from scripts.io import atomic_path, write_json
+from scripts.transforms import brain_mask, keep_main_tumour, nested
+
+CONFIG = "configs/inference.json"
+MAIN_SUBSETS = ("t1+t1ce+t2+flair", "t1ce+flair", "flair")
+
+
+def all_subsets() -> list[str]:
+    """The 15 non-empty subsets of the four sequences, largest first."""
+    subsets = []
+    for n in range(len(MODALITIES), 0, -1):
+        subsets += ["+".join(c) for c in itertools.combinations(MODALITIES, n)]
+    return subsets
+
+
+def subset_channels(subset: str) -> list[int]:
+    """``'t1ce+flair'`` -> the channel indices of those sequences."""
+    names = [s.strip().lower() for s in subset.split("+") if s.strip()]
+    unknown = [n for n in names if n not in MODALITIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"subset {subset!r}: use '+'-joined names of {MODALITIES}")
+    return [MODALITIES.index(n) for n in names]
+
+
+def subset_label(subset: str) -> str:
+    channels = subset_channels(subset)
+    return "all four" if len(channels) == 4 else " + ".join(MODALITY_NAMES[c] for c in channels)
+
+
+def variant(text: str) -> tuple[str, tuple[float, float, float] | None]:
+    """``NAME=min_fraction,min_piece_ml,et_min_ml`` or ``none``."""
+    if text == "none":
+        return text, None
+    name, _, values = text.partition("=")
+    try:
+        fraction, piece, et = (float(v) for v in values.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: use NAME=min_fraction,min_piece_ml,et_min_ml or none") from e
+    return name, (fraction, piece, et)
+
+
+def load_cases(real: list[Path], synthetic: Path | None, num_folds: int) -> list[dict]:
+    """Datalist items of the real case folders (their four modalities and ``<id>_seg*.nii.gz``) and of the
+    synthetic validation fold."""
+    items = []
+    for folder in real:
+        case = find_inference_cases(folder, "testing")[0]
+        refs = sorted(folder.glob(f"{folder.name}_seg*.nii.gz"))
+        if not refs:
+            raise SystemExit(f"{folder.name}: no reference {folder.name}_seg*.nii.gz in {folder}")
+        items.append({"case_id": folder.name, "image": case["image"], "label": str(refs[0]), "kind": "real"})
+    if synthetic is not None:
+        for case in prepare_datalist(synthetic, 0, num_folds, 0)["validation"]:
+            items.append(dict(case, kind="synthetic"))
+    return items
+
+
+def score(pred: np.ndarray, ref: np.ndarray) -> dict:
+    """Per region: Dice, HD95, lesion-wise PQ, pieces, volumes (mL) of boolean (3, *S) masks on a 1 mm grid."""
+    row = {}
+    for i, r in enumerate(REGIONS):
+        m = region_metrics(pred[i], ref[i], (1.0, 1.0, 1.0))
+        row |= {f"dice_{r}": m["dice"], f"hd95_{r}": m["hd95"], f"pq_{r}": m["pq_dsc"]}
+        row |= {f"pieces_{r}": m["tp"] + m["fp"], f"pred_ml_{r}": pred[i].sum() / 1000.0}
+        row[f"ref_ml_{r}"] = ref[i].sum() / 1000.0
+    return {k: round(float(v), 4) for k, v in row.items()}
+
+
+def predict(network, inferer, image: torch.Tensor, channels: list[int]) -> np.ndarray:
+    """Nested boolean regions (3, *S) of ``image`` (4, *S) with only ``channels`` given."""
+    x = torch.zeros_like(image)
+    x[channels] = image[channels]
+    with torch.no_grad():
+        prob = torch.sigmoid(inferer(x[None], network))[0]
+    prob = prob * brain_mask(x)
+    return nested(prob > 0.5).numpy()
+
+
+def run(args) -> list[dict]:
+    transform = Compose(_parser(CONFIG).get_parsed_content("preprocessing_transforms"))
+    inferer = _parser(CONFIG).get_parsed_content("sw_inferer")
+    cases = load_cases(args.real, args.synthetic, args.num_folds)
+    networks = {name: load_network(CONFIG, str(path)) for name, path in args.ckpt}
+    rows = []
+    for case in cases:
+        data = transform(case)
+        image, ref = torch.as_tensor(data["image"]).float(), torch.as_tensor(data["label"]).numpy() > 0.5
+        subsets = args.subsets if case["kind"] == "synthetic" else args.real_subsets
+        for (name, network), subset in itertools.product(networks.items(), subsets):
+            start = time.perf_counter()
+            pred = predict(network, inferer, image, subset_channels(subset))
+            seconds = time.perf_counter() - start
+            for post_name, params in args.postprocessing:
+                out = pred if params is None else keep_main_tumour(pred, 0.001, *params)
+                row = {"ckpt": name, "case": case["case_id"], "kind": case["kind"], "subset": subset}
+                rows.append(row | {"postprocessing": post_name, "network_s": round(seconds, 2)} | score(out, ref))
+            print(f"{name} {case['case_id']} {subset}: " + summary_line(rows[-len(args.postprocessing) :]), flush=True)
+        write_json(rows, args.output)
+    return rows
+
+
+def summary_line(rows: list[dict]) -> str:
+    return "; ".join(
+        f"{r['postprocessing']} WT {r['dice_WT']:.3f} TC {r['dice_TC']:.3f} ET {r['dice_ET']:.3f} "
+        f"HD95 WT {r['hd95_WT']:.1f} pieces {r['pieces_WT']:.0f}/{r['pieces_TC']:.0f}/{r['pieces_ET']:.0f}"
+        for r in rows
+    )
+
+
+def mean_of(rows: list[dict], key: str) -> float:
+    values = [r[key] for r in rows if not math.isnan(r[key])]
+    return float(np.mean(values)) if values else math.nan
+
+
+def table(rows: list[dict], kind: str, keys=("dice_WT", "dice_TC", "dice_ET", "hd95_WT", "pq_WT", "pieces_WT")) -> str:
+    """Markdown: mean over the ``kind`` cases per checkpoint, subset and post-processing."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["kind"] == kind:
+            groups.setdefault((r["ckpt"], r["subset"], r["postprocessing"]), []).append(r)
+    head = "| weights | sequences | post-processing | cases | " + " | ".join(keys) + " |"
+    lines = [head, "|" + "---|" * (4 + len(keys))]
+    for (ckpt, subset, post), group in groups.items():
+        values = " | ".join(
+            f"{mean_of(group, k):.3f}" if "pieces" not in k else f"{mean_of(group, k):.1f}" for k in keys
+        )
+        lines.append(f"| {ckpt} | {subset_label(subset)} | {post} | {len(group)} | {values} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", type=name_equals_path, action="append", required=True, help="NAME=weights.pt")
+    parser.add_argument("--real", type=Path, action="append", default=[], help="a real case folder with a reference")
+    parser.add_argument("--synthetic", type=Path, help="the generated data folder of the training run")
+    parser.add_argument("--num_folds", type=int, default=48)
+    parser.add_argument("--subsets", default="main", help="synthetic cases: all, main, or a comma-separated list")
+    parser.add_argument("--real_subsets", default="main", help="real cases: all, main, or a comma-separated list")
+    parser.add_argument("--postprocessing", type=variant, action="append", default=[])
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--markdown", type=Path, help="also write the summary tables here")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    for key in ("subsets", "real_subsets"):
+        value = getattr(args, key)
+        subsets = all_subsets() if value == "all" else list(MAIN_SUBSETS) if value == "main" else value.split(",")
+        for s in subsets:
+            subset_channels(s)
+        setattr(args, key, subsets)
+    args.postprocessing = args.postprocessing or [variant("none")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    rows = run(args)
+    text = "".join(f"\n{kind} cases\n\n{table(rows, kind)}" for kind in ("real", "synthetic"))
+    print(text)
+    if args.markdown:
+        with atomic_path(args.markdown) as tmp:
+            Path(tmp).write_text(text)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
