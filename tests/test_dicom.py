@@ -2,6 +2,7 @@
 was written from (array, affine), and predictions saved from it line up with the series."""
 
 import locale
+import logging
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd, LoadImaged, Orientationd, SaveImage
 
 from scripts.conventions import MODALITIES
+from scripts.data.checks import CheckedDataset, check_case
 from scripts.data.dicom import (
     dicom_seg_to_label,
     find_dicom_cases,
@@ -20,10 +22,12 @@ from scripts.data.dicom import (
     label_to_dicom_seg,
     nifti_case_to_dicom,
     nifti_to_dicom_series,
+    series_grid,
 )
 from scripts.data.layouts import detect_layout, find_inference_cases, prepare_datalist
 from scripts.io import case_name_formatter
 from scripts.synthetic.phantom import write_case
+from scripts.transforms import CaseError
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:builtin type .* has no __module__ attribute:DeprecationWarning"),  # SWIG (ITK)
@@ -209,3 +213,130 @@ def _shifted(img, tmp_path):
     affine[:3, 3] += 2.5
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine), path)
     return path
+
+
+# ---------------------------------------------------------------------------------------------- series geometry
+def _copy_case(dirs, tmp_path, name="case_002"):
+    """The DICOM case copied to ``tmp_path/<name>/<modality>/`` (so a test can take slices away)."""
+    out = []
+    for mod, d in zip(MODALITIES, dirs):
+        shutil.copytree(d, tmp_path / name / mod)
+        out.append(str(tmp_path / name / mod))
+    return out
+
+
+def _case_error(series_dirs, case_id="case_002"):
+    with pytest.raises(CaseError) as e:
+        check_case({"case_id": case_id, "image": series_dirs, "reader": "ITKReader"})
+    return e.value
+
+
+def test_missing_slice_in_every_series_is_an_error_naming_the_folder_and_the_gap(case, tmp_path):
+    """Issue 27 item 7: the same middle slice taken from all four series made ITK read each onto an even 1.0x mm
+    grid (exit 0, slices misplaced by up to half a slice, only a warning on stderr). Now the case is a failure
+    naming the series folder, the two slices around the gap and the spacings; the batch goes on with the rest."""
+    _, _, dirs = case
+    series = _copy_case(dirs, tmp_path)
+    for d in series:
+        (Path(d) / "IM0020.dcm").unlink()
+    error = _case_error(series)
+    assert error.path == series[0] and error.case_id == "case_002"
+    assert "T1 series: uneven slice positions: IM0019.dcm and IM0021.dcm are 2 mm apart, the other slices 1 mm" in (
+        error.problem
+    )
+    assert "misplaced by up to 0.5 mm" in error.problem and "\n" not in str(error)
+    good = _copy_case(dirs, tmp_path, "case_001")
+    items = [{"case_id": c, "image": s, "reader": "ITKReader"} for c, s in (("case_001", good), ("case_002", series))]
+    dataset = CheckedDataset(items)
+    assert [d["case_id"] for d in dataset.data] == ["case_001"]
+    assert dataset.failures == [{"case_id": "case_002", "file": series[0], "problem": error.problem}]
+
+
+def test_missing_slice_in_one_series_names_that_sequence_with_readable_values(case, tmp_path):
+    """A middle slice missing from the T2 series alone names the T2 folder (MONAI blamed the T1 folder with a
+    cut-off 4 x 4 matrix); a last slice missing from the FLAIR alone (evenly spaced, one slice short) names the
+    FLAIR folder and both grids."""
+    _, _, dirs = case
+    series = _copy_case(dirs, tmp_path)
+    (Path(series[2]) / "IM0020.dcm").unlink()
+    error = _case_error(series)
+    assert error.path == series[2] and error.problem.startswith("T2 series: uneven slice positions: IM0019.dcm and")
+    shutil.rmtree(series[2])
+    shutil.copytree(dirs[2], series[2])
+    (Path(series[3]) / f"IM{SHAPE[2]:04d}.dcm").unlink()
+    error = _case_error(series)
+    assert error.path == series[3]
+    assert error.problem == (
+        f"the FLAIR series is not on the T1 series' grid ({series[0]}): 48 x 56 x 39 voxels (columns x rows x slices) "
+        "against 48 x 56 x 40"
+    )
+
+
+def test_a_repeated_slice_or_a_second_series_in_one_folder_is_an_error(case, tmp_path):
+    """A slice copied under a second name (two slices at one position) and a folder holding two series (ITK read
+    the first one only, with a warning) are errors naming the folder, not a silently different volume."""
+    _, _, dirs = case
+    series = _copy_case(dirs, tmp_path)
+    shutil.copy(Path(series[1]) / "IM0007.dcm", Path(series[1]) / "IM0007-copy.dcm")
+    error = _case_error(series)
+    assert error.path == series[1]
+    assert error.problem.startswith("T1ce series: IM0007") and "lie at the same slice position (6 mm" in error.problem
+    (Path(series[1]) / "IM0007-copy.dcm").unlink()
+    for f in Path(dirs[3]).glob("*.dcm"):
+        shutil.copy(f, Path(series[1]) / f"flair-{f.name}")
+    error = _case_error(series)
+    assert error.path == series[1] and error.problem.startswith("T1ce series: holds 2 DICOM series (2.25.")
+    assert error.problem.endswith("; keep one per folder")
+
+
+def test_series_grid_is_the_grid_itk_reads(case, tmp_path):
+    """:func:`series_grid` (slice headers only) gives the affine and shape MONAI's ITKReader loads, for the axial
+    int16 series and for an oblique, anisotropic float series (GDCM's Enhanced MR files)."""
+    _, niftis, dirs = case
+    grid = series_grid(dirs[0])
+    loaded = LoadImaged("image", ensure_channel_first=True, reader="ITKReader")({"image": dirs[0]})["image"]
+    assert grid.shape == SHAPE == tuple(loaded.shape[1:])
+    np.testing.assert_allclose(grid.affine, np.asarray(loaded.affine), atol=1e-4)
+    affine = np.eye(4)
+    th = 0.3
+    affine[:3, :3] = np.array([[np.cos(th), -np.sin(th), 0], [np.sin(th), np.cos(th), 0], [0, 0, 1]]) @ np.diag(
+        [0.9, 1.1, -1.5]
+    )
+    src = tmp_path / "oblique.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((12, 10, 8), np.float32), affine), src)
+    nifti_to_dicom_series(src, tmp_path / "oblique")
+    grid = series_grid(tmp_path / "oblique")
+    loaded = LoadImaged("image", ensure_channel_first=True, reader="ITKReader")({"image": str(tmp_path / "oblique")})
+    assert grid.shape == tuple(loaded["image"].shape[1:]) == (12, 10, 8)
+    np.testing.assert_allclose(grid.affine, np.asarray(loaded["image"].affine), atol=1e-4)
+    np.testing.assert_allclose(grid.spacing, (0.9, 1.1, 1.5), atol=1e-5)
+
+
+def test_one_file_given_for_several_sequences_is_a_warning_naming_case_and_file(case, tmp_path, caplog):
+    """Issue 27: one file given for all four sequences (the same path four times, or one file under four names)
+    was segmented without a word. Now one warning line names the case, the file and the sequences; a case of
+    four different files, and a case whose missing sequences are allowed, get none."""
+    _, niftis, _ = case
+    for name in ("t1", "t1ce", "t2", "flair"):
+        (tmp_path / f"x_{name}.nii.gz").symlink_to(niftis[0])
+    linked = [str(tmp_path / f"x_{name}.nii.gz") for name in ("t1", "t1ce", "t2", "flair")]
+    caplog.set_level(logging.WARNING, logger="scripts.data.checks")
+    for image in ([niftis[0]] * 4, linked):
+        caplog.clear()
+        check_case({"case_id": "x", "image": image})
+        lines = [r.getMessage() for r in caplog.records]
+        assert lines == [
+            f"case x: {image[0]}: one file given as T1, T1ce, T2 and FLAIR (all four sequences); the network sees "
+            "4 copies of one sequence"
+        ]
+    caplog.clear()
+    check_case({"case_id": "y", "image": [niftis[0], niftis[1], niftis[0], niftis[3]]})
+    assert [r.getMessage() for r in caplog.records] == [
+        f"case y: {niftis[0]}: one file given as T1 and T2 (different sequences); the network sees 2 copies of one "
+        "sequence"
+    ]
+    caplog.clear()
+    check_case({"case_id": "z", "image": niftis})
+    missing = [niftis[0], str(tmp_path / "none_t1ce.nii.gz"), str(tmp_path / "none_t2.nii.gz"), niftis[3]]
+    check_case({"case_id": "z", "image": missing}, allow_missing_modalities=True)
+    assert not caplog.records

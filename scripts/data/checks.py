@@ -24,6 +24,7 @@ prediction left by an earlier run is renamed ``<case_id>.nii.gz.stale`` (:func:`
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
@@ -37,7 +38,8 @@ import nibabel as nib
 import numpy as np
 from monai.data import DataLoader, Dataset, list_data_collate
 
-from scripts.conventions import MODALITY_NAMES, case_id_from_path, prediction_name
+from scripts.conventions import AFFINE_ATOL_MM, MODALITY_NAMES, case_id_from_path, prediction_name
+from scripts.data.dicom import DicomSeriesError, SeriesGrid, mm_str, series_grid
 from scripts.io import FAILED_WRITES, INPUTS, WRITTEN, remove_stale_temporaries
 from scripts.transforms import CaseError, affines_match, shape_str
 
@@ -158,16 +160,44 @@ def check_case(
     allow_missing_modalities: bool = False,
 ) -> None:
     """Header-level checks of one datalist item (see the module docstring); raises :class:`CaseError` naming
-    the case, the file and the problem, the first problem found. DICOM series folders are only checked for
-    existence (their geometry is checked when they are read). With ``allow_missing_modalities`` a case given
+    the case, the file and the problem, the first problem found. A DICOM case's series folders are checked from
+    their slice headers: each makes one evenly spaced grid (no missing slice) and all share the first one's grid.
+    Two or more sequences given as one file are a warning (:func:`warn_shared_sequence_file`). With ``allow_missing_modalities`` a case given
     as one file per sequence may lack all of them but one; the present files are checked."""
     case_id = case_id_of(item, image_key)
+    warn_shared_sequence_file(item, image_key)
     try:
         if allow_missing_modalities:
             item = _present_files_only(item, image_key, channels)
         _check_case(item, image_key, label_key, channels)
     except CaseError as e:
         raise CaseError(e.path, e.problem, case_id, e.channel) from None
+
+
+def warn_shared_sequence_file(item: Mapping, image_key: str = "image") -> list[str]:
+    """Log one warning line naming the case and the file when two or more sequences of a one-file-per-sequence case
+    are the same file (one path given twice, a symlink or a hard link: the network would see copies of one
+    sequence); returns the sequences that share a file (empty when none)."""
+    files = _as_list(item.get(image_key))
+    if len(files) != len(MODALITY_NAMES):
+        return []
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, path in enumerate(files):
+        with contextlib.suppress(OSError):
+            stat = os.stat(path)
+            groups.setdefault((stat.st_dev, stat.st_ino), []).append(i)
+    shared = [group for group in groups.values() if len(group) > 1]
+    for group in shared:
+        names = [MODALITY_NAMES[i] for i in group]
+        logger.warning(
+            "case %s: %s: one file given as %s (%s); the network sees %d copies of one sequence",
+            case_id_of(item, image_key),
+            files[group[0]],
+            " and ".join([", ".join(names[:-1]), names[-1]]),
+            "all four sequences" if len(group) == len(files) else "different sequences",
+            len(group),
+        )
+    return [MODALITY_NAMES[i] for group in shared for i in group]
 
 
 def _present_files_only(item: Mapping, image_key: str, channels: int) -> dict:
@@ -195,9 +225,7 @@ def _check_case(item: Mapping, image_key: str, label_key: str | None, channels: 
         if not os.path.exists(path):
             raise CaseError(path, f"missing modality file ({MODALITY_NAMES[i]})" if multi else "file does not exist")
     if any(os.path.isdir(p) for p in files):  # DICOM series folders
-        for p in files:
-            if os.path.isdir(p) and not any(os.scandir(p)):
-                raise CaseError(p, "empty folder (no DICOM series)")
+        _check_dicom_series(files)
         return
     headers = [_read_header(p) for p in files]
     shapes = [tuple(int(s) for s in h.header.get_data_shape()) for h in headers]
@@ -248,6 +276,51 @@ def _check_case(item: Mapping, image_key: str, label_key: str | None, channels: 
             label,
             f"label affine does not match the image's ({files[0]}; largest difference {np.abs(a - b).max():.4g} mm)",
         )
+
+
+def _check_dicom_series(files: Sequence[str]) -> None:
+    """Every DICOM series folder of the case makes one evenly spaced grid (:func:`scripts.data.dicom.series_grid`:
+    no missing slice), and every series lies on the first one's grid; :class:`CaseError` naming the sequence, its
+    folder and the values otherwise."""
+    grids = []
+    for i, path in enumerate(files):
+        name = MODALITY_NAMES[i] if len(files) == len(MODALITY_NAMES) else "DICOM"
+        if not os.path.isdir(path):
+            grids.append(None)
+            continue
+        if not any(os.scandir(path)):
+            raise CaseError(path, "empty folder (no DICOM series)")
+        try:
+            grids.append(series_grid(path))
+        except DicomSeriesError as e:
+            raise CaseError(e.path, f"{name} series: {e.problem}") from None
+    if len(files) != len(MODALITY_NAMES) or any(g is None for g in grids):
+        return
+    for i in range(1, len(files)):
+        mismatch = _grid_mismatch(grids[i], grids[0])
+        if mismatch:
+            raise CaseError(
+                files[i],
+                f"the {MODALITY_NAMES[i]} series is not on the {MODALITY_NAMES[0]} series' grid ({files[0]}): "
+                f"{mismatch}",
+            )
+
+
+def _grid_mismatch(grid: SeriesGrid, first: SeriesGrid) -> str | None:
+    """How ``grid`` differs from ``first`` (readable values), or ``None`` when they match (:func:`affines_match`)."""
+    if grid.shape != first.shape:
+        return f"{_dims(grid.shape)} voxels (columns x rows x slices) against {_dims(first.shape)}"
+    if not np.allclose(grid.spacing, first.spacing, atol=AFFINE_ATOL_MM):
+        return f"voxel size {mm_str(grid.spacing)} mm against {mm_str(first.spacing)} mm"
+    if not np.allclose(grid.origin, first.origin, atol=AFFINE_ATOL_MM):
+        return f"first voxel at {mm_str(grid.origin)} mm (RAS) against {mm_str(first.origin)} mm"
+    if not affines_match(grid.affine, first.affine):
+        return f"orientation {_rows(grid.affine)} against {_rows(first.affine)}"
+    return None
+
+
+def _dims(shape) -> str:
+    return " x ".join(str(int(s)) for s in shape)
 
 
 # ------------------------------------------------------------------------------------- errors -> records

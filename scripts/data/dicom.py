@@ -32,6 +32,7 @@ import os
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -124,6 +125,157 @@ def find_dicom_cases(root: str | os.PathLike) -> list[dict]:
         cases.append({"case_id": folder.name, "image": [str(found[m][0]) for m in MODALITIES], "reader": DICOM_READER})
         dirnames[:] = [d for d in dirnames if modality_of(d) is None]  # the series folders are not cases
     return sorted(cases, key=lambda c: c["case_id"])
+
+
+# ----------------------------------------------------------------------------------------------
+# series geometry: one evenly spaced voxel grid per folder, or an error naming the folder
+# ----------------------------------------------------------------------------------------------
+SLICE_TOLERANCE = 0.01
+"""Largest distance, as a fraction of the slice spacing, of a slice from the evenly spaced grid that ITK reads a
+series onto (first to last slice, ``(last - first) / (n - 1)`` apart): more is a missing, repeated or misplaced
+slice, which ITK only warns about on stderr while every slice after it lands in the wrong place."""
+
+
+class DicomSeriesError(ValueError):
+    """A DICOM series folder that does not make one evenly spaced voxel grid: ``path`` (the folder or file at
+    fault) and ``problem`` (what is wrong, with the values)."""
+
+    def __init__(self, path, problem: str):
+        self.path, self.problem = str(path), problem
+        super().__init__(f"{path}: {problem}")
+
+
+class SeriesGrid(NamedTuple):
+    """The voxel grid of a DICOM series as MONAI's ``ITKReader`` loads it: ``shape`` (columns, rows, slices),
+    ``spacing`` (mm, same order), ``origin`` (RAS mm of the first voxel) and the RAS ``affine``."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    affine: np.ndarray
+
+
+def _slice_header(path: Path) -> dict:
+    """Geometry of one DICOM file (SimpleITK/GDCM, header only): series UID, size, pixel spacing, LPS origin and
+    direction cosines (columns: row, column and slice-normal directions)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with keep_locale():
+            reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise DicomSeriesError(path, f"cannot read the DICOM header ({_last_line(e)})") from None
+    series = reader.GetMetaData("0020|000e").strip() if reader.HasMetaDataKey("0020|000e") else ""
+    dim = reader.GetDimension()
+    return {
+        "path": path,
+        "series": series,
+        "size": tuple(reader.GetSize()[:2]),
+        "spacing": np.asarray(reader.GetSpacing()[:2], dtype=np.float64),
+        "origin": np.asarray(reader.GetOrigin(), dtype=np.float64),
+        "direction": np.asarray(reader.GetDirection(), dtype=np.float64).reshape(dim, dim),
+    }
+
+
+def _last_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def mm_str(values) -> str:
+    """``(0.5, 1, 2.25)`` for messages: millimetres to 4 significant digits."""
+    return "(" + ", ".join(f"{float(v):.4g}" for v in np.atleast_1d(values)) + ")"
+
+
+def _check_same_plane(slices: list[dict], folder: Path) -> None:
+    """``DicomSeriesError`` unless all slices share one series UID, image size, pixel spacing and orientation."""
+    first = slices[0]
+    uids = sorted({s["series"] for s in slices})
+    if len(uids) > 1:
+        raise DicomSeriesError(folder, f"holds {len(uids)} DICOM series ({', '.join(uids)}); keep one per folder")
+    if first["direction"].shape != (3, 3):
+        raise DicomSeriesError(first["path"], "no 3D slice geometry (ImagePositionPatient/ImageOrientationPatient)")
+    for s in slices[1:]:
+        if s["size"] != first["size"] or not np.allclose(s["spacing"], first["spacing"], atol=1e-4):
+            raise DicomSeriesError(
+                folder,
+                f"slices of different sizes: {s['path'].name} is {s['size'][0]} x {s['size'][1]} pixels of "
+                f"{mm_str(s['spacing'])} mm, {first['path'].name} {first['size'][0]} x {first['size'][1]} of "
+                f"{mm_str(first['spacing'])} mm",
+            )
+        if not np.allclose(s["direction"][:, :2], first["direction"][:, :2], atol=1e-4):
+            raise DicomSeriesError(
+                folder, f"slices of different orientations: {s['path'].name} and {first['path'].name}"
+            )
+
+
+def _check_even_positions(slices: list[dict], normal: np.ndarray, folder: Path) -> None:
+    """``DicomSeriesError`` naming the gap unless the slices (sorted along ``normal``) lie on one evenly spaced
+    line along the normal (within :data:`SLICE_TOLERANCE` of the spacing)."""
+    offsets = np.array([s["origin"] - slices[0]["origin"] for s in slices])
+    depth = offsets @ normal
+    gaps = np.diff(depth)
+    names = [s["path"].name for s in slices]
+    typical = float(np.median(gaps))
+    tol = SLICE_TOLERANCE * max(typical, 1e-3)
+    for k in np.flatnonzero(gaps <= tol)[:1]:
+        raise DicomSeriesError(
+            folder,
+            f"{names[k]} and {names[k + 1]} lie at the same slice position "
+            f"({float(slices[k]['origin'] @ normal):.4g} mm along the slice normal)",
+        )
+    sideways = np.linalg.norm(offsets - np.outer(depth, normal), axis=1)
+    for k in np.flatnonzero(sideways > tol)[:1]:
+        raise DicomSeriesError(
+            folder,
+            f"{names[k]} is {sideways[k]:.4g} mm off the line of slices through {names[0]} along the slice normal "
+            "(a tilted or sheared stack, which one voxel grid cannot hold)",
+        )
+    step = (depth[-1] - depth[0]) / (len(slices) - 1)
+    misplaced = float(np.abs(depth - depth[0] - step * np.arange(len(slices))).max())
+    if misplaced > SLICE_TOLERANCE * step:
+        k = int(np.argmax(np.abs(gaps - typical)))
+        raise DicomSeriesError(
+            folder,
+            f"uneven slice positions: {names[k]} and {names[k + 1]} are {gaps[k]:.4g} mm apart, the other slices "
+            f"{typical:.4g} mm ({len(slices)} slices; a missing slice?); read onto one even {step:.4g} mm grid, "
+            f"slices would be misplaced by up to {misplaced:.3g} mm",
+        )
+
+
+def series_grid(folder: str | os.PathLike) -> SeriesGrid:
+    """The voxel grid of the DICOM series in ``folder``, from its slice headers (no pixel data read).
+
+    Raises :class:`DicomSeriesError` naming the folder (or file) and the values when the folder holds no DICOM
+    file, more than one series, slices of different sizes or orientations, two slices at one position, or slice
+    positions that are not evenly spaced along the slice normal (a missing slice): ITK would read such a series
+    onto one even grid with only a warning on stderr, misplacing slices.
+    """
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if is_dicom_file(p)) if folder.is_dir() else []
+    if not files:
+        raise DicomSeriesError(folder, "no DICOM files (not a DICOM series folder)")
+    slices = [_slice_header(p) for p in files]
+    _check_same_plane(slices, folder)
+    direction = slices[0]["direction"]
+    normal = np.cross(direction[:, 0], direction[:, 1])
+    slices.sort(key=lambda s: float(s["origin"] @ normal))
+    if len(slices) > 1:
+        _check_even_positions(slices, normal, folder)
+        step = (slices[-1]["origin"] - slices[0]["origin"]) / (len(slices) - 1)
+    else:
+        step = normal
+    lps = np.eye(4)
+    lps[:3, 0] = direction[:, 0] * slices[0]["spacing"][0]
+    lps[:3, 1] = direction[:, 1] * slices[0]["spacing"][1]
+    lps[:3, 2] = step
+    lps[:3, 3] = slices[0]["origin"]
+    affine = _LPS @ lps
+    shape = (*slices[0]["size"], len(slices))
+    spacing = (*slices[0]["spacing"].tolist(), float(np.linalg.norm(step)))
+    return SeriesGrid(shape, spacing, tuple(affine[:3, 3].tolist()), affine)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -511,14 +663,19 @@ def dicom_seg_to_label(
 __all__ = [
     "DICOM_READER",
     "SEGMENT_NAMES",
+    "SLICE_TOLERANCE",
+    "DicomSeriesError",
+    "SeriesGrid",
     "dicom_seg_to_label",
     "find_dicom_cases",
     "is_dicom_file",
     "is_dicom_series_dir",
     "keep_locale",
+    "mm_str",
     "label_to_dicom_seg",
     "new_uid",
     "nifti_case_to_dicom",
     "nifti_to_dicom_series",
     "series_affine",
+    "series_grid",
 ]
