@@ -32,6 +32,7 @@ from scripts.data.checks import (
 from scripts.data.layouts import find_brats2020_cases, find_inference_cases
 from scripts.synthetic.phantom import generate_case
 from scripts.transforms import CaseError
+from tests._bundle import tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (32, 32, 24)
@@ -239,14 +240,7 @@ def bundle(*args, configs):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """Untrained weights of the configs' network with the TINY channels (the runs below pass the same)."""
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(ROOT), "network_def#channels": [8, 16, 32, 64]})
-    torch.manual_seed(0)
-    net = parser.get_parsed_content("network_def")
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    torch.save(net.state_dict(), path)
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def _report_lines(stdout: str) -> list[str]:

@@ -24,6 +24,7 @@ from scripts.conventions import MODALITIES
 from scripts.data.checks import OutputDirError, check_output_dirs
 from scripts.data.layouts import DatasetError, find_brats2020_cases, find_inference_cases, prepare_datalist
 from scripts.synthetic.phantom import generate_case
+from tests._bundle import tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (32, 32, 24)
@@ -71,13 +72,7 @@ def bundle(*args, configs=("inference.json",)):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """Untrained weights of the configs' network with the TINY channels (the runs below pass the same)."""
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(ROOT), "network_def#channels": [8, 16, 32, 64]})
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def error_lines(stderr: str) -> list[str]:

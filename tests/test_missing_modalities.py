@@ -13,7 +13,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
 
 from scripts.conventions import MODALITIES
 from scripts.synthetic.phantom import generate_case
@@ -26,6 +25,7 @@ from scripts.transforms import (
     RandModalityDropoutd,
     keep_main_tumour,
 )
+from tests._bundle import tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (32, 32, 24)
@@ -115,13 +115,8 @@ def _bundle(*args):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(ROOT), "network_def#channels": [8, 16, 32, 64]})
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
-    return path
+    """Untrained weights of the configs' network with the TINY channels (the runs below pass the same)."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def test_inference_segments_any_subset_only_when_allowed(arrays, checkpoint, tmp_path):
