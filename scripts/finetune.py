@@ -67,7 +67,7 @@ def finetune_datalist(
     if not validation:
         raise ValueError("fine-tuning needs held-out cases to validate on: give --replay_dir or --val_dir")
     repeats = max(1, -(-len(replay) // len(real)))
-    training = [dict(case) for case in real * repeats] + replay
+    training = _shared_keys([dict(case) for case in real * repeats] + replay)
     names = ", ".join(sorted({c["case_id"] for c in real}))
     logger.info(
         "fine-tuning on %d real case(s) (%s) x %d and %d replayed synthetic case(s); %d validation case(s)",
@@ -78,6 +78,13 @@ def finetune_datalist(
         len(validation),
     )
     return {"training": training, "validation": validation}
+
+
+def _shared_keys(items: list[dict]) -> list[dict]:
+    """``items`` with only the keys every one of them has (real and synthetic items carry different extras, e.g.
+    ``fold``, and one batch must collate them together)."""
+    keys = set.intersection(*(set(item) for item in items))
+    return [{k: v for k, v in item.items() if k in keys} for item in items]
 
 
 def _keep_eval(module: torch.nn.Module, _inputs) -> None:

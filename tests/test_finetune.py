@@ -31,6 +31,7 @@ def test_datalist_mixes_real_and_replayed_cases_and_validates_on_held_out(folder
     real = [c for c in lists["training"] if "replay" not in c["image"][0]]
     replay = [c for c in lists["training"] if "replay" in c["image"][0]]
     assert len(real) == 4 and len({c["case_id"] for c in real}) == 1 and len(replay) == 4
+    assert len({tuple(sorted(c)) for c in lists["training"]}) == 1  # one batch collates real and replayed items
     held_out = {c["case_id"] for c in lists["validation"]}
     assert held_out and not held_out & {c["case_id"] for c in lists["training"]}
     with pytest.raises(ValueError, match="needs held-out cases"):
