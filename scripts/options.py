@@ -258,10 +258,44 @@ def report_case_error(exc_type, exc, tb, previous=sys.__excepthook__) -> None:
         print(f"error: {' '.join(str(found).split())}", file=sys.stderr)
 
 
+EXPORT_COMMANDS = ("ckpt_export", "onnx_export", "trt_export")
+"""The ``python -m monai.bundle`` commands that write an exported network to ``--filepath``."""
+
+
+def _as_paths(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str) and value.startswith("["):
+        import ast
+
+        value = ast.literal_eval(value)
+    return [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+
+
+def check_export_target(argv: Sequence[str] | None = None) -> None:
+    """When ``argv`` is ``python -m monai.bundle ckpt_export/onnx_export/trt_export ...``: :func:`fail` before
+    anything is written if ``--filepath`` is one of the command's input files (``--ckpt_file``, a config or the
+    meta file), e.g. ``--filepath models/model.pt --ckpt_file models/model.pt``."""
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or Path(argv[0]).parts[-3:] != ("monai", "bundle", "__main__.py"):
+        return
+    if argv[1] not in EXPORT_COMMANDS:
+        return
+    flags = parse_flags(argv[2:])
+    target = flags.get("filepath")
+    if not target or not Path(str(target)).exists():
+        return
+    for name in ("ckpt_file", "config_file", "meta_file"):
+        for path in _as_paths(flags.get(name)):
+            if Path(path).exists() and Path(path).samefile(str(target)):
+                raise fail(f"--filepath {target} would overwrite the input --{name} {path}; export to another file")
+
+
 def check_command_line(argv: Sequence[str] | None = None) -> None:
     """When ``argv`` is ``python -m monai.bundle run ...``: :func:`check_overrides` of its overrides (its flags,
     and those of ``--args_file``, less the names ``run`` takes itself and those ``--tracking`` reads), and
-    :func:`report_case_error` as ``sys.excepthook``."""
+    :func:`report_case_error` as ``sys.excepthook``. For the export commands: :func:`check_export_target`."""
+    check_export_target(argv)
     arguments = bundle_run_arguments(argv)
     if arguments is None:
         return

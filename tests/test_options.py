@@ -7,7 +7,9 @@ phantom cases (the fixtures of ``tests/test_inputs_safe.py``).
 
 import hashlib
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -264,3 +266,33 @@ def test_label_3_in_a_brats_2020_training_set_is_one_error_line(arrays, tmp_path
         "(necrotic, oedema, enhancing = [1, 2, 4])"
     ), line
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_export_never_overwrites_its_input_weights(tmp_path):
+    """``ckpt_export --filepath W --ckpt_file W`` stops with one line before writing; the weights are unchanged."""
+    weights = tmp_path / "model.pt"
+    weights.write_bytes((ROOT / "models" / "model.pt").read_bytes())
+    before = hashlib.md5(weights.read_bytes()).hexdigest()
+    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(weights)]
+    cmd += ["--ckpt_file", str(weights), "--meta_file", str(ROOT / "configs" / "metadata.json")]
+    cmd += ["--config_file", str(ROOT / "configs" / "inference.json")]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert error_lines(proc.stderr) == [
+        f"error: --filepath {weights} would overwrite the input --ckpt_file {weights}; export to another file"
+    ], proc.stderr[-2000:]
+    assert hashlib.md5(weights.read_bytes()).hexdigest() == before
+
+
+def test_export_target_check_ignores_other_commands(tmp_path):
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"x")
+    main = str(Path(options.__file__).parents[1] / "x" / "monai" / "bundle" / "__main__.py")
+    options.check_export_target(
+        [main, "ckpt_export", "--filepath", str(tmp_path / "new.ts"), "--ckpt_file", str(weights)]
+    )
+    options.check_export_target([main, "run", "--filepath", str(weights), "--ckpt_file", str(weights)])
+    with pytest.raises(SystemExit, match="would overwrite the input --ckpt_file"):
+        options.check_export_target([main, "onnx_export", "--filepath", str(weights), "--ckpt_file", str(weights)])
