@@ -44,6 +44,7 @@ OVERRIDES = {
     "layout": ["auto", "brats2020", "msd", "nonsense"],
     "ttaa": ["true"],
     "overlapp": ["0.9"],
+    "allow_missing_modalities": ["true", "false", "perhaps"],
 }
 """Override ids (two misspelt) and values as typed on the command line, good and bad."""
 NAME_CHARS = st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"), exclude_characters="/\\")
@@ -103,18 +104,32 @@ def _one_line_outcome(call) -> object:
         return str(case_error_of(e))
 
 
-def _inference_in_process(work: Path, dataset: Path, output: Path, checkpoint: Path, typed: dict) -> object:
-    """The inference workflow as ``python -m monai.bundle run`` runs it with ``typed`` overrides (values parsed
-    as Fire parses the command line)."""
+WORKFLOWS = {
+    "run": INFERENCE,
+    "evaluating": [*INFERENCE, str(ROOT / "configs" / "evaluate.json")],
+    "report": [*INFERENCE, str(ROOT / "configs" / "report.json")],
+    "robustness": [*INFERENCE, str(ROOT / "configs" / "robustness.json")],
+}
+"""Run id -> the config files of each per-case workflow."""
+
+
+def _workflow_in_process(
+    work: Path, dataset: Path, output: Path, checkpoint: Path, typed: dict, run_id: str = "run"
+) -> object:
+    """The workflow ``run_id`` as ``python -m monai.bundle run <run_id>`` runs it with ``typed`` overrides (values
+    parsed as Fire parses the command line)."""
+    configs = WORKFLOWS[run_id]
     flags = dict(zip(TINY_NETWORK[::2], TINY_NETWORK[1::2]))
     flags.update({f"--{k}": v for k, v in typed.items()})
     flags.update({"--inference_backend": "torch", "--ckpt_path": str(checkpoint), "--bundle_root": str(work)})
     flags.update({"--dataset_dir": str(dataset), "--output_dir": str(output)})
     values = {k[2:]: fire.parser.DefaultParseValue(v) for k, v in flags.items()}
+    if run_id == "evaluating":
+        values["num_folds"] = 2  # two cases: one validation fold
 
     def call():
-        check_overrides(INFERENCE, META, values)
-        bundle_run(meta_file=META, config_file=INFERENCE, **values)
+        check_overrides(configs, META, values)
+        bundle_run(run_id=run_id, meta_file=META, config_file=configs, **values)
 
     return _one_line_outcome(call)
 
@@ -128,7 +143,24 @@ def test_inference_never_tracebacks_loses_an_input_or_writes_outside_its_folder(
         for name in names:
             _write_case(dataset, name, *data)
         before = checksums(work)
-        _inference_in_process(work, dataset, output, checkpoint, typed)
+        _workflow_in_process(work, dataset, output, checkpoint, typed)
+        _check_inputs_and_outputs(work, before, "data/out")
+
+
+@settings(max_examples=3, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow], database=None)
+@given(names=st.lists(case_names, min_size=2, max_size=2, unique_by=str.casefold), data=volumes(), typed=overrides)
+@pytest.mark.parametrize("run_id", ["evaluating", "report", "robustness"])
+def test_case_workflows_never_traceback_lose_an_input_or_write_outside_their_folder(
+    checkpoint, run_id, names, data, typed
+):
+    """Evaluation, the report and the robustness study, fed the same (fewer examples: each runs many passes)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        dataset, output = work / "data", work / "data" / "out"
+        for name in names:
+            _write_case(dataset, name, *data)
+        before = checksums(work)
+        _workflow_in_process(work, dataset, output, checkpoint, typed, run_id)
         _check_inputs_and_outputs(work, before, "data/out")
 
 
