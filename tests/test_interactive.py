@@ -273,6 +273,7 @@ def test_inference_config_keeps_the_monai_label_contract():
         "MaskOutsideBraind",
         "Invertd",
         "AsDiscreted",
+        "Identityd",  # the automatic model's KeepMainTumourd works on region channels, not on these classes
         "ClassesToBratsd",
         "CaseIdToMetad",
         "SaveImaged",
