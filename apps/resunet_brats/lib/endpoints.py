@@ -136,11 +136,14 @@ def restore_version(model: str, version: str, user: User = _ADMIN):
 
 
 def _study_shape(image: str) -> tuple[int, ...] | None:
-    """The shape of the datastore's study ``image`` (404 when there is none), ``None`` when it is not a local
-    NIfTI file (a DICOMweb series)."""
+    """The shape of the local datastore's study ``image`` (404 when there is none); ``None`` for a DICOMweb
+    datastore (its images are the PACS's series) or a study that is not a local NIfTI file."""
     import nibabel as nib
+    from monailabel.datastore.dicom import DICOMWebDatastore
 
     datastore = app_instance().datastore()
+    if isinstance(datastore, DICOMWebDatastore):
+        return None  # the image is a PACS series (e.g. the one OHIF shows); the PACS answers for it
     if image not in datastore.list_images():
         raise HTTPException(404, f"image {image!r}: no such study in the datastore")
     uri = datastore.get_image_uri(image)
