@@ -436,9 +436,7 @@ class MissingModalitiesLog:
     def iteration_completed(self, engine: Engine) -> None:
         from scripts.conventions import MODALITIES, MODALITY_NAMES
 
-        batch = engine.state.batch
-        items = batch if isinstance(batch, list) else [dict(zip(batch, v)) for v in zip(*batch.values())]
-        for item in items:
+        for item in engine.state.batch:  # decollated by the evaluator's post-processing: one dict per case
             case_id = str(item.get("case_id", f"case {len(self.cases) + 1}"))
             missing = [m for m in str(item.get("missing_modalities") or "").split(",") if m]
             self.cases[case_id] = missing

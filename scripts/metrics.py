@@ -80,7 +80,7 @@ def hd95_mm(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], mode: s
     return float(max(np.percentile(d_pred, 95), np.percentile(d_ref, 95)))
 
 
-def _lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
+def lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """Connected components with 26-connectivity (the official evaluation's cc3d default in 3D)."""
     return ndimage.label(mask, structure=np.ones((3,) * mask.ndim, bool))
 
@@ -90,8 +90,8 @@ def match_lesions(pred: np.ndarray, ref: np.ndarray) -> tuple[list, np.ndarray, 
     summed Dice (Hungarian algorithm), pairs with Dice above 1e-6 only, as the official evaluation does.
 
     Returns ``(pairs, pred_labels, ref_labels, n_pred, n_ref)``: ``pairs`` lists ``(ref_id, pred_id, dice)``."""
-    pred_lab, n_pred = _lesions(pred)
-    ref_lab, n_ref = _lesions(ref)
+    pred_lab, n_pred = lesions(pred)
+    ref_lab, n_ref = lesions(ref)
     if not n_pred or not n_ref:
         return [], pred_lab, ref_lab, n_pred, n_ref
     overlap = np.bincount(ref_lab.ravel() * (n_pred + 1) + pred_lab.ravel(), minlength=(n_ref + 1) * (n_pred + 1))

@@ -43,7 +43,6 @@ from monai.config import KeysCollection
 from monai.data import NibabelReader
 from monai.transforms import LoadImaged, MapTransform, RandomizableTransform, Spacingd
 from monai.utils import convert_to_dst_type
-from scipy import ndimage
 
 from scripts.conventions import (
     AFFINE_ATOL_MM,
@@ -54,6 +53,7 @@ from scripts.conventions import (
     REGIONS,
     TUMOUR_CLASSES,
 )
+from scripts.metrics import lesions
 
 
 def _source_name(img) -> str:
@@ -199,8 +199,9 @@ class NestRegionsd(MapTransform):
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """26-connected pieces of a boolean mask: ``(labels, sizes)``, ``sizes[i]`` the voxels of piece ``i + 1``."""
-    labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, bool))
+    """The pieces of a boolean mask as the evaluation counts lesions (:func:`scripts.metrics.lesions`):
+    ``(labels, sizes)``, ``sizes[i]`` the voxels of piece ``i + 1``."""
+    labels, n = lesions(mask)
     return labels, np.bincount(labels.ravel(), minlength=n + 1)[1:]
 
 
