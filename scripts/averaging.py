@@ -17,14 +17,15 @@ from pathlib import Path
 
 import torch
 
+from scripts.handlers import read_checkpoint
 from scripts.io import save_torch
 
 
 def _weights(path: str | Path) -> dict:
     if not Path(path).is_file():
         raise SystemExit(f"error: checkpoint {path} not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state["model"] if isinstance(state, dict) and isinstance(state.get("model"), dict) else state
+    state = read_checkpoint(str(path), map_location="cpu")
+    return state["model"] if isinstance(state.get("model"), dict) else state
 
 
 def average_checkpoints(paths: Sequence[str | Path]) -> dict:
