@@ -17,7 +17,7 @@ move the brain mask); a missing modality is the exception: its channel is all ze
 | ``gibbs`` | 0.3, 0.5, 0.7 | Gibbs ringing: k-space truncated (MONAI ``GibbsNoise``, alpha) |
 | ``gamma`` | 0.5, 0.75, 1.5, 2 | intensity gamma (MONAI ``AdjustContrast``) |
 | ``contrast`` | 0.5, 0.75, 1.5 | linear contrast around each channel's brain mean |
-| ``missing_modality`` | T1, T1ce, T2, FLAIR | that channel all zero |
+| ``missing_modality`` | T1, T1ce, T2, FLAIR, T1+T2, T1+T1ce+T2 | those channels all zero (the last two leave T1ce + FLAIR and FLAIR alone) |
 
 The same seed is used for every severity of a degradation, so the random parts scale with the severity instead
 of being drawn again.
@@ -106,9 +106,10 @@ def _contrast(img: torch.Tensor, factor: float, spacing, seed: int) -> torch.Ten
     return out
 
 
-def _missing(img: torch.Tensor, modality: str, spacing, seed: int) -> torch.Tensor:
+def _missing(img: torch.Tensor, modalities: str, spacing, seed: int) -> torch.Tensor:
     out = img.clone()
-    out[MODALITY_NAMES.index(modality)] = 0
+    for name in modalities.split("+"):
+        out[MODALITY_NAMES.index(name)] = 0
     return out
 
 
@@ -123,7 +124,7 @@ DEGRADATIONS: dict[str, tuple[tuple, Callable]] = {
     "gibbs": ((0.3, 0.5, 0.7), _gibbs),
     "gamma": ((0.5, 0.75, 1.5, 2.0), _gamma),
     "contrast": ((0.5, 0.75, 1.5), _contrast),
-    "missing_modality": (MODALITY_NAMES, _missing),
+    "missing_modality": ((*MODALITY_NAMES, "T1+T2", "T1+T1ce+T2"), _missing),
 }
 """name -> (severities, function(image, severity, spacing, seed))."""
 

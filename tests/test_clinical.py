@@ -239,8 +239,9 @@ def test_robustness_writes_csv_markdown_and_curves(trained, tmp_path):
     with open(out / "robustness.csv") as f:
         rows = list(csv.DictReader(f))
     assert {"case_id", "degradation", "severity", "dice_ET", "dice_TC", "dice_WT"} <= set(rows[0])
+    removed = ("T1", "T1ce", "T2", "FLAIR", "T1+T2", "T1+T1ce+T2")
     assert [(r["degradation"], r["severity"]) for r in rows] == [("none", "0")] + [
-        ("slice_thickness", s) for s in ("3", "5", "7")] + [("missing_modality", m) for m in ("T1", "T1ce", "T2", "FLAIR")]  # fmt: skip
+        ("slice_thickness", s) for s in ("3", "5", "7")] + [("missing_modality", m) for m in removed]  # fmt: skip
     clean = rows[0]
     assert all(float(clean[f"dice_clean_{r}"]) == 1.0 and float(clean[f"volume_change_ml_{r}"]) == 0.0
                for r in ("TC", "WT", "ET"))  # fmt: skip
