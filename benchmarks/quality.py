@@ -14,12 +14,14 @@ lesion-wise PQ, the number of pieces and the volumes per region, on the preproce
 
 The synthetic cases are the validation fold of ``--synthetic`` (fold 0 of ``--num_folds``, seed 0), the cases the
 training run held out. Results go to ``--output`` (JSON, one row per checkpoint, case, subset and variant) and a
-summary table is printed; ``--markdown`` writes it too.
+summary table is printed; ``--markdown`` writes it too. ``--test_time plain,tta,adabn`` scores each test-time
+option (one pass; the mean of the 8 flips; one pass after re-estimating the BatchNorm statistics on the case).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import math
 import time
@@ -34,6 +36,7 @@ from scripts.conventions import MODALITIES, MODALITY_NAMES, REGIONS
 from scripts.data.layouts import find_inference_cases, prepare_datalist
 from scripts.evaluation import region_metrics
 from scripts.export import _parser, load_network
+from scripts.inferers import FlipTTAInferer
 from scripts.io import atomic_path, write_json
 from scripts.transforms import brain_mask, keep_main_tumour, nested
 
@@ -102,10 +105,35 @@ def score(pred: np.ndarray, ref: np.ndarray) -> dict:
     return {k: round(float(v), 4) for k, v in row.items()}
 
 
-def predict(network, inferer, image: torch.Tensor, channels: list[int]) -> np.ndarray:
-    """Nested boolean regions (3, *S) of ``image`` (4, *S) with only ``channels`` given."""
+TEST_TIME = ("plain", "tta", "adabn")
+
+
+def adapted_to(network: torch.nn.Module, inferer, x: torch.Tensor) -> torch.nn.Module:
+    """A copy of ``network`` whose BatchNorm statistics are re-estimated on ``x`` (1, C, *S) alone (AdaBN: the
+    running statistics are reset and replaced by the case's own, seen through ``inferer``'s windows)."""
+    adapted = copy.deepcopy(network)
+    norms = [m for m in adapted.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        raise SystemExit("--test_time adabn: the network has no BatchNorm layers")
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the windows
+    adapted.train()
+    with torch.no_grad():
+        inferer(x, adapted)
+    return adapted.eval()
+
+
+def predict(network, inferer, image: torch.Tensor, channels: list[int], test_time: str = "plain") -> np.ndarray:
+    """Nested boolean regions (3, *S) of ``image`` (4, *S) with only ``channels`` given; ``test_time`` is one of
+    :data:`TEST_TIME`: one pass, the mean of the 8 flips (:class:`scripts.inferers.FlipTTAInferer`), or one pass
+    after re-estimating the BatchNorm statistics on the case (:func:`adapted_to`)."""
     x = torch.zeros_like(image)
     x[channels] = image[channels]
+    if test_time == "adabn":
+        network = adapted_to(network, inferer, x[None])
+    elif test_time == "tta":
+        inferer = FlipTTAInferer(inferer)
     with torch.no_grad():
         prob = torch.sigmoid(inferer(x[None], network))[0]
     prob = prob * brain_mask(x)
@@ -122,15 +150,17 @@ def run(args) -> list[dict]:
         data = transform(case)
         image, ref = torch.as_tensor(data["image"]).float(), torch.as_tensor(data["label"]).numpy() > 0.5
         subsets = args.subsets if case["kind"] == "synthetic" else args.real_subsets
-        for (name, network), subset in itertools.product(networks.items(), subsets):
+        for (name, network), subset, mode in itertools.product(networks.items(), subsets, args.test_time):
             start = time.perf_counter()
-            pred = predict(network, inferer, image, subset_channels(subset))
+            pred = predict(network, inferer, image, subset_channels(subset), mode)
             seconds = time.perf_counter() - start
             for post_name, params in args.postprocessing:
                 out = pred if params is None else keep_main_tumour(pred, 0.001, *params)
                 row = {"ckpt": name, "case": case["case_id"], "kind": case["kind"], "subset": subset}
-                rows.append(row | {"postprocessing": post_name, "network_s": round(seconds, 2)} | score(out, ref))
-            print(f"{name} {case['case_id']} {subset}: " + summary_line(rows[-len(args.postprocessing) :]), flush=True)
+                row |= {"test_time": mode, "postprocessing": post_name, "network_s": round(seconds, 2)}
+                rows.append(row | score(out, ref))
+            line = summary_line(rows[-len(args.postprocessing) :])
+            print(f"{name} {case['case_id']} {subset} {mode} ({seconds:.1f} s): {line}", flush=True)
         write_json(rows, args.output)
     return rows
 
@@ -153,14 +183,15 @@ def table(rows: list[dict], kind: str, keys=("dice_WT", "dice_TC", "dice_ET", "h
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r["kind"] == kind:
-            groups.setdefault((r["ckpt"], r["subset"], r["postprocessing"]), []).append(r)
-    head = "| weights | sequences | post-processing | cases | " + " | ".join(keys) + " |"
-    lines = [head, "|" + "---|" * (4 + len(keys))]
-    for (ckpt, subset, post), group in groups.items():
+            groups.setdefault((r["ckpt"], r["subset"], r.get("test_time", "plain"), r["postprocessing"]), []).append(r)
+    head = "| weights | sequences | test time | post-processing | cases | " + " | ".join(keys) + " | network s |"
+    lines = [head, "|" + "---|" * (6 + len(keys))]
+    for (ckpt, subset, mode, post), group in groups.items():
         values = " | ".join(
             f"{mean_of(group, k):.3f}" if "pieces" not in k else f"{mean_of(group, k):.1f}" for k in keys
         )
-        lines.append(f"| {ckpt} | {subset_label(subset)} | {post} | {len(group)} | {values} |")
+        seconds = mean_of(group, "network_s")
+        lines.append(f"| {ckpt} | {subset_label(subset)} | {mode} | {post} | {len(group)} | {values} | {seconds:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -173,6 +204,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--subsets", default="main", help="synthetic cases: all, main, or a comma-separated list")
     parser.add_argument("--real_subsets", default="main", help="real cases: all, main, or a comma-separated list")
     parser.add_argument("--postprocessing", type=variant, action="append", default=[])
+    parser.add_argument("--test_time", default="plain", help=f"comma-separated, of {TEST_TIME}")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--markdown", type=Path, help="also write the summary tables here")
     parser.add_argument("--threads", type=int, default=None)
@@ -184,6 +216,9 @@ def main(argv=None) -> list[dict]:
             subset_channels(s)
         setattr(args, key, subsets)
     args.postprocessing = args.postprocessing or [variant("none")]
+    args.test_time = args.test_time.split(",")
+    if not set(args.test_time) <= set(TEST_TIME):
+        parser.error(f"--test_time {','.join(args.test_time)}: use a comma-separated list of {TEST_TIME}")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.output.parent.mkdir(parents=True, exist_ok=True)
