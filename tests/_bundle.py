@@ -31,3 +31,29 @@ def tiny_checkpoint(folder: Path) -> Path:
     path = Path(folder) / "model.pt"
     torch.save(parser.get_parsed_content("network_def").state_dict(), path)
     return path
+
+
+BUNDLE_PARTS = ("configs", "scripts", "models", "large_files.yml", "LICENSE")
+"""What a clone of the bundle holds that its workflows read (docs, tests, apps and benchmarks are not read)."""
+
+
+def copy_bundle(dest: Path) -> Path:
+    """The bundle's :data:`BUNDLE_PARTS` copied into ``dest`` (a fresh clone: no data, no run folders)."""
+    import shutil
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for part in BUNDLE_PARTS:
+        src = ROOT / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copyfile(src, dest / part)
+    return dest
+
+
+def large_files(root: Path = ROOT) -> list[dict]:
+    """The entries of ``root/large_files.yml``."""
+    import yaml
+
+    return yaml.safe_load((Path(root) / "large_files.yml").read_text())["large_files"]

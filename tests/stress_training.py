@@ -44,7 +44,11 @@ def run_once(mode: str, work: Path, index: int) -> tuple[bool, str]:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     log = proc.stdout + proc.stderr
     (work / f"{mode}_{index}.log").write_text(log)
-    ok = proc.returncode == 0 and (bundle_root / "models" / "model.pt").is_file() and "terminate called" not in log
+    ok = (
+        proc.returncode == 0
+        and (bundle_root / "runs" / "train" / "model.pt").is_file()
+        and "terminate called" not in log
+    )
     return (
         ok,
         f"{mode} run {index}: exit {proc.returncode}, {time.monotonic() - start:.0f} s, {'ok' if ok else 'FAILED'}",

@@ -57,12 +57,17 @@ def trained(tmp_path_factory):
     return root, common, log
 
 
+def trained_weights(root):
+    """The weights of the ``trained`` run: train.json's default run folder, ``runs/train``."""
+    return ["--ckpt_path", str(root / "runs" / "train" / "model.pt")]
+
+
 def test_training_writes_best_model_and_full_checkpoint(trained):
     root, _, log = trained
     assert "val_mean_dice" in log and "val_hd95_wt" in log and "data loading: waited" in log
-    model = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    model = torch.load(root / "runs" / "train" / "model.pt", map_location="cpu", weights_only=True)
     assert any(k.startswith("encoder.0") for k in model)
-    ckpt = torch.load(root / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    ckpt = torch.load(root / "runs" / "train" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
     assert set(ckpt) == {"model", "optimizer", "lr_scheduler", "trainer", "best_metrics", "rng"}
     assert ckpt["trainer"]["iteration"] == 2 * ckpt["trainer"]["epoch_length"]  # ignite stores epochs as iterations
     assert list((root / "eval").glob("events.out.tfevents*")), "no TensorBoard log"
@@ -83,7 +88,7 @@ def test_resume_continues_from_the_last_checkpoint(trained):
     log = run(bundle("run", *common, "--epochs", "3", "--val_interval", "1", "--resume", "true"))
     assert "Restored all variables from" in log and "checkpoint_epoch=2.pt" in log
     assert "Epoch[3] Complete" in log and "Epoch[1] Complete" not in log.split("Restored")[1]
-    state = torch.load(root / "models" / "checkpoint_epoch=3.pt", weights_only=True)["trainer"]
+    state = torch.load(root / "runs" / "train" / "checkpoint_epoch=3.pt", weights_only=True)["trainer"]
     assert state["iteration"] == 3 * state["epoch_length"]
 
 
@@ -97,6 +102,7 @@ def test_inference_on_real_case_keeps_input_geometry(trained, tmp_path):
             "--bundle_root",
             str(root),
             *TINY_NETWORK,
+            *trained_weights(root),
             "--dataset_dir",
             str(REAL_CASE),
             "--output_dir",
@@ -125,6 +131,7 @@ def test_evaluate_writes_per_case_and_summary_metrics(trained, tmp_path):
             "run",
             "evaluating",
             *common,
+            *trained_weights(root),
             "--output_dir",
             str(out),
             config=("inference.json", "evaluate.json"),
@@ -159,7 +166,7 @@ def test_torchscript_export_runs(trained, tmp_path):
             "--filepath",
             str(ts),
             "--ckpt_file",
-            str(root / "models" / "model.pt"),
+            str(root / "runs" / "train" / "model.pt"),
             "--network_def#channels",
             "[8,16,32,64]",
             "--bundle_root",

@@ -56,7 +56,7 @@ def _network(root) -> torch.nn.Module:
     parser.read_config(str(ROOT / "configs" / "inference.json"))
     parser["network_def#channels"] = CHANNELS
     net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
+    net.load_state_dict(torch.load(root / "runs" / "train" / "model.pt", weights_only=True))
     return net.eval()
 
 

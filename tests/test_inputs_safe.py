@@ -23,7 +23,7 @@ from monai.bundle import ConfigParser
 from scripts.conventions import MODALITIES
 from scripts.data.checks import OutputDirError, check_output_dirs
 from scripts.data.layouts import DatasetError, find_brats2020_cases, find_inference_cases, prepare_datalist
-from scripts.synthetic.phantom import generate_case
+from scripts.synthetic.phantom import generate_case, write_dataset
 from tests._bundle import tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,24 +174,36 @@ def test_datalist_entries_with_the_same_case_id_are_refused(arrays, tmp_path):
 
 
 # ------------------------------------------------------------------------------ no synthetic data unless asked
-def test_missing_or_empty_dataset_dir_is_an_error_not_synthetic_data(tmp_path, monkeypatch):
+def test_missing_or_empty_dataset_dir_is_an_error_not_synthetic_data(tmp_path):
     misspelt, empty = tmp_path / "dtaa", tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DatasetError, match=r"dtaa: dataset folder does not exist \(check --dataset_dir\)$"):
         prepare_datalist(misspelt, num_folds=2)
     with pytest.raises(DatasetError, match=r"empty: dataset folder holds no NIfTI files or DICOM cases"):
-        prepare_datalist(empty, num_folds=2, synthetic_dir=tmp_path / "default")
+        prepare_datalist(empty, num_folds=2)
     with pytest.raises(SystemExit, match=r"^error: .*dtaa: dataset folder does not exist"):
         prepare_datalist(misspelt, num_folds=2, exit_on_error=True)
+    with pytest.raises(DatasetError, match=r"default: dataset folder does not exist"):  # discovery never writes
+        prepare_datalist(tmp_path / "default", num_folds=2)
     assert sorted(os.listdir(tmp_path)) == ["empty"] and os.listdir(empty) == []  # nothing generated anywhere
 
-    import scripts.data.layouts as layouts
+
+def test_default_data_are_generated_only_into_the_missing_or_empty_default_folder(tmp_path, monkeypatch):
+    """train.json's ``initialize`` step: the default folder, missing or empty, is filled; a user's folder, or a
+    default folder that holds data, is never written."""
+    import scripts.data.default_data as default_data
 
     made = []
-    monkeypatch.setattr(layouts, "write_dataset", lambda d, num_cases, seed: made.append(str(d)) or None)
-    with pytest.raises(DatasetError):  # the stub wrote nothing, but it was asked to write into the default folder
-        prepare_datalist(tmp_path / "default", num_folds=2, synthetic_dir=tmp_path / "default")
-    assert made == [str(tmp_path / "default")]
+    monkeypatch.setattr(default_data, "write_dataset", lambda d, num_cases, seed: made.append((d, num_cases, seed)))
+    default, other, empty = tmp_path / "synthetic", tmp_path / "dtaa", tmp_path / "empty"
+    empty.mkdir()
+    assert not default_data.generate_default_data(other, default, 3, 0)  # a misspelt --dataset_dir
+    assert not default_data.generate_default_data(empty, default, 3, 0)  # a user's empty folder
+    assert default_data.generate_default_data(default, default, 3, 7)
+    assert made == [(str(default), 3, 7)]
+    write_dataset(default, num_cases=1, seed=0, shape=(24, 24, 24), progress=False)
+    assert not default_data.generate_default_data(default, default, 3, 0)  # holds data: left alone
+    assert made == [(str(default), 3, 7)] and sorted(os.listdir(tmp_path)) == ["empty", "synthetic"]
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,8 @@ def bundle_copy(tmp_path_factory):
             "training",
             "--bundle_root",
             str(root),
+            "--ckpt_path",
+            str(root / "models" / MODELS[name].weights),
             "--dataset_dir",
             str(root / "data"),
             "--epochs",

@@ -106,8 +106,8 @@ def test_overwrite_shipped_false_keeps_the_shipped_weights(tmp_path):
     md5 = hashlib.md5(weights.read_bytes()).hexdigest()
     (tmp_path / "large_files.yml").write_text(f"large_files:\n  - path: models/model.pt\n    hash_val: {md5}\n")
     before = checksums(tmp_path)
-    proc = bundle("training", "--bundle_root", str(tmp_path), "--overwrite_shipped", "false", "--epochs", "1",
-                  configs=("train.json",))  # fmt: skip
+    proc = bundle("training", "--bundle_root", str(tmp_path), "--ckpt_dir", str(weights.parent),
+                  "--overwrite_shipped", "false", "--epochs", "1", configs=("train.json",))  # fmt: skip
     assert proc.returncode != 0, proc.stderr[-3000:]
     (line,) = error_lines(proc.stderr)
     assert "holds the shipped weights" in line, line

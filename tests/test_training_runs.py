@@ -61,7 +61,8 @@ def test_one_epoch_training_leaves_a_model(mode, dataset, tmp_path):
     assert proc.returncode == 0, log[-4000:]
     assert "terminate called" not in log and "Traceback" not in log, log[-4000:]
     assert "Saved best model" in log, log[-4000:]
-    models = tmp_path / "models"
+    assert log.count("Trained weights: ") == 1, log[-4000:]  # rank 0 only
+    models = tmp_path / "runs" / "train"
     assert sorted(p.name for p in models.iterdir()) == ["checkpoint_epoch=1.pt", "model.pt"]
     state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
     assert state and all(isinstance(v, torch.Tensor) for v in state.values())
