@@ -10,7 +10,7 @@ default. The steps are interleaved (every step once per repetition, all cases ea
 machine's load affects them alike. Each step's label maps are compared with the unoptimised path's (Dice per
 region; equivalent = every case and region >= 0.99) and with the ground truth.
 
-    python benchmarks/bench_inference_path.py --device cpu
+    python -m benchmarks.bench_inference_path --device cpu
 
 Writes the section "Inference path, step by step" of docs/benchmarks.md (the rest of the file is left as it
 is) and the raw numbers to benchmarks/results/.
@@ -32,10 +32,10 @@ import time
 import warnings
 from typing import Any
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+from scripts.conventions import REGIONS
 
-from scripts.conventions import REGIONS  # noqa: E402
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 SECTION = "Inference path, step by step"
 EQUIVALENCE = 0.99  # Dice of every case and region against the unoptimised path

@@ -11,7 +11,7 @@ ET); an empty reference scores 1 for an empty prediction, 0 otherwise.
 
 Run by hand (not part of the tests), e.g. after a training under ``/tmp/de``::
 
-    python benchmarks/bench_interactive.py --bundle_root /tmp/de --dataset_dir data/synthetic \
+    python -m benchmarks.bench_interactive --bundle_root /tmp/de --dataset_dir data/synthetic \
         --channels "[8,16,32,64]" --max_clicks 5 --output_dir benchmarks/results/interactive
 
 Writes ``click_curve.json`` (per case and mean), ``click_curve.md`` (the table) and ``click_curve.png``.
@@ -22,17 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from scripts.conventions import CLASS_NAMES, REGIONS
 
-from scripts.conventions import CLASS_NAMES, REGIONS  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 CLASSES = CLASS_NAMES[1:]
 

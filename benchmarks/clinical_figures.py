@@ -2,7 +2,7 @@
 Grad-CAM and segmentation figures, the model-randomisation sanity test) and the robustness curves on the real
 case and on held-out synthetic cases.
 
-    python benchmarks/clinical_figures.py [--ckpt_path models/model.pt] [--num_synthetic 3] [--skip_robustness | --skip_report]
+    python -m benchmarks.clinical_figures [--ckpt_path models/model.pt] [--num_synthetic 3] [--skip_robustness | --skip_report]
 
 Runs the bundle workflows as a user does (``python -m monai.bundle run report|robustness`` with
 ``configs/inference.json``), reads their outputs and writes the sections "Per-case report", "Grad-CAM on the
@@ -25,10 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from scripts.io import replace_markdown_sections, write_text
 
-from scripts.io import replace_markdown_sections, write_text  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 REAL_CASE = ROOT.parent / "shared" / "data" / "TCGA-DU-7294"
 DOC = ROOT / "docs" / "clinical.md"

@@ -1,5 +1,6 @@
 """Shared by the tests that run the bundle in subprocesses: the repository root and tiny CPU settings."""
 
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,3 +58,16 @@ def large_files(root: Path = ROOT) -> list[dict]:
     import yaml
 
     return yaml.safe_load((Path(root) / "large_files.yml").read_text())["large_files"]
+
+
+def command(mode: str, bundle_root: Path, data: Path) -> list[str]:
+    """The 1-epoch training command line: ``mode`` ``single`` (one process) or ``multi`` (2 processes)."""
+    configs = ["configs/train.json"] + (["configs/multi_gpu_train.json"] if mode == "multi" else [])
+    launcher = [sys.executable, "-m", "monai.bundle"]
+    if mode == "multi":
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+        launcher += ["monai.bundle"]
+    return launcher + [
+        "run", "training", "--meta_file", "configs/metadata.json", "--config_file", str(configs),
+        "--bundle_root", str(bundle_root), "--dataset_dir", str(data), *TINY, "--epochs", "1",
+    ]  # fmt: skip

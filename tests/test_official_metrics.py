@@ -2,17 +2,15 @@
 values follow from the definitions), and the cross-check against the official package on the real case."""
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks import brats_official_crosscheck as crosscheck
 from scripts.metrics import hd95_mm, lesion_wise_metrics, match_lesions
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import brats_official_crosscheck as crosscheck  # noqa: E402
 
 
 def _cube(mask, corner, size):

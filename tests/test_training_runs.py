@@ -16,8 +16,7 @@ from ignite.engine import Engine
 
 from scripts.handlers import EpochValidationHandler
 from scripts.synthetic.phantom import write_dataset
-from tests._bundle import ROOT
-from tests.stress_training import command
+from tests._bundle import ROOT, command
 
 
 class _Validator:

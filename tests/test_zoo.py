@@ -10,6 +10,7 @@ are checked when the workflow runs.
 
 import json
 import os
+import re
 import urllib.request
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from monai.apps import download_url
 from monai.bundle import ckpt_export, create_workflow, verify_metadata, verify_net_in_out
 from monai.bundle.properties import InferProperties, MetaProperties
 
-from tests._bundle import copy_bundle, large_files
+from tests._bundle import ROOT, copy_bundle, large_files
 
 NECESSARY = ("configs/metadata.json", "LICENSE")
 PREFERRED = ("models/model.pt", "configs/inference.json")
@@ -58,6 +59,7 @@ def test_directory_and_large_files(bundle, offline):
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert meta["version"] in meta["changelog"]
     assert "required_packages_version" in meta and "optional_packages_version" not in meta
+    assert re.search(r'^version = "(.+?)"', (ROOT / "pyproject.toml").read_text(), re.M)[1] == meta["version"]
 
 
 @pytest.mark.skipif(not SCHEMA_CACHE, reason="the metadata schema is downloaded by verify_metadata; set "
