@@ -33,6 +33,7 @@ import warnings
 from typing import Any
 
 from scripts.conventions import REGIONS
+from scripts.metrics import dice
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -104,13 +105,6 @@ class TimedNetwork:
         return out
 
 
-def dice(a, b) -> float:
-    import numpy as np
-
-    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
-
-
 def regions(t) -> Any:
     import numpy as np
 
@@ -122,20 +116,21 @@ class Pipeline:
 
     def __init__(self, args, device) -> None:
         import torch
-        from monai.bundle import ConfigParser
+
+        from scripts.casework import load_weights, parse_configs
 
         self.device = device
         self._predictions = tempfile.TemporaryDirectory(prefix="bench_inference_path_")  # removed at exit
-        train = ConfigParser()
-        train.read_config(os.path.join(REPO_ROOT, "configs", "train.json"))
-        train.update({"bundle_root": REPO_ROOT, "dataset_dir": args.dataset_dir or train["dataset_dir"]})
+        train = parse_configs(os.path.join(REPO_ROOT, "configs", "train.json"), {"bundle_root": REPO_ROOT})
+        train["dataset_dir"] = args.dataset_dir or train["dataset_dir"]
         if args.num_folds:
             train["num_folds"] = args.num_folds
         self.cases = train.get_parsed_content("val_datalist")[: args.max_cases or None]
         self.fold = f"{train['fold']} of {train['num_folds']}"
-        parser = ConfigParser()
-        parser.read_config(os.path.join(REPO_ROOT, "configs", "inference.json"))
-        parser.update({"bundle_root": REPO_ROOT, "device": str(device), "prediction_dir": self._predictions.name})
+        parser = parse_configs(
+            os.path.join(REPO_ROOT, "configs", "inference.json"),
+            {"bundle_root": REPO_ROOT, "device": str(device), "prediction_dir": self._predictions.name},
+        )
         self.parser = parser
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.postprocessing = parser.get_parsed_content("postprocessing")
@@ -143,8 +138,7 @@ class Pipeline:
         self.network = parser.get_parsed_content("network")
         self.ckpt_mtime = datetime.datetime.fromtimestamp(os.path.getmtime(args.ckpt_path), datetime.timezone.utc)
         self.ckpt_mtime = self.ckpt_mtime.isoformat(timespec="seconds")
-        self.network.load_state_dict(torch.load(args.ckpt_path, map_location=device, weights_only=True))
-        self.network.eval()
+        load_weights(self.network, args.ckpt_path, device)
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def default_settings(self) -> dict:

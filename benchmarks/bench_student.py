@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.cli import name_equals_path
-from scripts.export import load_network
+from scripts.casework import load_network, parse_configs
 from scripts.inferers import inference_network
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,10 +96,7 @@ def _mean(rows: list[list[float]]) -> list[float]:
 
 
 def measure(args) -> dict:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(_configs("inference.json"))
+    parser = parse_configs(_configs("inference.json"))
     inferer = parser.get_parsed_content("sw_inferer")
     nets = {"teacher": load_network(_configs("inference.json"), args.teacher_ckpt)}
     for name, ckpt in [("student", args.student_ckpt), *args.extra_student]:

@@ -44,7 +44,8 @@ from monai.transforms import RandCropByPosNegLabeld
 from benchmarks.ablations import checkpoint_key, plot, synthetic_scores
 from benchmarks.bench_student import time_case
 from benchmarks.real_case import first_prediction, score_checkpoint
-from scripts.export import load_network, preprocess_case
+from scripts.casework import load_network
+from scripts.export import preprocess_case
 from scripts.inferers import inference_network
 from scripts.io import replace_markdown_sections, write_json, write_text
 
