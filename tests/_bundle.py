@@ -4,6 +4,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_CASE = ROOT / "examples" / "TCGA-DU-7294"
+"""The bundled real case (BraTS layout; ``TCGA-DU-7294_seg.nii.gz`` is the five-algorithm consensus). Only its
+algorithm outputs and the other real case exist only in ``../shared/data``."""
 TINY_NETWORK = [
     "--network_def#channels",
     "[8,16,32,64]",

@@ -1,7 +1,7 @@
 """The bundle as users run it: ``python -m monai.bundle`` in real subprocesses on real NIfTI files.
 
 A tiny ResUNet trains for two epochs on a few small synthetic cases, resumes from its full checkpoint,
-segments the real TCGA-DU-7294 case from ../shared/data (geometry, not accuracy, is checked), evaluates on
+segments the bundled real case examples/TCGA-DU-7294 (geometry, not accuracy, is checked), evaluates on
 the validation fold and exports to TorchScript.
 """
 
@@ -17,9 +17,7 @@ import pytest
 import torch
 
 from scripts.synthetic.phantom import write_dataset
-from tests._bundle import ROOT, TINY, TINY_NETWORK
-
-REAL_CASE = ROOT.parent / "shared" / "data" / "TCGA-DU-7294"
+from tests._bundle import EXAMPLE_CASE, ROOT, TINY, TINY_NETWORK
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +90,6 @@ def test_resume_continues_from_the_last_checkpoint(trained):
     assert state["iteration"] == 3 * state["epoch_length"]
 
 
-@pytest.mark.skipif(not REAL_CASE.is_dir(), reason=f"real case not found at {REAL_CASE}")
 def test_inference_on_real_case_keeps_input_geometry(trained, tmp_path):
     root, _, _ = trained
     out = tmp_path / "pred"
@@ -104,7 +101,7 @@ def test_inference_on_real_case_keeps_input_geometry(trained, tmp_path):
             *TINY_NETWORK,
             *trained_weights(root),
             "--dataset_dir",
-            str(REAL_CASE),
+            str(EXAMPLE_CASE),
             "--output_dir",
             str(out),
             "--roi_size",
@@ -115,7 +112,7 @@ def test_inference_on_real_case_keeps_input_geometry(trained, tmp_path):
     written = sorted(p.name for p in out.iterdir())
     assert written == ["TCGA-DU-7294.nii.gz"], written
     pred = nib.load(out / "TCGA-DU-7294.nii.gz")
-    ref = nib.load(REAL_CASE / "TCGA-DU-7294_t1.nii.gz")
+    ref = nib.load(EXAMPLE_CASE / "TCGA-DU-7294_t1.nii.gz")
     assert pred.shape == ref.shape == (240, 240, 155)
     np.testing.assert_allclose(pred.affine, ref.affine, atol=1e-4)
     assert nib.aff2axcodes(pred.affine) == nib.aff2axcodes(ref.affine)

@@ -35,13 +35,12 @@ from scripts.interactive import (
     largest_error_click,
 )
 from scripts.transforms import label_to_regions
-from tests._bundle import ROOT, TINY, TINY_NETWORK
+from tests._bundle import EXAMPLE_CASE, ROOT, TINY, TINY_NETWORK
 from tests.test_transforms import _label_map
 
 CONFIGS = ROOT / "configs"
 TRAIN = ["train.json", "deepedit_train.json"]
 INFER = ["inference.json", "deepedit_inference.json"]
-REAL_CASE = ROOT.parent / "shared" / "data" / "TCGA-DU-7294"
 
 
 def _parser(files, **overrides):
@@ -173,11 +172,10 @@ def test_clicks_outside_the_crop_are_dropped_and_bad_clicks_rejected(tmp_path, c
         ClicksToWorldd()(dict(loaded, edema=[[1, 2]]))
 
 
-@pytest.mark.skipif(not REAL_CASE.is_dir(), reason=f"real case not found at {REAL_CASE}")
 def test_click_on_real_lps_case_lands_in_the_clicked_structure():
     """TCGA-DU-7294 (LPS affine, 240x240x155): a click in the middle of the largest oedema slab lands on
     oedema after reorientation to RAS and the crop to the brain."""
-    seg_path = REAL_CASE / "TCGA-DU-7294_seg_consensus.nii.gz"
+    seg_path = EXAMPLE_CASE / "TCGA-DU-7294_seg.nii.gz"
     seg = np.asarray(nib.load(seg_path).dataobj)
     assert nib.aff2axcodes(nib.load(seg_path).affine) != ("R", "A", "S")
     values = sorted(int(v) for v in np.unique(seg) if v)
@@ -186,7 +184,7 @@ def test_click_on_real_lps_case_lands_in_the_clicked_structure():
 
     distance = ndi.distance_transform_edt(seg == 2)
     click = [int(v) for v in np.unravel_index(int(np.argmax(distance)), seg.shape)]
-    image = [str(REAL_CASE / f"TCGA-DU-7294_{m}.nii.gz") for m in ("t1", "t1ce", "t2", "flair")]
+    image = [str(EXAMPLE_CASE / f"TCGA-DU-7294_{m}.nii.gz") for m in ("t1", "t1ce", "t2", "flair")]
     d = _parser(INFER).get_parsed_content("preprocessing")(
         {"image": image, "label": str(seg_path), "labels": list(labels), "edema": [click]}
     )
