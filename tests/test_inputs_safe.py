@@ -6,7 +6,6 @@ Real NIfTI files written with tiny phantom cases, checked through the library fu
 ``tests/test_bad_input.py``.
 """
 
-import hashlib
 import json
 import os
 import re
@@ -14,69 +13,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
 
 from scripts.conventions import MODALITIES
 from scripts.data.checks import OutputDirError, check_output_dirs
 from scripts.data.layouts import DatasetError, find_brats2020_cases, find_inference_cases, prepare_datalist
-from scripts.synthetic.phantom import generate_case, write_dataset
-from tests._bundle import tiny_checkpoint
-
-ROOT = Path(__file__).resolve().parents[1]
-SHAPE = (32, 32, 24)
-AFFINE = np.eye(4)
-TINY = ["--network_def#channels", "[8,16,32,64]", "--roi_size", "[32,32,32]", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def arrays():
-    case = generate_case(1, seed=0, shape=SHAPE)
-    return {k: (v.astype(np.uint8) if k == "seg" else v.astype(np.int16)) for k, v in case.items()}
-
-
-def save(path, array, affine=AFFINE):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.asarray(array), affine), str(path))
-
-
-def write_case(root: Path, case_id: str, arrays: dict) -> dict:
-    """A BraTS 2020-style case folder; returns {modality or 'seg': path}."""
-    paths = {k: root / case_id / f"{case_id}_{k}.nii.gz" for k in (*MODALITIES, "seg")}
-    for k, p in paths.items():
-        save(p, arrays[k])
-    return paths
-
-
-def write_4d(path: Path, arrays: dict) -> Path:
-    save(path, np.stack([arrays[m] for m in MODALITIES], -1))
-    return path
-
-
-def checksums(root: Path) -> dict:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
-    }
-
-
-def bundle(*args, configs=("inference.json",)):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", *args, "--meta_file", str(ROOT / "configs" / "metadata.json")]
-    cmd += ["--config_file", str([str(ROOT / "configs" / c) for c in configs])]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """Untrained weights of the configs' network with the TINY channels (the runs below pass the same)."""
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+from scripts.synthetic.phantom import write_dataset
+from tests._bundle import ROOT
+from tests._inputs import TINY, bundle, checksums, error_lines, save, write_4d, write_case
 
 
 # ------------------------------------------------------------------------------- outputs never overwrite inputs
@@ -236,16 +182,6 @@ def _fractional_seg(seg: np.ndarray) -> np.ndarray:
 
 
 NON_INTEGER = r"non-integer label values \[1\.0000001\d*, 2\.5\] in 5 voxel\(s\)"
-
-
-@pytest.fixture(scope="module")
-def preprocessing():
-    from monai.transforms import Compose
-
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "train.json"))
-    parser.update({"bundle_root": str(ROOT)})
-    return Compose(parser.get_parsed_content("preprocessing_transforms"))
 
 
 def test_non_integer_labels_are_rejected_in_the_preprocessing(arrays, tmp_path, preprocessing):

@@ -36,7 +36,7 @@ from scripts.interactive import (
 )
 from scripts.transforms import label_to_regions
 from tests._bundle import EXAMPLE_CASE, ROOT, TINY, TINY_NETWORK
-from tests.test_transforms import _label_map
+from tests._inputs import label_map
 
 CONFIGS = ROOT / "configs"
 TRAIN = ["train.json", "deepedit_train.json"]
@@ -55,7 +55,7 @@ def _parser(files, **overrides):
 # ----------------------------------------------------------------------------------------------- labels
 @pytest.mark.parametrize("labels", [(1, 2, 4), (1, 2, 3), (2, 1, 3)])
 def test_label_classes_round_trip(labels):
-    lab = _label_map(labels)
+    lab = label_map(labels)
     classes = brats_to_classes(lab, labels)
     for name, value in zip(("necrotic_core", "edema", "enhancing_tumor"), labels):
         assert torch.equal(classes[lab == value], torch.full_like(classes[lab == value], LABEL_NAMES[name]))
@@ -68,7 +68,7 @@ def test_label_classes_round_trip(labels):
 
 
 def test_label_conversions_use_the_items_convention():
-    lab = _label_map((1, 2, 3))
+    lab = label_map((1, 2, 3))
     d = BratsToClassesd("label", labels=(1, 2, 4), labels_key="labels")({"label": lab, "labels": [1, 2, 3]})
     assert d["label_names"] == LABEL_NAMES and set(torch.unique(d["label"]).tolist()) == {0, 1, 2, 3}
     out = ClassesToBratsd("pred", labels=(1, 2, 4), labels_key="labels")({"pred": d["label"], "labels": [1, 2, 3]})
@@ -76,7 +76,7 @@ def test_label_conversions_use_the_items_convention():
     out = ClassesToBratsd("pred", labels=(1, 2, 4), labels_key="labels")({"pred": d["label"]})  # no convention: default
     assert set(torch.unique(torch.as_tensor(out["pred"])).tolist()) == {0, 1, 2, 4}
     with pytest.raises(ValueError, match=r"\[4\]"):
-        brats_to_classes(_label_map((1, 2, 4)), (1, 2, 3))
+        brats_to_classes(label_map((1, 2, 4)), (1, 2, 3))
 
 
 # ----------------------------------------------------------------------------------------------- clicks
