@@ -505,7 +505,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from scripts.io import replace_markdown_sections
+    from benchmarks.markdown import replace_markdown_sections
 
     if args.device == "cuda" and not torch.cuda.is_available():
         log("error: --device cuda but torch.cuda.is_available() is False")

@@ -53,6 +53,7 @@ import shlex
 import sys
 import time
 
+from benchmarks.markdown import keep_other_markdown_sections
 from benchmarks.peers import (
     ALL_MODELS,
     ALL_TASKS,
@@ -80,7 +81,7 @@ from benchmarks.peers import (
 from benchmarks.report import failed_note, fmt, gib, render_markdown, render_plot, shape_str
 from benchmarks.roofline import COPY_MIB, QUICK_COPY_MIB, resunet_levels
 from benchmarks.timing import machine_info, run_worker, worker_main
-from scripts.io import keep_other_markdown_sections, write_text
+from scripts.io import write_text
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -219,7 +219,8 @@ def main(argv=None) -> dict:
     result = measure(args)
     print(json.dumps(result, indent=1))
     print(markdown(result))
-    from scripts.io import replace_markdown_sections, write_json, write_text
+    from benchmarks.markdown import replace_markdown_sections
+    from scripts.io import write_json, write_text
 
     if args.output_json:
         write_json(result, args.output_json)

@@ -29,8 +29,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from benchmarks.markdown import replace_markdown_sections
 from scripts.evaluation import evaluate_case
-from scripts.io import replace_markdown_sections, write_text
+from scripts.io import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

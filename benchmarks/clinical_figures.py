@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from scripts.io import replace_markdown_sections, write_text
+from benchmarks.markdown import replace_markdown_sections
+from scripts.io import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

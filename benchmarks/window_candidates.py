@@ -43,11 +43,12 @@ from monai.transforms import RandCropByPosNegLabeld
 
 from benchmarks.ablations import checkpoint_key, plot, synthetic_scores
 from benchmarks.bench_student import time_case
+from benchmarks.markdown import replace_markdown_sections
 from benchmarks.real_case import first_prediction, score_checkpoint
 from scripts.casework import load_network
 from scripts.export import preprocess_case
 from scripts.inferers import inference_network
-from scripts.io import replace_markdown_sections, write_json, write_text
+from scripts.io import write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
