@@ -16,11 +16,11 @@ import pytest
 import torch
 from monai.inferers import SimpleInferer
 
+from apps.pacs.ohif import find_chromium
 from scripts.conventions import MODALITIES
 from scripts.degradations import DEGRADATIONS, degrade
 from scripts.explain import RegionGradCAM, RegionScore, randomisation_check
 from scripts.inferers import FlipTTAInferer
-from scripts.pacs.ohif import find_chromium
 from scripts.synthetic.phantom import write_dataset
 from scripts.uncertainty import binary_entropy, tta_uncertainty
 from tests._bundle import EXAMPLE_CASE, ROOT, TINY

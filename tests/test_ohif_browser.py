@@ -1,8 +1,8 @@
-"""OHIF in a real browser: a real Orthanc (``scripts/pacs/orthanc.py``), the bundled real glioma case pushed by
-``scripts/pacs/load.py``, a real MONAI Label server on DICOMweb (its own environment) serving the shipped weights,
+"""OHIF in a real browser: a real Orthanc (``apps/pacs/orthanc.py``), the bundled real glioma case pushed by
+``apps/pacs/load.py``, a real MONAI Label server on DICOMweb (its own environment) serving the shipped weights,
 the model run through the HTTP call that OHIF's MONAI Label panel makes, then headless Chromium opens the study in
 the OHIF viewer that the server serves, opens the DICOM SEG with the mouse and the screenshot shows the tumour
-classes' colours in the viewport (``scripts/pacs/ohif.py``).
+classes' colours in the viewport (``apps/pacs/ohif.py``).
 
 The case is cropped to the slices and the in-plane box around the brain (90 of 155 slices) to keep the push and
 the inference short on shared CPU cores; docs/monailabel.md shows the whole case.
@@ -15,8 +15,8 @@ import time
 import nibabel as nib
 import pytest
 
+from apps.pacs import load, ohif, orthanc
 from scripts.conventions import CLASS_DESCRIPTIONS, MODALITIES
-from scripts.pacs import load, ohif, orthanc
 from tests._bundle import ROOT
 from tests._monailabel import REAL_CASE, free_port, multipart, request, serving
 

@@ -1,5 +1,5 @@
 """The hospital loop on loopback: a real Orthanc (Debian packages ``orthanc``, ``orthanc-dicomweb``) started by
-``scripts/pacs/orthanc.py``, studies pushed by ``scripts/pacs/load.py`` as four DICOM series each, a real MONAI
+``apps/pacs/orthanc.py``, studies pushed by ``apps/pacs/load.py`` as four DICOM series each, a real MONAI
 Label server (its own environment, ``apps/server.py``) with ``--studies http://127.0.0.1:<port>/dicom-web``
 serving a temporary copy of the bundle with the shipped weights.
 
@@ -24,9 +24,9 @@ import numpy as np
 import pydicom
 import pytest
 
+from apps.pacs import load, orthanc
 from scripts.conventions import BRATS2020_LABELS, MODALITIES
 from scripts.data.dicom import dicom_seg_to_label, is_dicom_file, nifti_to_dicom_series
-from scripts.pacs import load, orthanc
 from scripts.synthetic.phantom import write_case
 from tests._bundle import ROOT
 from tests._monailabel import free_port, label_regions, multipart, request, serving
