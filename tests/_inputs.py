@@ -22,6 +22,7 @@ TINY = ["--network_def#channels", "[8,16,32,64]", "--roi_size", "[32,32,32]", "-
 
 
 def save(path, array, affine=AFFINE):
+    """``array`` as a NIfTI file at ``path`` (folders made), with ``affine``."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(np.asarray(array), affine), str(path))
 
@@ -35,17 +36,20 @@ def write_case(root: Path, case_id: str, arrays: dict) -> dict:
 
 
 def write_4d(path: Path, arrays: dict) -> Path:
+    """The four modalities of ``arrays`` as one 4D NIfTI study at ``path``."""
     save(path, np.stack([arrays[m] for m in MODALITIES], -1))
     return path
 
 
 def checksums(root: Path) -> dict:
+    """``{relative path: sha256}`` of every file under ``root``."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
     }
 
 
 def bundle(*args, configs=("inference.json",)):
+    """``python -m monai.bundle run *args`` with the bundle's ``configs`` merged, from the repository root."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", *args, "--meta_file", str(ROOT / "configs" / "metadata.json")]
     cmd += ["--config_file", str([str(ROOT / "configs" / c) for c in configs])]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -53,16 +57,19 @@ def bundle(*args, configs=("inference.json",)):
 
 
 def error_lines(stderr: str) -> list[str]:
+    """The ``error: ...`` lines of a run's stderr."""
     return [line for line in stderr.splitlines() if line.startswith("error: ")]
 
 
 def dead_pid() -> int:
+    """The id of a process that has ended (a killed run's temporary files name it)."""
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
 
 
 def label_map(labels=(1, 2, 4)):
+    """A (1, 24, 24, 24) label map of nested cubes: oedema, enhancing inside, necrotic inside that (``labels``)."""
     necrotic, oedema, enhancing = labels
     lab = torch.zeros(1, 24, 24, 24, dtype=torch.uint8)
     lab[0, 4:20, 4:20, 4:20] = oedema
