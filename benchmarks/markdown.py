@@ -17,7 +17,7 @@ def markdown_sections(text: str) -> tuple[str, list[tuple[str, str]]]:
     return "".join(head), [(h, s) for h, s in sections]
 
 
-def replacemarkdown_sections(text: str, new: str) -> str:
+def replace_markdown_sections(text: str, new: str) -> str:
     """``text`` with each ``## `` section of ``new`` put in place of the section of the same heading, or
     appended when ``text`` has none; everything else in ``text`` is kept as it is."""
     head, sections = markdown_sections(text)
@@ -27,9 +27,9 @@ def replacemarkdown_sections(text: str, new: str) -> str:
     return head + "".join(blank_line + out[-1:])
 
 
-def keep_othermarkdown_sections(old: str, new: str) -> str:
+def keep_other_markdown_sections(old: str, new: str) -> str:
     """``new`` (a whole generated page) plus the ``## `` sections of ``old`` whose headings ``new`` lacks,
     appended: a report that rewrites a file keeps the sections other scripts wrote into it."""
     own = {h for h, _ in markdown_sections(new)[1]}
     extra = "".join(s for h, s in markdown_sections(old)[1] if h not in own)
-    return replacemarkdown_sections(new, extra)
+    return replace_markdown_sections(new, extra)
