@@ -10,7 +10,7 @@ short runs swing):
 - the held-out synthetic cases of the **full** generator (``--synthetic_dir``, fold 0 of ``--num_folds``, the
   cases the full run never trained on), through the ``evaluating`` workflow: mean Dice of TC, WT and ET.
 
-    python benchmarks/ablations.py --arm full=runs/curve --arm fixed_contrast=runs/ablation_fixed_contrast \\
+    python -m benchmarks.ablations --arm full=runs/curve --arm fixed_contrast=runs/ablation_fixed_contrast \\
         --epochs 13 14 15 16 --output benchmarks/results/ablations.json --plot docs/images/ablations.png
 
 Results already in ``--output`` (same checkpoint file, same size and time) are reused, so arms can be added by
@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.cli import name_equals_path
+from benchmarks.clinical_figures import bundle
+from benchmarks.real_case import score_checkpoint, write_dice_plot
+from scripts.conventions import REGIONS
+from scripts.io import write_json
 
-from benchmarks.cli import name_equals_path  # noqa: E402
-from benchmarks.clinical_figures import bundle  # noqa: E402
-from benchmarks.real_case import score_checkpoint, write_dice_plot  # noqa: E402
-from scripts.conventions import REGIONS  # noqa: E402
-from scripts.io import write_json  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def synthetic_scores(ckpt: Path, synthetic_dir: Path, num_folds: int, overlays=()) -> dict:

@@ -10,7 +10,7 @@ default. The steps are interleaved (every step once per repetition, all cases ea
 machine's load affects them alike. Each step's label maps are compared with the unoptimised path's (Dice per
 region; equivalent = every case and region >= 0.99) and with the ground truth.
 
-    python benchmarks/bench_inference_path.py --device cpu
+    python -m benchmarks.bench_inference_path --device cpu
 
 Writes the section "Inference path, step by step" of docs/benchmarks.md (the rest of the file is left as it
 is) and the raw numbers to benchmarks/results/.
@@ -32,10 +32,11 @@ import time
 import warnings
 from typing import Any
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+from scripts.conventions import REGIONS
+from scripts.metrics import dice
 
-from scripts.conventions import REGIONS  # noqa: E402
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 SECTION = "Inference path, step by step"
 EQUIVALENCE = 0.99  # Dice of every case and region against the unoptimised path
@@ -104,13 +105,6 @@ class TimedNetwork:
         return out
 
 
-def dice(a, b) -> float:
-    import numpy as np
-
-    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
-
-
 def regions(t) -> Any:
     import numpy as np
 
@@ -122,20 +116,21 @@ class Pipeline:
 
     def __init__(self, args, device) -> None:
         import torch
-        from monai.bundle import ConfigParser
+
+        from scripts.casework import load_weights, parse_configs
 
         self.device = device
         self._predictions = tempfile.TemporaryDirectory(prefix="bench_inference_path_")  # removed at exit
-        train = ConfigParser()
-        train.read_config(os.path.join(REPO_ROOT, "configs", "train.json"))
-        train.update({"bundle_root": REPO_ROOT, "dataset_dir": args.dataset_dir or train["dataset_dir"]})
+        train = parse_configs(os.path.join(REPO_ROOT, "configs", "train.json"), {"bundle_root": REPO_ROOT})
+        train["dataset_dir"] = args.dataset_dir or train["dataset_dir"]
         if args.num_folds:
             train["num_folds"] = args.num_folds
         self.cases = train.get_parsed_content("val_datalist")[: args.max_cases or None]
         self.fold = f"{train['fold']} of {train['num_folds']}"
-        parser = ConfigParser()
-        parser.read_config(os.path.join(REPO_ROOT, "configs", "inference.json"))
-        parser.update({"bundle_root": REPO_ROOT, "device": str(device), "prediction_dir": self._predictions.name})
+        parser = parse_configs(
+            os.path.join(REPO_ROOT, "configs", "inference.json"),
+            {"bundle_root": REPO_ROOT, "device": str(device), "prediction_dir": self._predictions.name},
+        )
         self.parser = parser
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.postprocessing = parser.get_parsed_content("postprocessing")
@@ -143,8 +138,7 @@ class Pipeline:
         self.network = parser.get_parsed_content("network")
         self.ckpt_mtime = datetime.datetime.fromtimestamp(os.path.getmtime(args.ckpt_path), datetime.timezone.utc)
         self.ckpt_mtime = self.ckpt_mtime.isoformat(timespec="seconds")
-        self.network.load_state_dict(torch.load(args.ckpt_path, map_location=device, weights_only=True))
-        self.network.eval()
+        load_weights(self.network, args.ckpt_path, device)
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def default_settings(self) -> dict:
@@ -511,7 +505,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from scripts.io import replace_markdown_sections
+    from benchmarks.markdown import replace_markdown_sections
 
     if args.device == "cuda" and not torch.cuda.is_available():
         log("error: --device cuda but torch.cuda.is_available() is False")

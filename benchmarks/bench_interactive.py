@@ -11,7 +11,7 @@ ET); an empty reference scores 1 for an empty prediction, 0 otherwise.
 
 Run by hand (not part of the tests), e.g. after a training under ``/tmp/de``::
 
-    python benchmarks/bench_interactive.py --bundle_root /tmp/de --dataset_dir data/synthetic \
+    python -m benchmarks.bench_interactive --bundle_root /tmp/de --dataset_dir data/synthetic \
         --channels "[8,16,32,64]" --max_clicks 5 --output_dir benchmarks/results/interactive
 
 Writes ``click_curve.json`` (per case and mean), ``click_curve.md`` (the table) and ``click_curve.png``.
@@ -22,26 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from scripts.conventions import CLASS_NAMES, REGIONS
+from scripts.metrics import dice
 
-from scripts.conventions import CLASS_NAMES, REGIONS  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 CLASSES = CLASS_NAMES[1:]
-
-
-def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    p, r = pred.astype(bool), ref.astype(bool)
-    if not r.any():
-        return 1.0 if not p.any() else 0.0
-    return float(2.0 * (p & r).sum() / (p.sum() + r.sum()))
 
 
 def scores(pred: np.ndarray, ref: np.ndarray, label_names: dict) -> dict:
@@ -103,15 +96,14 @@ def main(argv=None) -> None:
 def _load_model(args) -> dict:
     """The interactive model with its weights, its preprocessing, inferer and guidance, and the validation cases
     of the training configs' fold."""
-    from monai.bundle import ConfigParser
     from monai.transforms import Compose
 
     import scripts  # noqa: F401  (config expressions use it)
+    from scripts.casework import load_weights, parse_configs
     from scripts.interactive import AddGuidanceSignald
 
-    cfg = ConfigParser()
-    cfg.read_config([str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "deepedit_train.json")])
-    cfg.update(
+    cfg = parse_configs(
+        [str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "deepedit_train.json")],
         {
             "bundle_root": args.bundle_root,
             "device": "cpu",
@@ -121,14 +113,13 @@ def _load_model(args) -> dict:
             "network_def#channels": json.loads(args.channels),
             "roi_size": json.loads(args.roi_size),
             "num_workers": 0,
-        }
+        },
     )
     cfg.parse()
     label_names = cfg.get_parsed_content("label_names")
     network = cfg.get_parsed_content("network_def")
     ckpt = args.ckpt_path or cfg.get_parsed_content("ckpt_path")
-    network.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
-    network.eval()
+    load_weights(network, ckpt, "cpu")
     guidance_signal = AddGuidanceSignald(
         sigma=cfg.get_parsed_content("guidance_sigma"),
         number_intensity_ch=cfg.get_parsed_content("number_intensity_ch"),

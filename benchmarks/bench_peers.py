@@ -27,11 +27,11 @@ peak.
 
 Full run (quiet machine)::
 
-    python benchmarks/bench_peers.py --device cpu
+    python -m benchmarks.bench_peers --device cpu
 
 Smoke run (small sizes; tasks case, volume and roofline unless --tasks says otherwise; writes nothing under docs/)::
 
-    python benchmarks/bench_peers.py --quick --output_md /tmp/b.md --output_png /tmp/b.png \
+    python -m benchmarks.bench_peers --quick --output_md /tmp/b.md --output_png /tmp/b.png \
         --output_json /tmp/b.json
 
 Outputs: ``docs/benchmarks.md`` (tables, machine, settings), ``docs/images/benchmarks.png`` and the raw
@@ -53,11 +53,8 @@ import shlex
 import sys
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-
-from benchmarks.peers import (  # noqa: E402
+from benchmarks.markdown import keep_other_markdown_sections
+from benchmarks.peers import (
     ALL_MODELS,
     ALL_TASKS,
     CASE_DIR,
@@ -81,10 +78,13 @@ from benchmarks.peers import (  # noqa: E402
     train_step_estimates,
     window_plan,
 )
-from benchmarks.report import failed_note, fmt, gib, render_markdown, render_plot, shape_str  # noqa: E402
-from benchmarks.roofline import COPY_MIB, QUICK_COPY_MIB, resunet_levels  # noqa: E402
-from benchmarks.timing import machine_info, run_worker, worker_main  # noqa: E402
-from scripts.io import keep_other_markdown_sections, write_text  # noqa: E402
+from benchmarks.report import failed_note, fmt, gib, render_markdown, render_plot, shape_str
+from benchmarks.roofline import COPY_MIB, QUICK_COPY_MIB, resunet_levels
+from benchmarks.timing import machine_info, run_worker, worker_main
+from scripts.io import write_text
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 # =============================================================================================================
 # main

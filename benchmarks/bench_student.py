@@ -9,7 +9,7 @@ that both see the same machine load; the median is reported. Dice per region (si
 measured on the real case against its consensus and, with ``--datalist``, on the validation fold of a datalist
 (held-out synthetic cases), for the teacher, the student and any ``--extra_student NAME=CKPT``::
 
-    python benchmarks/bench_student.py --case ../shared/data/TCGA-DU-7294 --repeats 3 \
+    python -m benchmarks.bench_student --case ../shared/data/TCGA-DU-7294 --repeats 3 \
         --datalist data/synthetic_mni --num_folds 48 --student_ckpt runs/student_distill/model.pt \
         --extra_student no_teacher=runs/student_scratch/model.pt --output_md docs/benchmarks.md \
         --curve distilled=data/logs/student_distill.log --curve no_teacher=data/logs/student_scratch.log \
@@ -25,19 +25,17 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import torch
+
+from benchmarks.cli import name_equals_path
+from scripts.casework import load_network, parse_configs
+from scripts.inferers import inference_network
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
-import torch  # noqa: E402
-
-from benchmarks.cli import name_equals_path  # noqa: E402
-from scripts.export import load_network  # noqa: E402
-from scripts.inferers import inference_network  # noqa: E402
 
 SECTION = "## Student vs teacher"
 
@@ -98,10 +96,7 @@ def _mean(rows: list[list[float]]) -> list[float]:
 
 
 def measure(args) -> dict:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(_configs("inference.json"))
+    parser = parse_configs(_configs("inference.json"))
     inferer = parser.get_parsed_content("sw_inferer")
     nets = {"teacher": load_network(_configs("inference.json"), args.teacher_ckpt)}
     for name, ckpt in [("student", args.student_ckpt), *args.extra_student]:
@@ -224,7 +219,8 @@ def main(argv=None) -> dict:
     result = measure(args)
     print(json.dumps(result, indent=1))
     print(markdown(result))
-    from scripts.io import replace_markdown_sections, write_json, write_text
+    from benchmarks.markdown import replace_markdown_sections
+    from scripts.io import write_json, write_text
 
     if args.output_json:
         write_json(result, args.output_json)

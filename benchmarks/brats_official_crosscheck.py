@@ -7,7 +7,7 @@ environment (``--venv``, default ``~/.cache/resunet-brats/brats-eval-venv``), ma
 ``benchmarks/requirements-brats-eval.txt`` on the first run and reused after. Both sides read the same NIfTI
 files; the label maps are written in BraTS 2023 values (enhancing 4 -> 3) for the official ``gli`` config.
 
-    python benchmarks/brats_official_crosscheck.py [--write_docs]
+    python -m benchmarks.brats_official_crosscheck [--write_docs]
 
 prints the comparison table (global Dice and HD95, lesion-wise PQ, Dice, HD95 and counts per region) and, with
 ``--write_docs``, puts it in the "Official BraTS metrics" section of docs/clinical.md. Exit code 1 when a
@@ -29,11 +29,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.markdown import replace_markdown_sections
+from scripts.evaluation import evaluate_case
+from scripts.io import write_text
 
-from scripts.evaluation import evaluate_case  # noqa: E402
-from scripts.io import replace_markdown_sections, write_text  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 REAL_CASE = ROOT.parent / "shared" / "data" / "TCGA-DU-7294"
 DEFAULT_VENV = Path(os.environ.get("BRATS_EVAL_VENV", Path.home() / ".cache" / "resunet-brats" / "brats-eval-venv"))
@@ -142,7 +143,7 @@ def markdown(rows: list[dict], python: Path) -> str:
                              capture_output=True, text=True).stdout  # fmt: skip
     versions = ", ".join(line.split(": ")[1] for line in version.splitlines() if line.startswith(("Name", "Version")))
     lines = ["## Official BraTS metrics: cross-check", "",
-             f"`python benchmarks/brats_official_crosscheck.py --write_docs`: the bundle's `scripts.evaluation` against "
+             f"`python -m benchmarks.brats_official_crosscheck --write_docs`: the bundle's `scripts.evaluation` against "
              f"the official package ({versions}, glioma config, its own virtual environment) on the five BraTS 2020 "
              "algorithm outputs of TCGA-DU-7294 against the consensus (`../shared/data`). The consensus has no "
              "enhancing tumour, so ET is an edge case for every algorithm (empty reference).", "",

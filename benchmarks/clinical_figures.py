@@ -2,7 +2,7 @@
 Grad-CAM and segmentation figures, the model-randomisation sanity test) and the robustness curves on the real
 case and on held-out synthetic cases.
 
-    python benchmarks/clinical_figures.py [--ckpt_path models/model.pt] [--num_synthetic 3] [--skip_robustness | --skip_report]
+    python -m benchmarks.clinical_figures [--ckpt_path models/model.pt] [--num_synthetic 3] [--skip_robustness | --skip_report]
 
 Runs the bundle workflows as a user does (``python -m monai.bundle run report|robustness`` with
 ``configs/inference.json``), reads their outputs and writes the sections "Per-case report", "Grad-CAM on the
@@ -25,10 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.markdown import replace_markdown_sections
+from scripts.io import write_text
 
-from scripts.io import replace_markdown_sections, write_text  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 REAL_CASE = ROOT.parent / "shared" / "data" / "TCGA-DU-7294"
 DOC = ROOT / "docs" / "clinical.md"
@@ -102,17 +103,16 @@ def robustness_section(title: str, out: Path, image: str, wall: float) -> str:
 
 def sanity_check(ckpt: str, overrides: list[str]) -> dict:
     """Adebayo's randomisation test on the real case, preprocessed by the inference config."""
-    from monai.bundle import ConfigParser
-
-    from scripts.casework import load_weights
+    from scripts.casework import load_network, parse_configs
     from scripts.explain import randomisation_check
 
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "inference.json"))
-    for key, value in zip(overrides[::2], overrides[1::2]):
-        parser[key.lstrip("-")] = eval(value) if value[:1] in "[{(0123456789" else value  # noqa: S307
-    parser["device"] = "cpu"
-    net = load_weights(parser.get_parsed_content("network_def"), ckpt, "cpu")
+    values = {
+        k.lstrip("-"): eval(v) if v[:1] in "[{(0123456789" else v for k, v in zip(overrides[::2], overrides[1::2])
+    }  # noqa: S307
+    values["device"] = "cpu"
+    config = str(ROOT / "configs" / "inference.json")
+    parser = parse_configs(config, values)
+    net = load_network(config, ckpt, "cpu", values)
     files = [str(REAL_CASE / f"TCGA-DU-7294_{m}.nii.gz") for m in ("t1", "t1ce", "t2", "flair")]
     image = parser.get_parsed_content("preprocessing")({"image": files})["image"]
     return randomisation_check(net, image[None])

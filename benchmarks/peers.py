@@ -80,12 +80,10 @@ def log(msg: str) -> None:
 def bundle_parser(overlays: list[str], overrides: dict, device: str):
     """A ``ConfigParser`` of ``configs/train.json`` + ``inference.json`` + ``overlays``, with ``overrides`` and
     ``device`` set."""
-    from monai.bundle import ConfigParser
+    from scripts.casework import parse_configs
 
-    parser = ConfigParser()
-    parser.read_config([os.path.join(REPO_ROOT, "configs", f) for f in ("train.json", "inference.json", *overlays)])
-    parser.update({**overrides, "device": device})
-    return parser
+    files = [os.path.join(REPO_ROOT, "configs", f) for f in ("train.json", "inference.json", *overlays)]
+    return parse_configs(files, {**overrides, "device": device})
 
 
 def _bundle_settings(parser) -> dict:

@@ -32,10 +32,10 @@ import torch
 from monai.transforms import Compose
 
 from benchmarks.cli import name_equals_path
+from scripts.casework import load_network, parse_configs
 from scripts.conventions import MODALITIES, MODALITY_NAMES, REGIONS
 from scripts.data.layouts import find_inference_cases, prepare_datalist
 from scripts.evaluation import region_metrics
-from scripts.export import _parser, load_network
 from scripts.inferers import FlipTTAInferer
 from scripts.io import atomic_path, write_json
 from scripts.transforms import brain_mask, keep_main_tumour, nested
@@ -141,8 +141,8 @@ def predict(network, inferer, image: torch.Tensor, channels: list[int], test_tim
 
 
 def run(args) -> list[dict]:
-    transform = Compose(_parser(CONFIG).get_parsed_content("preprocessing_transforms"))
-    inferer = _parser(CONFIG).get_parsed_content("sw_inferer")
+    transform = Compose(parse_configs(CONFIG).get_parsed_content("preprocessing_transforms"))
+    inferer = parse_configs(CONFIG).get_parsed_content("sw_inferer")
     cases = load_cases(args.real, args.synthetic, args.num_folds)
     networks = {name: load_network(CONFIG, str(path)) for name, path in args.ckpt}
     rows = []

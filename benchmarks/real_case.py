@@ -1,7 +1,7 @@
 """Score weights on the real shared case: Dice/HD95 (WT, TC, ET) against the consensus and agreement with each of
 the five BraTS 2020 algorithm outputs; optionally a learning curve over saved epoch checkpoints.
 
-    python benchmarks/real_case.py --ckpt models/model.pt [--ckpt runs/curve/checkpoint_epoch=2.pt ...] \\
+    python -m benchmarks.real_case --ckpt models/model.pt [--ckpt runs/curve/checkpoint_epoch=2.pt ...] \\
         [--overlay student.json] --case_dir ../shared/data/TCGA-DU-7294 --output results/real_case.json \\
         [--window_size '[64,64,64]'] \\
         [--plot docs/images/learning_curve.png --train_log data/logs/train.log]
@@ -21,18 +21,15 @@ import argparse
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scripts.conventions import MODALITIES, REGIONS  # noqa: E402
-from scripts.evaluation import evaluate_case  # noqa: E402
-from scripts.example import run_inference  # noqa: E402
-from scripts.figures import png_bytes  # noqa: E402
-from scripts.io import atomic_path, write_json  # noqa: E402
+from scripts.conventions import MODALITIES, REGIONS
+from scripts.evaluation import evaluate_case
+from scripts.example import run_inference
+from scripts.figures import png_bytes
+from scripts.io import atomic_path, write_json
 
 
 def _reference(case_dir: Path) -> Path:

@@ -18,7 +18,7 @@ the same epochs (``--epochs``) on the real case, with one window over the brain 
 sliding windows (agreement between the two label maps), and on the held-out synthetic cases (the ``evaluating``
 workflow, whole-volume window):
 
-    python benchmarks/window_candidates.py --arm batch=runs/curve \\
+    python -m benchmarks.window_candidates --arm batch=runs/curve \\
         --arm group=runs/candidate_groupnorm:benchmarks/configs/groupnorm.json \\
         --arm instance_random_patch=runs/candidate_random_patch:benchmarks/configs/instancenorm.json \\
         --epochs 15 16 --output benchmarks/results/window_candidates.json \\
@@ -35,22 +35,22 @@ import argparse
 import json
 import os
 import statistics
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from monai.transforms import RandCropByPosNegLabeld
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.ablations import checkpoint_key, plot, synthetic_scores
+from benchmarks.bench_student import time_case
+from benchmarks.markdown import replace_markdown_sections
+from benchmarks.real_case import first_prediction, score_checkpoint
+from scripts.casework import load_network
+from scripts.export import preprocess_case
+from scripts.inferers import inference_network
+from scripts.io import write_json, write_text
 
-from benchmarks.ablations import checkpoint_key, plot, synthetic_scores  # noqa: E402
-from benchmarks.bench_student import time_case  # noqa: E402
-from benchmarks.real_case import first_prediction, score_checkpoint  # noqa: E402
-from scripts.export import load_network, preprocess_case  # noqa: E402
-from scripts.inferers import inference_network  # noqa: E402
-from scripts.io import replace_markdown_sections, write_json, write_text  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class RandPatchSizeCropByPosNegLabeld(RandCropByPosNegLabeld):

@@ -1,14 +1,19 @@
 """What the per-case workflows (``report``, ``robustness``) share: the weights, a skipping loader over the cases,
-one try per case with a progress bar, and the end-of-run list of the cases that failed."""
+one try per case with a progress bar, and the end-of-run list of the cases that failed.
+
+Also the one way to build a network from the configs with its weights, used by every script, benchmark and the
+MONAI Label app: :func:`parse_configs` (a config list with overrides), :func:`load_weights` (``weights_only``
+loading with one-line errors) and :func:`load_network` (both)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from monai.bundle import ConfigParser
 from monai.data import decollate_batch
 from tqdm import tqdm
 
@@ -23,6 +28,37 @@ from scripts.data.checks import (
 from scripts.handlers import read_checkpoint
 
 logger = logging.getLogger(__name__)
+
+
+def parse_configs(config_files: str | Sequence[str], overrides: Mapping | None = None) -> ConfigParser:
+    """A ``ConfigParser`` of the ``config_files`` merged in order (later files patch earlier ids), with the
+    ``overrides`` (ids as on the command line, e.g. ``{"network_def#channels": [8, 16, 32, 64]}``) applied."""
+    parser = ConfigParser()
+    parser.read_config(config_files)
+    parser.update(dict(overrides or {}))
+    return parser
+
+
+def load_network(
+    config_files: str | Sequence[str],
+    ckpt_path: str,
+    device: str | torch.device = "cpu",
+    overrides: Mapping | None = None,
+    net_id: str = "network_def",
+) -> torch.nn.Module:
+    """``net_id`` of the merged ``config_files`` (with ``overrides``, :func:`parse_configs`) with the weights of
+    ``ckpt_path`` (:func:`load_weights`: a state dict or a full training checkpoint), on ``device``, in eval
+    mode, gradients off.
+
+    Raises:
+        SystemExit: ``error: checkpoint <path> ...``, one line: the file is missing, unreadable or holds the
+            weights of another network.
+    """
+    network = parse_configs(config_files, overrides).get_parsed_content(net_id)
+    load_weights(network, ckpt_path, "cpu").to(device)
+    for p in network.parameters():
+        p.requires_grad_(False)
+    return network
 
 
 def load_weights(network: torch.nn.Module, path, device) -> torch.nn.Module:

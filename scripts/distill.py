@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.inferers import Inferer
 
-from scripts.export import load_network
+from scripts.casework import load_network
 
 __all__ = ["RegionDistillationLoss", "DistillationLoss", "DistillationInferer", "load_teacher"]
 
@@ -131,12 +131,12 @@ class DistillationLoss(nn.Module):
 def load_teacher(config_file: str | Sequence[str], ckpt_path: str, device="cpu", overrides=None) -> nn.Module:
     """The frozen teacher: ``network_def`` of ``config_file`` (plus ``overrides``, ids as on the command line, e.g.
     ``{"network_def#channels": [32, 64, 128, 256]}``) with the weights of ``ckpt_path``, on ``device``, in eval
-    mode and with gradients off (:func:`scripts.export.load_network`).
+    mode and with gradients off (:func:`scripts.casework.load_network`).
 
     Raises:
         FileNotFoundError: if ``ckpt_path`` does not exist (train the teacher first).
-        RuntimeError: if the weights do not fit the network (a teacher trained with other settings: pass them as
-            ``overrides`` or an extra config file).
+        SystemExit: ``error: checkpoint <path> does not fit ...`` (one line) if the weights do not fit the network
+            (a teacher trained with other settings: pass them as ``overrides`` or an extra config file).
     """
     if not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f"teacher weights {ckpt_path} not found: train the teacher (configs/train.json) first.")

@@ -86,7 +86,7 @@ from scripts.conventions import (
 from scripts.data.checks import case_id_of, failure, format_failure
 from scripts.data.layouts import file_role, nifti_files
 from scripts.io import atomic_path, write_json
-from scripts.metrics import HD95_MODES, LESION_METRICS, hd95_mm, lesion_wise_metrics
+from scripts.metrics import HD95_MODES, LESION_METRICS, dice, hd95_mm, lesion_wise_metrics
 from scripts.transforms import CaseError, affines_match, label_to_regions, non_integer_labels
 
 logger = logging.getLogger(__name__)
@@ -146,10 +146,7 @@ def region_metrics(
     voxel_ml = float(np.prod(spacing)) / 1000.0
     out = {"volume_diff_ml": (n_pred - n_ref) * voxel_ml}
 
-    if n_pred == 0 and n_ref == 0:
-        out["dice"] = math.nan if nan else 1.0
-    else:
-        out["dice"] = 2.0 * tp / (n_pred + n_ref)
+    out["dice"] = dice(pred, ref, empty=math.nan if nan else 1.0)
 
     if n_pred and n_ref and (tp or hd95 == "max_directed"):
         out["hd95"] = hd95_mm(pred, ref, spacing, hd95)

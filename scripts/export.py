@@ -14,60 +14,20 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
-from monai.bundle import ConfigParser
 
-__all__ = ["load_network", "preprocess_case", "onnx_network", "max_abs_difference", "main"]
+from scripts.casework import load_network, parse_configs
 
-
-def _parser(config_file: str | Sequence[str], overrides: Mapping | None = None) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(config_file)
-    parser.update(dict(overrides or {}))
-    return parser
-
-
-def _state_dict(checkpoint: Mapping) -> Mapping:
-    """The network weights of a checkpoint: a plain ``state_dict`` (``models/model.pt``) or a full training
-    checkpoint holding one under ``"model"``."""
-    if "model" in checkpoint and isinstance(checkpoint["model"], Mapping):
-        return checkpoint["model"]
-    return checkpoint
-
-
-def load_network(
-    config_file: str | Sequence[str],
-    ckpt_path: str,
-    device: str | torch.device = "cpu",
-    overrides: Mapping | None = None,
-    net_id: str = "network_def",
-) -> nn.Module:
-    """``net_id`` of the merged ``config_file`` (plus ``overrides``, ids as on the command line) with the weights
-    of ``ckpt_path``, on ``device``, in eval mode, gradients off.
-
-    Raises:
-        FileNotFoundError: if ``ckpt_path`` does not exist.
-        RuntimeError: if the weights do not fit the network.
-    """
-    if not os.path.isfile(ckpt_path):
-        raise FileNotFoundError(f"weights {ckpt_path} not found.")
-    network = _parser(config_file, overrides).get_parsed_content(net_id)
-    network.load_state_dict(_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=True)))
-    network.to(device).eval()
-    for p in network.parameters():
-        p.requires_grad_(False)
-    return network
+__all__ = ["preprocess_case", "onnx_network", "max_abs_difference", "main"]
 
 
 def preprocess_case(config_file: str | Sequence[str], case: str, overrides: Mapping | None = None) -> torch.Tensor:
     """The first case found at ``case`` (a case folder, a dataset folder or a 4D NIfTI file) after the bundle's
     ``preprocessing_transforms``: a ``(1, 4, *S)`` float tensor."""
-    parser = _parser(config_file, overrides)
+    parser = parse_configs(config_file, overrides)
     from scripts.data.layouts import find_inference_cases
 
     item = find_inference_cases(case, "testing", parser.get_parsed_content("layout"))[0]
@@ -115,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     configs = ast.literal_eval(args.config_file) if args.config_file.startswith("[") else args.config_file
     network = load_network(configs, args.ckpt_file)
     image = preprocess_case(configs, args.case)
-    inferer = _parser(configs).get_parsed_content("sw_inferer")
+    inferer = parse_configs(configs).get_parsed_content("sw_inferer")
     result = {"case_shape": list(image.shape[2:])}
     if args.onnx:
         result["onnx_max_abs_diff"], result["max_abs_logit"] = max_abs_difference(

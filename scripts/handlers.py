@@ -407,9 +407,48 @@ def guard_shipped_weights(ckpt_path: str, bundle_root: str, overwrite: bool = Fa
         return
     raise SystemExit(
         f"error: {ckpt_path} holds the shipped weights (md5 listed in large_files.yml); training would overwrite "
-        "them. Train into a run folder with --ckpt_dir runs/<name> (then use it with --ckpt_path "
-        "runs/<name>/model.pt), or pass --overwrite_shipped true to replace them on purpose."
+        "them. Train into a run folder with --ckpt_dir runs/<name> (the default is runs/train; then use it with "
+        "--ckpt_path runs/<name>/model.pt), or pass --overwrite_shipped true to replace them on purpose."
     )
+
+
+def _shown(path: str) -> str:
+    """``path`` relative to the working directory when it lies inside it, absolute otherwise, shell-quoted."""
+    import shlex
+
+    path, here = os.path.abspath(path), os.getcwd()
+    return shlex.quote(os.path.relpath(path, here) if path.startswith(here + os.sep) else path)
+
+
+def inference_command(ckpt_path: str, bundle_root: str) -> str:
+    """The command line that segments a folder of cases with the weights at ``ckpt_path`` (the bundle's
+    ``configs/inference.json``; ``--bundle_root`` only when the bundle is not the working directory)."""
+    root = os.path.abspath(bundle_root)
+    configs = os.path.join(root, "configs")
+    parts = ["python -m monai.bundle run --meta_file", _shown(os.path.join(configs, "metadata.json"))]
+    parts += ["--config_file", _shown(os.path.join(configs, "inference.json"))]
+    parts += [] if root == os.getcwd() else ["--bundle_root", _shown(root)]
+    parts += ["--ckpt_path", _shown(ckpt_path), "--dataset_dir <cases> --output_dir <output folder>"]
+    return " ".join(parts)
+
+
+def report_trained_weights(ckpt_path: str, bundle_root: str) -> str | None:
+    """The last step of a training run: print where the trained weights are and the command that uses them
+    (:func:`inference_command`); in a multi-process run only rank 0 prints.
+
+    Raises:
+        SystemExit: ``error: ...`` when the run ended without writing ``ckpt_path``.
+
+    Returns:
+        The printed text (None on the other ranks).
+    """
+    if not _is_main_process():
+        return None
+    if not os.path.isfile(ckpt_path):
+        raise SystemExit(f"error: {ckpt_path}: training ended without writing the trained weights")
+    text = f"Trained weights: {_shown(ckpt_path)}\nSegment with them: {inference_command(ckpt_path, bundle_root)}"
+    print(text, flush=True)
+    return text
 
 
 class MissingModalitiesLog:

@@ -1,7 +1,6 @@
 """Writing files: every output of the bundle goes through :func:`atomic_path` (a temporary name beside the
 target, flushed to disk and renamed), so a killed job or a failing case never leaves a half-written file.
-On top of it: JSON, text, torch and NIfTI writers, MONAI's ``NibabelWriter`` for ``SaveImaged``, and the
-``## `` section merging of generated markdown reports."""
+On top of it: JSON, text, torch and NIfTI writers and MONAI's ``NibabelWriter`` for ``SaveImaged``."""
 
 from __future__ import annotations
 
@@ -230,34 +229,3 @@ def case_name_formatter(metadict: dict, saver) -> dict:
     if isinstance(source, (list, tuple)):
         source = source[0]
     return {"subject": case_id_from_path(source), "idx": None}
-
-
-def _markdown_sections(text: str) -> tuple[str, list[tuple[str, str]]]:
-    """``text`` split at its ``## `` headings: the part before the first, and (heading, section) pairs."""
-    head, sections = [], []
-    for line in text.splitlines(keepends=True):
-        if line.startswith("## "):
-            sections.append([line.strip(), line])
-        elif sections:
-            sections[-1][1] += line
-        else:
-            head.append(line)
-    return "".join(head), [(h, s) for h, s in sections]
-
-
-def replace_markdown_sections(text: str, new: str) -> str:
-    """``text`` with each ``## `` section of ``new`` put in place of the section of the same heading, or
-    appended when ``text`` has none; everything else in ``text`` is kept as it is."""
-    head, sections = _markdown_sections(text)
-    replacements = dict(_markdown_sections(new)[1])
-    out = [replacements.pop(h, s) for h, s in sections] + list(replacements.values())
-    blank_line = [s if s.endswith("\n\n") else s.rstrip("\n") + "\n\n" for s in out[:-1]]  # before each heading
-    return head + "".join(blank_line + out[-1:])
-
-
-def keep_other_markdown_sections(old: str, new: str) -> str:
-    """``new`` (a whole generated page) plus the ``## `` sections of ``old`` whose headings ``new`` lacks,
-    appended: a report that rewrites a file keeps the sections other scripts wrote into it."""
-    own = {h for h, _ in _markdown_sections(new)[1]}
-    extra = "".join(s for h, s in _markdown_sections(old)[1] if h not in own)
-    return replace_markdown_sections(new, extra)

@@ -59,6 +59,20 @@ _MATCH_THRESHOLD = 1e-6
 """Minimum Dice for a (reference, prediction) lesion pair to be matched (the official ``matching_threshold``)."""
 
 
+def dice(pred, ref, empty: float = 1.0) -> float:
+    """Dice of two masks of one shape (numpy arrays or torch tensors, non-zero = inside).
+
+    Args:
+        pred: the predicted mask.
+        ref: the reference mask.
+        empty: the value when both masks are empty (1.0, BraTS; ``math.nan`` leaves the case out of means).
+    """
+    p = pred.bool() if hasattr(pred, "bool") and not isinstance(pred, np.ndarray) else np.asarray(pred, bool)
+    r = ref.bool() if hasattr(ref, "bool") and not isinstance(ref, np.ndarray) else np.asarray(ref, bool)
+    total = int(p.sum()) + int(r.sum())
+    return empty if total == 0 else 2.0 * int((p & r).sum()) / total
+
+
 def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Distances (mm) from every surface voxel of ``pred`` to the surface of ``ref``, and from ``ref`` to
     ``pred``: surfaces by binary erosion (6-connectivity), Euclidean distance transforms with the voxel

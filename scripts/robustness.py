@@ -38,6 +38,7 @@ from scripts.data.checks import case_id_of, exit_on_failures
 from scripts.data.layouts import find_cases, find_inference_cases
 from scripts.degradations import DEGRADATIONS, degrade
 from scripts.io import atomic_path, write_text
+from scripts.metrics import dice
 from scripts.transforms import BrainNormalized, nested
 
 logger = logging.getLogger(__name__)
@@ -70,12 +71,6 @@ def split_preprocessing(transforms: Sequence) -> tuple[Compose, Compose]:
         if isinstance(t, BrainNormalized):
             return Compose(transforms[:i]), Compose(transforms[i:])
     raise ValueError("the preprocessing has no BrainNormalized step to apply the degradations before")
-
-
-def dice(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Dice of two boolean masks; 1 when both are empty."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def case_seed(seed: int, case_id: str, degradation: str) -> int:

@@ -2,7 +2,7 @@
 2-process (``torchrun`` with the multi-GPU config; gloo on a CPU), ``--runs`` times in a row, each expected to
 exit 0 and leave ``model.pt``. Prints one line per run and exits 1 if any run failed::
 
-    python tests/stress_training.py --runs 10 [--modes single,multi] [--work /tmp/stress]
+    python -m tests.stress_training --runs 10 [--modes single,multi] [--work /tmp/stress]
 
 The tiny settings of the tests (``tests/_bundle.py``) on 6 synthetic cases written once into ``--work``.
 """
@@ -12,28 +12,11 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from scripts.synthetic.phantom import write_dataset  # noqa: E402
-from tests._bundle import TINY  # noqa: E402
-
-
-def command(mode: str, bundle_root: Path, data: Path) -> list[str]:
-    """The 1-epoch training command line: ``mode`` ``single`` (one process) or ``multi`` (2 processes)."""
-    configs = ["configs/train.json"] + (["configs/multi_gpu_train.json"] if mode == "multi" else [])
-    launcher = [sys.executable, "-m", "monai.bundle"]
-    if mode == "multi":
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
-        launcher += ["monai.bundle"]
-    return launcher + [
-        "run", "training", "--meta_file", "configs/metadata.json", "--config_file", str(configs),
-        "--bundle_root", str(bundle_root), "--dataset_dir", str(data), *TINY, "--epochs", "1",
-    ]  # fmt: skip
+from scripts.synthetic.phantom import write_dataset
+from tests._bundle import ROOT, command
 
 
 def run_once(mode: str, work: Path, index: int) -> tuple[bool, str]:
@@ -44,7 +27,11 @@ def run_once(mode: str, work: Path, index: int) -> tuple[bool, str]:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     log = proc.stdout + proc.stderr
     (work / f"{mode}_{index}.log").write_text(log)
-    ok = proc.returncode == 0 and (bundle_root / "models" / "model.pt").is_file() and "terminate called" not in log
+    ok = (
+        proc.returncode == 0
+        and (bundle_root / "runs" / "train" / "model.pt").is_file()
+        and "terminate called" not in log
+    )
     return (
         ok,
         f"{mode} run {index}: exit {proc.returncode}, {time.monotonic() - start:.0f} s, {'ok' if ok else 'FAILED'}",

@@ -1,7 +1,7 @@
 """The bundle as users run it: ``python -m monai.bundle`` in real subprocesses on real NIfTI files.
 
 A tiny ResUNet trains for two epochs on a few small synthetic cases, resumes from its full checkpoint,
-segments the real TCGA-DU-7294 case from ../shared/data (geometry, not accuracy, is checked), evaluates on
+segments the bundled real case examples/TCGA-DU-7294 (geometry, not accuracy, is checked), evaluates on
 the validation fold and exports to TorchScript.
 """
 
@@ -17,9 +17,7 @@ import pytest
 import torch
 
 from scripts.synthetic.phantom import write_dataset
-from tests._bundle import ROOT, TINY, TINY_NETWORK
-
-REAL_CASE = ROOT.parent / "shared" / "data" / "TCGA-DU-7294"
+from tests._bundle import EXAMPLE_CASE, ROOT, TINY, TINY_NETWORK
 
 pytestmark = pytest.mark.slow
 
@@ -57,12 +55,17 @@ def trained(tmp_path_factory):
     return root, common, log
 
 
+def trained_weights(root):
+    """The weights of the ``trained`` run: train.json's default run folder, ``runs/train``."""
+    return ["--ckpt_path", str(root / "runs" / "train" / "model.pt")]
+
+
 def test_training_writes_best_model_and_full_checkpoint(trained):
     root, _, log = trained
     assert "val_mean_dice" in log and "val_hd95_wt" in log and "data loading: waited" in log
-    model = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    model = torch.load(root / "runs" / "train" / "model.pt", map_location="cpu", weights_only=True)
     assert any(k.startswith("encoder.0") for k in model)
-    ckpt = torch.load(root / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    ckpt = torch.load(root / "runs" / "train" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
     assert set(ckpt) == {"model", "optimizer", "lr_scheduler", "trainer", "best_metrics", "rng"}
     assert ckpt["trainer"]["iteration"] == 2 * ckpt["trainer"]["epoch_length"]  # ignite stores epochs as iterations
     assert list((root / "eval").glob("events.out.tfevents*")), "no TensorBoard log"
@@ -83,11 +86,10 @@ def test_resume_continues_from_the_last_checkpoint(trained):
     log = run(bundle("run", *common, "--epochs", "3", "--val_interval", "1", "--resume", "true"))
     assert "Restored all variables from" in log and "checkpoint_epoch=2.pt" in log
     assert "Epoch[3] Complete" in log and "Epoch[1] Complete" not in log.split("Restored")[1]
-    state = torch.load(root / "models" / "checkpoint_epoch=3.pt", weights_only=True)["trainer"]
+    state = torch.load(root / "runs" / "train" / "checkpoint_epoch=3.pt", weights_only=True)["trainer"]
     assert state["iteration"] == 3 * state["epoch_length"]
 
 
-@pytest.mark.skipif(not REAL_CASE.is_dir(), reason=f"real case not found at {REAL_CASE}")
 def test_inference_on_real_case_keeps_input_geometry(trained, tmp_path):
     root, _, _ = trained
     out = tmp_path / "pred"
@@ -97,8 +99,9 @@ def test_inference_on_real_case_keeps_input_geometry(trained, tmp_path):
             "--bundle_root",
             str(root),
             *TINY_NETWORK,
+            *trained_weights(root),
             "--dataset_dir",
-            str(REAL_CASE),
+            str(EXAMPLE_CASE),
             "--output_dir",
             str(out),
             "--roi_size",
@@ -109,7 +112,7 @@ def test_inference_on_real_case_keeps_input_geometry(trained, tmp_path):
     written = sorted(p.name for p in out.iterdir())
     assert written == ["TCGA-DU-7294.nii.gz"], written
     pred = nib.load(out / "TCGA-DU-7294.nii.gz")
-    ref = nib.load(REAL_CASE / "TCGA-DU-7294_t1.nii.gz")
+    ref = nib.load(EXAMPLE_CASE / "TCGA-DU-7294_t1.nii.gz")
     assert pred.shape == ref.shape == (240, 240, 155)
     np.testing.assert_allclose(pred.affine, ref.affine, atol=1e-4)
     assert nib.aff2axcodes(pred.affine) == nib.aff2axcodes(ref.affine)
@@ -125,6 +128,7 @@ def test_evaluate_writes_per_case_and_summary_metrics(trained, tmp_path):
             "run",
             "evaluating",
             *common,
+            *trained_weights(root),
             "--output_dir",
             str(out),
             config=("inference.json", "evaluate.json"),
@@ -159,7 +163,7 @@ def test_torchscript_export_runs(trained, tmp_path):
             "--filepath",
             str(ts),
             "--ckpt_file",
-            str(root / "models" / "model.pt"),
+            str(root / "runs" / "train" / "model.pt"),
             "--network_def#channels",
             "[8,16,32,64]",
             "--bundle_root",

@@ -1,7 +1,7 @@
 """Clinical validation tools on real files: Grad-CAM (with the model-randomisation sanity test), TTA
 uncertainty, the degradations, and the ``report`` and ``robustness`` bundle workflows run as users run them
 (``python -m monai.bundle run`` in subprocesses, a tiny network trained for the purpose, synthetic cases plus
-the real TCGA-DU-7294 case when ../shared/data has it), the HTML report opened in headless Chromium."""
+the bundled real case examples/TCGA-DU-7294), the HTML report opened in headless Chromium."""
 
 import csv
 import json
@@ -16,16 +16,15 @@ import pytest
 import torch
 from monai.inferers import SimpleInferer
 
+from apps.pacs.ohif import find_chromium
 from scripts.conventions import MODALITIES
 from scripts.degradations import DEGRADATIONS, degrade
 from scripts.explain import RegionGradCAM, RegionScore, randomisation_check
 from scripts.inferers import FlipTTAInferer
-from scripts.pacs.ohif import find_chromium
 from scripts.synthetic.phantom import write_dataset
 from scripts.uncertainty import binary_entropy, tta_uncertainty
-from tests._bundle import ROOT, TINY
+from tests._bundle import EXAMPLE_CASE, ROOT, TINY
 
-REAL_CASE = ROOT.parent / "shared" / "data" / "TCGA-DU-7294"
 CHANNELS = [8, 16, 32, 64]
 
 
@@ -56,7 +55,7 @@ def _network(root) -> torch.nn.Module:
     parser.read_config(str(ROOT / "configs" / "inference.json"))
     parser["network_def#channels"] = CHANNELS
     net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
+    net.load_state_dict(torch.load(root / "runs" / "train" / "model.pt", weights_only=True))
     return net.eval()
 
 
@@ -146,8 +145,8 @@ def _datalist(trained, tmp_path, real: bool) -> str:
             {"image": [str(d / f"{cid}_{m}.nii.gz") for m in MODALITIES], "label": str(d / f"{cid}_seg.nii.gz")}
         )
     if real:
-        files = [str(REAL_CASE / f"TCGA-DU-7294_{m}.nii.gz") for m in MODALITIES]
-        cases.append({"image": files, "label": str(REAL_CASE / "TCGA-DU-7294_seg_consensus.nii.gz")})
+        files = [str(EXAMPLE_CASE / f"TCGA-DU-7294_{m}.nii.gz") for m in MODALITIES]
+        cases.append({"image": files, "label": str(EXAMPLE_CASE / "TCGA-DU-7294_seg.nii.gz")})
     bad = tmp_path / "bad"
     shutil.copytree(trained / "data" / "BraTS20_Training_003", bad / "BraTS20_Training_003")
     os.remove(bad / "BraTS20_Training_003" / "BraTS20_Training_003_flair.nii.gz")
@@ -162,7 +161,7 @@ def _datalist(trained, tmp_path, real: bool) -> str:
 @pytest.fixture(scope="module")
 def report(trained, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
-    real = REAL_CASE.is_dir()
+    real = EXAMPLE_CASE.is_dir()
     out = tmp / "out"
     proc = bundle("report", "--bundle_root", str(trained), "--dataset_dir", _datalist(trained, tmp, real),
                   "--output_dir", str(out), "--network_def#channels", str(CHANNELS), "--roi_size", "[64,64,64]",
@@ -182,7 +181,7 @@ def test_report_writes_the_case_files_and_skips_the_bad_case(report):
         files = sorted(p.name for p in (out / cid).iterdir())
         expected = [f"{cid}_seg.nii.gz", "gradcam_ET.nii.gz", "gradcam_TC.nii.gz", "gradcam_WT.nii.gz"]
         assert files == [*expected, "report.html", "uncertainty.nii.gz"]  # nothing temporary left
-        ref = nib.load((REAL_CASE if cid.startswith("TCGA") else trained / "data" / cid) / f"{cid}_t1.nii.gz")
+        ref = nib.load((EXAMPLE_CASE if cid.startswith("TCGA") else trained / "data" / cid) / f"{cid}_t1.nii.gz")
         seg = nib.load(out / cid / f"{cid}_seg.nii.gz")
         assert seg.shape == ref.shape and np.allclose(seg.affine, ref.affine, atol=1e-4)
         assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2, 4}

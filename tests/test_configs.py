@@ -30,10 +30,9 @@ COMBINATIONS = {
 }
 TRAINING = ("train", "step_lr", "multi_gpu_train", "deepedit_train")
 SHARED = {
-    ("train.json", "inference.json"): (
+    ("train.json", "inference.json"): (  # not ckpt_dir: training writes a run folder, inference reads models/
         "imports",
         "bundle_root",
-        "ckpt_dir",
         "output_dir",
         "ckpt_path",
         "dataset_dir",
@@ -208,7 +207,7 @@ def test_metadata_fields_and_network_io():
         "monai_version",
         "pytorch_version",
         "numpy_version",
-        "optional_packages_version",
+        "required_packages_version",
         "name",
         "task",
         "description",

@@ -82,11 +82,13 @@ RANK_SCRIPT = """
 import json, os, sys
 import torch.distributed as dist
 import scripts.io
+from scripts.data.default_data import generate_default_data
 from scripts.data.layouts import prepare_datalist
 
 out, data = sys.argv[1], sys.argv[2]
 dist.init_process_group("gloo")
-datalist = prepare_datalist(data, fold=0, num_folds=2, synthetic_cases=3, synthetic_dir=data)
+generate_default_data(data, data, num_cases=3, seed=0)  # train.json's initialize step
+datalist = prepare_datalist(data, fold=0, num_folds=2)
 record = {"written": sorted(scripts.io.WRITTEN), "datalist": datalist}
 with open(os.path.join(out, f"rank{dist.get_rank()}.json"), "w") as f:
     json.dump(record, f)

@@ -28,6 +28,7 @@ from scripts.data.layouts import detect_layout, find_inference_cases, prepare_da
 from scripts.io import case_name_formatter
 from scripts.synthetic.phantom import write_case
 from scripts.transforms import CaseError
+from tests._bundle import EXAMPLE_CASE
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:builtin type .* has no __module__ attribute:DeprecationWarning"),  # SWIG (ITK)
@@ -35,7 +36,7 @@ pytestmark = [
 ]
 
 SHAPE = (48, 56, 40)
-REAL_T1 = Path(__file__).resolve().parents[2] / "shared" / "data" / "TCGA-DU-7294" / "TCGA-DU-7294_t1.nii.gz"
+REAL_T1 = EXAMPLE_CASE / "TCGA-DU-7294_t1.nii.gz"
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +167,6 @@ def test_saved_prediction_lines_up_with_the_series(case, tmp_path):
     np.testing.assert_array_equal(np.asarray(pred.dataobj), (t1 > t1.mean()).astype(np.uint8))
 
 
-@pytest.mark.skipif(not REAL_T1.is_file(), reason=f"real case not found at {REAL_T1}")
 def test_real_case_round_trip_keeps_geometry(tmp_path):
     """TCGA-DU-7294 (BraTS preprocessing, LPS, 240 x 240 x 155): NIfTI -> DICOM -> MONAI -> NIfTI."""
     series = tmp_path / "TCGA-DU-7294" / "t1"

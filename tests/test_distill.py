@@ -102,7 +102,7 @@ def test_load_teacher_from_config_and_weights(tmp_path, full_checkpoint):
         torch.testing.assert_close(teacher(x), original(x))
     with pytest.raises(FileNotFoundError, match="train the teacher"):
         load_teacher(str(ROOT / "configs" / "train.json"), str(tmp_path / "missing.pt"))
-    with pytest.raises(RuntimeError):  # weights of another width
+    with pytest.raises(SystemExit, match=r"^error: checkpoint .*model\.pt does not fit the configured ResUNet"):
         load_teacher(str(ROOT / "configs" / "train.json"), str(tmp_path / "model.pt"))
 
 

@@ -14,11 +14,11 @@ import sys
 import pytest
 import torch
 
-from scripts.export import load_network, main
-from tests._bundle import ROOT
+from scripts.casework import load_network
+from scripts.export import main
+from tests._bundle import EXAMPLE_CASE, ROOT
 
 pytestmark = pytest.mark.slow
-REAL_CASE = ROOT.parent / "shared" / "data" / "TCGA-DU-7294"
 TOLERANCE = 1e-4
 ONNX_KWARGS = {
     "dynamo": False,
@@ -74,7 +74,6 @@ def _bundle(command, configs, *args):
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
-@pytest.mark.skipif(not REAL_CASE.is_dir(), reason="the real case ../shared/data/TCGA-DU-7294 is not there")
 @pytest.mark.parametrize("network", ["student", "resunet"])
 def test_exports_match_torch_on_the_real_case(tmp_path, network):
     configs = _configs(tmp_path, network)
@@ -94,7 +93,7 @@ def test_exports_match_torch_on_the_real_case(tmp_path, network):
         "--converter_kwargs",
         repr(ONNX_KWARGS),
     )
-    args = ["--config_file", str(configs), "--ckpt_file", ckpt, "--case", str(REAL_CASE), "--onnx", str(onnx)]
+    args = ["--config_file", str(configs), "--ckpt_file", ckpt, "--case", str(EXAMPLE_CASE), "--onnx", str(onnx)]
     if network == "student":  # the ResUNet's TorchScript export is run in test_bundle_e2e.py
         ts = tmp_path / "model.ts"
         _bundle("ckpt_export", configs, "--filepath", str(ts), "--ckpt_file", ckpt)

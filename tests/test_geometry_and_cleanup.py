@@ -7,23 +7,18 @@ and that no temporary file is left.
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-import test_inputs_safe as safe
-from test_inputs_safe import TINY, bundle, checksums, save, write_case
 
 from scripts.conventions import AFFINE_ATOL_MM, MODALITIES
 from scripts.data.checks import FAILURE_KEY, CheckedDataset, check_case, check_output_dirs
 from scripts.data.layouts import find_brats2020_cases
 from scripts.evaluation import evaluate_datalist, evaluate_folders
 from scripts.transforms import CaseError
-
-arrays, checkpoint, preprocessing = safe.arrays, safe.checkpoint, safe.preprocessing  # the same fixtures
+from tests._inputs import TINY, bundle, checksums, dead_pid, save, write_case
 
 
 def shifted(delta: float) -> np.ndarray:
@@ -61,12 +56,6 @@ def test_affines_beyond_the_tolerance_are_refused(arrays, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- stale outputs
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
 def test_temporaries_of_a_killed_run_are_removed_at_the_next_start(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -6,7 +6,6 @@ Real NIfTI files written with tiny phantom cases, checked through the library fu
 ``tests/test_bad_input.py``.
 """
 
-import hashlib
 import json
 import os
 import re
@@ -14,69 +13,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
 
 from scripts.conventions import MODALITIES
 from scripts.data.checks import OutputDirError, check_output_dirs
 from scripts.data.layouts import DatasetError, find_brats2020_cases, find_inference_cases, prepare_datalist
-from scripts.synthetic.phantom import generate_case
-from tests._bundle import tiny_checkpoint
-
-ROOT = Path(__file__).resolve().parents[1]
-SHAPE = (32, 32, 24)
-AFFINE = np.eye(4)
-TINY = ["--network_def#channels", "[8,16,32,64]", "--roi_size", "[32,32,32]", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def arrays():
-    case = generate_case(1, seed=0, shape=SHAPE)
-    return {k: (v.astype(np.uint8) if k == "seg" else v.astype(np.int16)) for k, v in case.items()}
-
-
-def save(path, array, affine=AFFINE):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.asarray(array), affine), str(path))
-
-
-def write_case(root: Path, case_id: str, arrays: dict) -> dict:
-    """A BraTS 2020-style case folder; returns {modality or 'seg': path}."""
-    paths = {k: root / case_id / f"{case_id}_{k}.nii.gz" for k in (*MODALITIES, "seg")}
-    for k, p in paths.items():
-        save(p, arrays[k])
-    return paths
-
-
-def write_4d(path: Path, arrays: dict) -> Path:
-    save(path, np.stack([arrays[m] for m in MODALITIES], -1))
-    return path
-
-
-def checksums(root: Path) -> dict:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
-    }
-
-
-def bundle(*args, configs=("inference.json",)):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", *args, "--meta_file", str(ROOT / "configs" / "metadata.json")]
-    cmd += ["--config_file", str([str(ROOT / "configs" / c) for c in configs])]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """Untrained weights of the configs' network with the TINY channels (the runs below pass the same)."""
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+from scripts.synthetic.phantom import write_dataset
+from tests._bundle import ROOT
+from tests._inputs import TINY, bundle, checksums, error_lines, save, write_4d, write_case
 
 
 # ------------------------------------------------------------------------------- outputs never overwrite inputs
@@ -174,24 +120,36 @@ def test_datalist_entries_with_the_same_case_id_are_refused(arrays, tmp_path):
 
 
 # ------------------------------------------------------------------------------ no synthetic data unless asked
-def test_missing_or_empty_dataset_dir_is_an_error_not_synthetic_data(tmp_path, monkeypatch):
+def test_missing_or_empty_dataset_dir_is_an_error_not_synthetic_data(tmp_path):
     misspelt, empty = tmp_path / "dtaa", tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DatasetError, match=r"dtaa: dataset folder does not exist \(check --dataset_dir\)$"):
         prepare_datalist(misspelt, num_folds=2)
     with pytest.raises(DatasetError, match=r"empty: dataset folder holds no NIfTI files or DICOM cases"):
-        prepare_datalist(empty, num_folds=2, synthetic_dir=tmp_path / "default")
+        prepare_datalist(empty, num_folds=2)
     with pytest.raises(SystemExit, match=r"^error: .*dtaa: dataset folder does not exist"):
         prepare_datalist(misspelt, num_folds=2, exit_on_error=True)
+    with pytest.raises(DatasetError, match=r"default: dataset folder does not exist"):  # discovery never writes
+        prepare_datalist(tmp_path / "default", num_folds=2)
     assert sorted(os.listdir(tmp_path)) == ["empty"] and os.listdir(empty) == []  # nothing generated anywhere
 
-    import scripts.data.layouts as layouts
+
+def test_default_data_are_generated_only_into_the_missing_or_empty_default_folder(tmp_path, monkeypatch):
+    """train.json's ``initialize`` step: the default folder, missing or empty, is filled; a user's folder, or a
+    default folder that holds data, is never written."""
+    import scripts.data.default_data as default_data
 
     made = []
-    monkeypatch.setattr(layouts, "write_dataset", lambda d, num_cases, seed: made.append(str(d)) or None)
-    with pytest.raises(DatasetError):  # the stub wrote nothing, but it was asked to write into the default folder
-        prepare_datalist(tmp_path / "default", num_folds=2, synthetic_dir=tmp_path / "default")
-    assert made == [str(tmp_path / "default")]
+    monkeypatch.setattr(default_data, "write_dataset", lambda d, num_cases, seed: made.append((d, num_cases, seed)))
+    default, other, empty = tmp_path / "synthetic", tmp_path / "dtaa", tmp_path / "empty"
+    empty.mkdir()
+    assert not default_data.generate_default_data(other, default, 3, 0)  # a misspelt --dataset_dir
+    assert not default_data.generate_default_data(empty, default, 3, 0)  # a user's empty folder
+    assert default_data.generate_default_data(default, default, 3, 7)
+    assert made == [(str(default), 3, 7)]
+    write_dataset(default, num_cases=1, seed=0, shape=(24, 24, 24), progress=False)
+    assert not default_data.generate_default_data(default, default, 3, 0)  # holds data: left alone
+    assert made == [(str(default), 3, 7)] and sorted(os.listdir(tmp_path)) == ["empty", "synthetic"]
 
 
 @pytest.mark.parametrize(
@@ -224,16 +182,6 @@ def _fractional_seg(seg: np.ndarray) -> np.ndarray:
 
 
 NON_INTEGER = r"non-integer label values \[1\.0000001\d*, 2\.5\] in 5 voxel\(s\)"
-
-
-@pytest.fixture(scope="module")
-def preprocessing():
-    from monai.transforms import Compose
-
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "train.json"))
-    parser.update({"bundle_root": str(ROOT)})
-    return Compose(parser.get_parsed_content("preprocessing_transforms"))
 
 
 def test_non_integer_labels_are_rejected_in_the_preprocessing(arrays, tmp_path, preprocessing):

@@ -35,13 +35,12 @@ from scripts.interactive import (
     largest_error_click,
 )
 from scripts.transforms import label_to_regions
-from tests._bundle import ROOT, TINY, TINY_NETWORK
-from tests.test_transforms import _label_map
+from tests._bundle import EXAMPLE_CASE, ROOT, TINY, TINY_NETWORK
+from tests._inputs import label_map
 
 CONFIGS = ROOT / "configs"
 TRAIN = ["train.json", "deepedit_train.json"]
 INFER = ["inference.json", "deepedit_inference.json"]
-REAL_CASE = ROOT.parent / "shared" / "data" / "TCGA-DU-7294"
 
 
 def _parser(files, **overrides):
@@ -56,7 +55,7 @@ def _parser(files, **overrides):
 # ----------------------------------------------------------------------------------------------- labels
 @pytest.mark.parametrize("labels", [(1, 2, 4), (1, 2, 3), (2, 1, 3)])
 def test_label_classes_round_trip(labels):
-    lab = _label_map(labels)
+    lab = label_map(labels)
     classes = brats_to_classes(lab, labels)
     for name, value in zip(("necrotic_core", "edema", "enhancing_tumor"), labels):
         assert torch.equal(classes[lab == value], torch.full_like(classes[lab == value], LABEL_NAMES[name]))
@@ -69,7 +68,7 @@ def test_label_classes_round_trip(labels):
 
 
 def test_label_conversions_use_the_items_convention():
-    lab = _label_map((1, 2, 3))
+    lab = label_map((1, 2, 3))
     d = BratsToClassesd("label", labels=(1, 2, 4), labels_key="labels")({"label": lab, "labels": [1, 2, 3]})
     assert d["label_names"] == LABEL_NAMES and set(torch.unique(d["label"]).tolist()) == {0, 1, 2, 3}
     out = ClassesToBratsd("pred", labels=(1, 2, 4), labels_key="labels")({"pred": d["label"], "labels": [1, 2, 3]})
@@ -77,7 +76,7 @@ def test_label_conversions_use_the_items_convention():
     out = ClassesToBratsd("pred", labels=(1, 2, 4), labels_key="labels")({"pred": d["label"]})  # no convention: default
     assert set(torch.unique(torch.as_tensor(out["pred"])).tolist()) == {0, 1, 2, 4}
     with pytest.raises(ValueError, match=r"\[4\]"):
-        brats_to_classes(_label_map((1, 2, 4)), (1, 2, 3))
+        brats_to_classes(label_map((1, 2, 4)), (1, 2, 3))
 
 
 # ----------------------------------------------------------------------------------------------- clicks
@@ -173,11 +172,10 @@ def test_clicks_outside_the_crop_are_dropped_and_bad_clicks_rejected(tmp_path, c
         ClicksToWorldd()(dict(loaded, edema=[[1, 2]]))
 
 
-@pytest.mark.skipif(not REAL_CASE.is_dir(), reason=f"real case not found at {REAL_CASE}")
 def test_click_on_real_lps_case_lands_in_the_clicked_structure():
     """TCGA-DU-7294 (LPS affine, 240x240x155): a click in the middle of the largest oedema slab lands on
     oedema after reorientation to RAS and the crop to the brain."""
-    seg_path = REAL_CASE / "TCGA-DU-7294_seg_consensus.nii.gz"
+    seg_path = EXAMPLE_CASE / "TCGA-DU-7294_seg.nii.gz"
     seg = np.asarray(nib.load(seg_path).dataobj)
     assert nib.aff2axcodes(nib.load(seg_path).affine) != ("R", "A", "S")
     values = sorted(int(v) for v in np.unique(seg) if v)
@@ -186,7 +184,7 @@ def test_click_on_real_lps_case_lands_in_the_clicked_structure():
 
     distance = ndi.distance_transform_edt(seg == 2)
     click = [int(v) for v in np.unravel_index(int(np.argmax(distance)), seg.shape)]
-    image = [str(REAL_CASE / f"TCGA-DU-7294_{m}.nii.gz") for m in ("t1", "t1ce", "t2", "flair")]
+    image = [str(EXAMPLE_CASE / f"TCGA-DU-7294_{m}.nii.gz") for m in ("t1", "t1ce", "t2", "flair")]
     d = _parser(INFER).get_parsed_content("preprocessing")(
         {"image": image, "label": str(seg_path), "labels": list(labels), "edema": [click]}
     )

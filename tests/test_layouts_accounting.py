@@ -14,8 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import test_inputs_safe as safe
-from test_inputs_safe import TINY, bundle, checksums, save, write_case
 
 from scripts.conventions import MODALITIES, case_id_from_path, strip_nifti
 from scripts.data.checks import failure, format_failure, report
@@ -27,6 +25,7 @@ from scripts.data.layouts import (
     prepare_datalist,
     valid_entries,
 )
+from tests._inputs import TINY, bundle, checksums, save, write_case
 
 
 def write_named(folder: Path, case_id: str, arrays: dict, names: dict) -> dict:
@@ -37,7 +36,6 @@ def write_named(folder: Path, case_id: str, arrays: dict, names: dict) -> dict:
     return paths
 
 
-arrays, checkpoint = safe.arrays, safe.checkpoint  # the same fixtures
 UPPER = {m: f"{m.upper()}.NII.GZ" for m in (*MODALITIES, "seg")}
 MIXED = {"t1": "t1.nii", "t1ce": "t1ce.nii.gz", "t2": "t2.nii", "flair": "flair.nii.gz", "seg": "seg.nii"}
 

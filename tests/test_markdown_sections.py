@@ -1,6 +1,6 @@
 """Benchmark reports share docs/benchmarks.md: each script rewrites only its own sections."""
 
-from scripts.io import keep_other_markdown_sections, replace_markdown_sections
+from benchmarks.markdown import keep_other_markdown_sections, replace_markdown_sections
 
 PAGE = "# Benchmarks\n\nintro\n\n## A\n\na1\n\n## B\n\nb1\n"
 

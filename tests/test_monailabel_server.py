@@ -6,13 +6,10 @@ The server environment is made by ``apps/server.py setup`` (several GB on its fi
 cache while the pinned files are unchanged); the tests are skipped, with the reason, only if it cannot be made.
 """
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,24 +24,15 @@ import torch
 
 from apps import server
 from apps.resunet_brats.lib.models import MODELS, missing_files
-from scripts.conventions import MODALITIES, REGIONS
+from scripts.conventions import MODALITIES
 from scripts.synthetic.phantom import write_dataset, write_monailabel_datastore
-from scripts.transforms import label_to_regions
 from tests._bundle import ROOT
+from tests._monailabel import REAL_CASE, label_regions, multipart, request, serving
 
 pytestmark = pytest.mark.slow
 
 SHAPE = (48, 56, 40)
-REAL_CASE = "TCGA-DU-7294"  # examples/TCGA-DU-7294, the bundled real case
 BRATS_VALUES = {0, 1, 2, 4}
-
-
-@pytest.fixture(scope="module")
-def venv_dir():
-    try:
-        return server.setup(quiet=True)
-    except (RuntimeError, OSError) as e:
-        pytest.skip(f"the MONAI Label server environment could not be made: {e}")
 
 
 def _bundle(*args, configs, cwd):
@@ -79,6 +67,8 @@ def bundle_copy(tmp_path_factory):
             "training",
             "--bundle_root",
             str(root),
+            "--ckpt_path",
+            str(root / "models" / MODELS[name].weights),
             "--dataset_dir",
             str(root / "data"),
             "--epochs",
@@ -99,70 +89,6 @@ def bundle_copy(tmp_path_factory):
     return root, served
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _request(method, url, data=None, headers=None, timeout=600):
-    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return resp.read()
-
-
-def _multipart(fields, files):
-    """A multipart/form-data body: ``fields`` name -> text, ``files`` name -> (filename, bytes)."""
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, value in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for name, (filename, content) in files.items():
-        parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n".encode()
-            + content
-            + b"\r\n"
-        )
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), {
-        "Content-Type": f"multipart/form-data; boundary={boundary}"
-    }
-
-
-@contextlib.contextmanager
-def _serving(venv_dir, studies, conf, log_path, app_dir=server.APP_DIR):
-    """A MONAI Label server on a free loopback port serving ``app_dir`` over ``studies``: yields its URL and
-    ``/info/``, stops it afterwards."""
-    port = _free_port()
-    cmd = server.server_command(venv_dir, str(studies), "127.0.0.1", port, conf, app_dir)
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        cmd, env=server.server_env(venv_dir), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        # a server that crashes is seen at once (poll); one slow to start on busy cores is given time
-        deadline = time.monotonic() + 900
-        while True:
-            try:
-                info = json.loads(_request("GET", f"{url}/info/", timeout=10))
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"server did not come up (exit {proc.poll()}):\n{log_path.read_text()[-6000:]}")
-                time.sleep(2)
-        yield url, info
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
-
-
 @pytest.fixture(scope="module")
 def live_server(venv_dir, bundle_copy, tmp_path_factory):
     root, served = bundle_copy
@@ -170,7 +96,7 @@ def live_server(venv_dir, bundle_copy, tmp_path_factory):
     write_monailabel_datastore(studies, num_cases=4, num_labelled=2, seed=9, shape=SHAPE, progress=False)
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     conf = [("bundle_path", str(root)), ("preload", "false")]
-    with _serving(venv_dir, studies, conf, log_path) as (url, info):
+    with serving(venv_dir, studies, conf, log_path) as (url, info):
         yield {"url": url, "info": info, "root": root, "served": served, "studies": studies, "log": log_path}
 
 
@@ -187,7 +113,7 @@ def test_stock_monaibundle_app_segments_a_four_modality_study(venv_dir, bundle_c
     write_monailabel_datastore(studies, num_cases=1, seed=11, shape=SHAPE, progress=False)
     # the bundle is local (no model-zoo download); this test is about automatic inference, so no trainers
     conf = [("models", "resunet_brats"), ("zoo_source", "local"), ("sam2", "false"), ("skip_trainers", "true")]
-    with _serving(venv_dir, studies, conf, tmp_path / "server.log", app) as (url, info):
+    with serving(venv_dir, studies, conf, tmp_path / "server.log", app) as (url, info):
         assert info["models"]["resunet_brats"]["type"] == "segmentation"
         srv = {"url": url, "studies": studies}
         study = _study(srv, "BraTS20_Training_001")
@@ -199,8 +125,8 @@ def test_stock_monaibundle_app_segments_a_four_modality_study(venv_dir, bundle_c
 
 
 def _infer(srv, model, image, params=None):
-    body, headers = _multipart({"params": json.dumps(params or {})}, {})
-    data = _request("POST", f"{srv['url']}/infer/{model}?image={image}&output=image", body, headers)
+    body, headers = multipart({"params": json.dumps(params or {})}, {})
+    data = request("POST", f"{srv['url']}/infer/{model}?image={image}&output=image", body, headers)
     path = srv["studies"].parent / f"{model}_{image}_{uuid.uuid4().hex}.nii.gz"
     path.write_bytes(data)
     return nib.load(path)
@@ -208,12 +134,6 @@ def _infer(srv, model, image, params=None):
 
 def _study(srv, image):
     return nib.load(srv["studies"] / f"{image}.nii.gz")
-
-
-def _regions(label):
-    """The regions (``"tc"``, ``"wt"``, ``"et"``, as the validation metrics name them) a label map has voxels of."""
-    masks = label_to_regions(torch.as_tensor(np.asarray(label))[None])
-    return {region.lower() for region, mask in zip(REGIONS, masks) if mask.any()}
 
 
 def test_info_lists_the_bundle_models_and_trainers(live_server):
@@ -248,14 +168,14 @@ def test_clicks_give_a_label_map_aligned_with_the_study(live_server):
 
 
 def _post_json(url, params, timeout=900):
-    return _request("POST", url, json.dumps(params).encode(), {"Content-Type": "application/json"}, timeout=timeout)
+    return request("POST", url, json.dumps(params).encode(), {"Content-Type": "application/json"}, timeout=timeout)
 
 
 def _http_error(method, url, params=None):
     """(status, detail) of a request that must fail."""
     body = json.dumps(params).encode() if params is not None else None
     with pytest.raises(urllib.error.HTTPError) as e:
-        _request(method, url, body, {"Content-Type": "application/json"} if body else {})
+        request(method, url, body, {"Content-Type": "application/json"} if body else {})
     return e.value.code, json.loads(e.value.read())["detail"]
 
 
@@ -275,13 +195,13 @@ def _silenced(weights, path):
 def _save_label(srv, image, label, affine):
     path = srv["studies"].parent / f"label_{image}_{uuid.uuid4().hex}.nii.gz"
     nib.save(nib.Nifti1Image(np.asarray(label).astype(np.uint8), affine), path)
-    body, headers = _multipart({"params": "{}"}, {"label": (path.name, path.read_bytes())})
-    saved = json.loads(_request("PUT", f"{srv['url']}/datastore/label?image={image}&tag=final", body, headers))
+    body, headers = multipart({"params": "{}"}, {"label": (path.name, path.read_bytes())})
+    saved = json.loads(request("PUT", f"{srv['url']}/datastore/label?image={image}&tag=final", body, headers))
     assert saved["image"] == image
 
 
 def _train_status(srv):
-    return json.loads(_request("GET", f"{srv['url']}/train/"))
+    return json.loads(request("GET", f"{srv['url']}/train/"))
 
 
 def test_startup_log_gives_the_label_map_values(live_server):
@@ -303,18 +223,18 @@ def test_uploads_stay_in_the_datastore_and_a_label_is_a_nifti_label_map(live_ser
     nifti = studies.parent / "upload.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.uint8), np.eye(4)), nifti)
     for query in (f"image={image}&tag=../../../../x/y", "image=../../x&tag=final", f"image={image}&tag=.."):
-        body, headers = _multipart({"params": "{}"}, {"label": ("upload.nii.gz", nifti.read_bytes())})
+        body, headers = multipart({"params": "{}"}, {"label": ("upload.nii.gz", nifti.read_bytes())})
         with pytest.raises(urllib.error.HTTPError) as e:
-            _request("PUT", f"{srv['url']}/datastore/label?{query}", body, headers)
+            request("PUT", f"{srv['url']}/datastore/label?{query}", body, headers)
         assert e.value.code == 400 and "not a datastore name" in json.loads(e.value.read())["detail"], query
     assert _http_error("DELETE", f"{srv['url']}/datastore/label?id={image}&tag=../../final")[0] == 400
     for name, content, problem in (
         ("label.txt", b"not a label", "unsupported type"),
         ("label.nii.gz", b"not a label", "not a readable NIfTI file"),
     ):
-        body, headers = _multipart({"params": "{}"}, {"label": (name, content)})
+        body, headers = multipart({"params": "{}"}, {"label": (name, content)})
         with pytest.raises(urllib.error.HTTPError) as e:
-            _request("PUT", f"{srv['url']}/datastore/label?image={image}&tag=final", body, headers)
+            request("PUT", f"{srv['url']}/datastore/label?image={image}&tag=final", body, headers)
         detail = json.loads(e.value.read())["detail"]
         assert e.value.code == 400 and name in detail and problem in detail, detail
     assert not escaped.exists() and not escaped.parent.exists()
@@ -335,7 +255,7 @@ def test_saved_correction_is_trained_on_and_better_weights_are_served(live_serve
     _save_label(srv, image, corrected, pred.affine)
     label_file = srv["studies"] / "labels" / "final" / f"{image}.nii.gz"
     np.testing.assert_array_equal(np.asarray(nib.load(label_file).dataobj), corrected)
-    datastore = json.loads(_request("GET", f"{srv['url']}/datastore/?output=all"))
+    datastore = json.loads(request("GET", f"{srv['url']}/datastore/?output=all"))
     labelled = [k for k, v in datastore["objects"].items() if v.get("labels", {}).get("final")]
     assert sorted(labelled) == ["BraTS20_Training_001", "BraTS20_Training_002", image]
 
@@ -357,7 +277,7 @@ def test_saved_correction_is_trained_on_and_better_weights_are_served(live_serve
     assert result["served_before"][key] == 0.0, result  # the silenced weights predict no tumour
     assert result["decision"] == "replaced" and result["new"][key] >= 0.0, result
     assert _md5(weights) != silenced_md5
-    listing = json.loads(_request("GET", f"{srv['url']}/versions/resunet_brats"))["versions"]
+    listing = json.loads(request("GET", f"{srv['url']}/versions/resunet_brats"))["versions"]
     by_name = {v["name"]: v for v in listing}
     assert set(by_name) == {result["version"], result["previous_version"]}
     assert by_name[result["previous_version"]]["md5"] == silenced_md5
@@ -375,7 +295,7 @@ def test_saved_correction_is_trained_on_and_better_weights_are_served(live_serve
     assert reloads > log.count("Reload model from cache")  # MONAI Label's infer task took the new file
 
     restored = json.loads(
-        _request("POST", f"{srv['url']}/versions/resunet_brats/restore?version={result['previous_version']}")
+        request("POST", f"{srv['url']}/versions/resunet_brats/restore?version={result['previous_version']}")
     )
     assert restored["restored"]["name"] == result["previous_version"]
     assert _md5(weights) == silenced_md5
@@ -399,7 +319,7 @@ def sparse_server(venv_dir, bundle_copy, tmp_path_factory):
     _real_study(studies)
     log_path = tmp_path_factory.mktemp("server_sparse") / "server.log"
     conf = [("bundle_path", str(root)), ("preload", "false"), ("models", "resunet_brats")]
-    with _serving(venv_dir, studies, conf, log_path) as (url, info):
+    with serving(venv_dir, studies, conf, log_path) as (url, info):
         yield {"url": url, "info": info, "root": root, "studies": studies, "log": log_path}
 
 
@@ -445,7 +365,7 @@ def test_one_label_is_validated_on_and_worse_weights_are_not_served(sparse_serve
     assert validation["mode"] == "training_studies" and validation["validation_cases"] == [image], result
     assert validation["training_cases"] == [image] and "validating on the training studies" in validation["note"]
     key = result["metric"]
-    regions = _regions(label)
+    regions = label_regions(label)
     assert regions, "the served prediction holds no tumour region"
     for region in regions:  # the served weights scored against their own prediction: the same label map
         assert result["served_before"][f"val_dice_{region}"] >= 0.99, (region, result)
@@ -522,8 +442,8 @@ def test_real_layout_cases_are_imported_and_served(venv_dir, bundle_copy, tmp_pa
     assert not list(datastore.rglob(".*.tmp*"))
 
     conf = [("bundle_path", str(root)), ("preload", "false"), ("models", "resunet_brats"), ("skip_trainers", "true")]
-    with _serving(venv_dir, datastore, conf, tmp_path / "server.log") as (url, _):
-        objects = json.loads(_request("GET", f"{url}/datastore/?output=all"))["objects"]
+    with serving(venv_dir, datastore, conf, tmp_path / "server.log") as (url, _):
+        objects = json.loads(request("GET", f"{url}/datastore/?output=all"))["objects"]
         labelled = sorted(k for k, v in objects.items() if v.get("labels", {}).get("final"))
         assert sorted(objects) == ["BraTS-GLI-00001-000", "BraTS20_Training_001", "BraTS20_Training_002", "case_dcm"]
         assert labelled == ["BraTS-GLI-00001-000", "BraTS20_Training_001", "BraTS20_Training_002"]

@@ -2,17 +2,15 @@
 values follow from the definitions), and the cross-check against the official package on the real case."""
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks import brats_official_crosscheck as crosscheck
 from scripts.metrics import hd95_mm, lesion_wise_metrics, match_lesions
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import brats_official_crosscheck as crosscheck  # noqa: E402
 
 
 def _cube(mask, corner, size):
@@ -91,3 +89,18 @@ def test_cross_check_with_the_official_package_on_the_real_case():
     assert not bad, bad
     dice = [r for r in rows if r["metric"] == "global_bin_dsc" and not math.isnan(r["official"])]
     assert len(dice) >= 10 and max(r["diff"] for r in dice) <= 1e-3
+
+
+def test_one_dice_for_arrays_and_tensors():
+    """``scripts.metrics.dice``, the one Dice of the bundle (evaluation, robustness, benchmarks)."""
+    import torch
+
+    from scripts.metrics import dice
+
+    a, b = np.zeros((4, 4, 4), bool), np.zeros((4, 4, 4), bool)
+    assert dice(a, b) == 1.0 and math.isnan(dice(a, b, empty=math.nan))
+    a[0], b[:2] = True, True  # 16 and 32 voxels, 16 shared
+    assert dice(a, b) == pytest.approx(2 * 16 / 48)
+    assert dice(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(2 * 16 / 48)
+    assert dice(a.astype(np.uint8) * 4, b) == pytest.approx(2 * 16 / 48)  # non-zero is inside
+    assert dice(a, np.zeros_like(b)) == 0.0

@@ -1,8 +1,8 @@
-"""OHIF in a real browser: a real Orthanc (``scripts/pacs/orthanc.py``), the bundled real glioma case pushed by
-``scripts/pacs/load.py``, a real MONAI Label server on DICOMweb (its own environment) serving the shipped weights,
+"""OHIF in a real browser: a real Orthanc (``apps/pacs/orthanc.py``), the bundled real glioma case pushed by
+``apps/pacs/load.py``, a real MONAI Label server on DICOMweb (its own environment) serving the shipped weights,
 the model run through the HTTP call that OHIF's MONAI Label panel makes, then headless Chromium opens the study in
 the OHIF viewer that the server serves, opens the DICOM SEG with the mouse and the screenshot shows the tumour
-classes' colours in the viewport (``scripts/pacs/ohif.py``).
+classes' colours in the viewport (``apps/pacs/ohif.py``).
 
 The case is cropped to the slices and the in-plane box around the brain (90 of 155 slices) to keep the push and
 the inference short on shared CPU cores; docs/monailabel.md shows the whole case.
@@ -15,10 +15,10 @@ import time
 import nibabel as nib
 import pytest
 
+from apps.pacs import load, ohif, orthanc
 from scripts.conventions import CLASS_DESCRIPTIONS, MODALITIES
-from scripts.pacs import load, ohif, orthanc
 from tests._bundle import ROOT
-from tests.test_monailabel_server import REAL_CASE, _free_port, _multipart, _request, _serving, venv_dir  # noqa: F401
+from tests._monailabel import REAL_CASE, free_port, multipart, request, serving
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ def test_ohif_shows_the_segmentation_of_a_pushed_study(venv_dir, tmp_path, monke
     _needed(orthanc.find_orthanc)
     monkeypatch.setenv("MONAI_LABEL_DICOMWEB_CACHE_PATH", str(tmp_path / "cache"))
     case = _cropped_case(tmp_path / "case")
-    with orthanc.running(tmp_path / "pacs", _free_port()) as pacs:
+    with orthanc.running(tmp_path / "pacs", free_port()) as pacs:
         start = time.monotonic()
         study = load.push_case(pacs.url, case)
         times = {"push_s": time.monotonic() - start}
@@ -72,11 +72,11 @@ def test_ohif_shows_the_segmentation_of_a_pushed_study(venv_dir, tmp_path, monke
             ("preload", "false"),
             ("skip_trainers", "true"),
         ]
-        with _serving(venv_dir, f"{pacs.url}/dicom-web", conf, tmp_path / "server.log") as (url, _):
-            body, headers = _multipart({"params": json.dumps(PANEL_PARAMS)}, {})
+        with serving(venv_dir, f"{pacs.url}/dicom-web", conf, tmp_path / "server.log") as (url, _):
+            body, headers = multipart({"params": json.dumps(PANEL_PARAMS)}, {})
             t1ce = _series(pacs, study)["T1CE"]
             start = time.monotonic()
-            label = _request("POST", f"{url}/infer/resunet_brats?image={t1ce}&output=image", body, headers)
+            label = request("POST", f"{url}/infer/resunet_brats?image={t1ce}&output=image", body, headers)
             times["infer_s"] = time.monotonic() - start
             assert label.startswith(b"NRRD"), label[:200]
             assert "SEG" in [

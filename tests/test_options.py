@@ -2,7 +2,7 @@
 error with the closest id, wrong values and damaged checkpoints are one error line, never a traceback.
 
 The configs are the real ``configs/*.json``; the runs are real ``python -m monai.bundle run`` subprocesses on tiny
-phantom cases (the fixtures of ``tests/test_inputs_safe.py``).
+phantom cases (the fixtures of ``tests/conftest.py``).
 """
 
 import hashlib
@@ -15,21 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import test_inputs_safe as safe
 import torch
 from monai.bundle import ConfigParser
-from test_inputs_safe import TINY, bundle, checksums, error_lines, write_case
 
 from scripts import options
 from scripts.casework import load_weights
 from scripts.handlers import TrainingCheckpoint
 from scripts.inferers import FlipTTAInferer
+from tests._inputs import TINY, bundle, checksums, error_lines, write_case
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 BUNDLE_MAIN = str(Path(sys.modules["monai"].__file__).parent / "bundle" / "__main__.py")
 META = ["--meta_file", str(CONFIGS / "metadata.json")]
-arrays, checkpoint = safe.arrays, safe.checkpoint  # the same fixtures
 
 
 def command_line(*args, configs=("inference.json",)) -> list[str]:
@@ -106,8 +104,8 @@ def test_overwrite_shipped_false_keeps_the_shipped_weights(tmp_path):
     md5 = hashlib.md5(weights.read_bytes()).hexdigest()
     (tmp_path / "large_files.yml").write_text(f"large_files:\n  - path: models/model.pt\n    hash_val: {md5}\n")
     before = checksums(tmp_path)
-    proc = bundle("training", "--bundle_root", str(tmp_path), "--overwrite_shipped", "false", "--epochs", "1",
-                  configs=("train.json",))  # fmt: skip
+    proc = bundle("training", "--bundle_root", str(tmp_path), "--ckpt_dir", str(weights.parent),
+                  "--overwrite_shipped", "false", "--epochs", "1", configs=("train.json",))  # fmt: skip
     assert proc.returncode != 0, proc.stderr[-3000:]
     (line,) = error_lines(proc.stderr)
     assert "holds the shipped weights" in line, line

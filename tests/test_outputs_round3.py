@@ -22,10 +22,7 @@ from scripts.data.checks import OutputDirError, check_output_dirs
 from scripts.data.layouts import DatasetError, find_brats2020_cases, find_inference_cases
 from scripts.io import NAME_MAX, is_temporary_name, remove_stale_temporaries, temporary_name, write_nifti
 from tests._bundle import ROOT
-from tests.test_geometry_and_cleanup import dead_pid
-from tests.test_inputs_safe import TINY, arrays, bundle, checkpoint, checksums, error_lines, write_4d, write_case
-
-__all__ = ["arrays", "checkpoint"]  # fixtures used below
+from tests._inputs import TINY, bundle, checksums, dead_pid, error_lines, write_4d, write_case
 
 LONG_ID = "s" * 240  # a legal case id: <id>.nii.gz is 247 bytes
 

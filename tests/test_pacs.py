@@ -1,5 +1,5 @@
 """The hospital loop on loopback: a real Orthanc (Debian packages ``orthanc``, ``orthanc-dicomweb``) started by
-``scripts/pacs/orthanc.py``, studies pushed by ``scripts/pacs/load.py`` as four DICOM series each, a real MONAI
+``apps/pacs/orthanc.py``, studies pushed by ``apps/pacs/load.py`` as four DICOM series each, a real MONAI
 Label server (its own environment, ``apps/server.py``) with ``--studies http://127.0.0.1:<port>/dicom-web``
 serving a temporary copy of the bundle with the shipped weights.
 
@@ -24,12 +24,12 @@ import numpy as np
 import pydicom
 import pytest
 
+from apps.pacs import load, orthanc
 from scripts.conventions import BRATS2020_LABELS, MODALITIES
 from scripts.data.dicom import dicom_seg_to_label, is_dicom_file, nifti_to_dicom_series
-from scripts.pacs import load, orthanc
 from scripts.synthetic.phantom import write_case
 from tests._bundle import ROOT
-from tests.test_monailabel_server import _free_port, _multipart, _regions, _request, _serving, venv_dir  # noqa: F401
+from tests._monailabel import free_port, label_regions, multipart, request, serving
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def pacs(tmp_path_factory):
         if os.environ.get("CI"):
             pytest.fail(f"{e} (.ci/run installs the Debian packages)")
         pytest.skip(str(e))
-    server = orthanc.Orthanc(tmp_path_factory.mktemp("pacs"), _free_port())
+    server = orthanc.Orthanc(tmp_path_factory.mktemp("pacs"), free_port())
     server.start()
     yield server
     server.stop()
@@ -106,7 +106,7 @@ def server(venv_dir, pacs, studies, tmp_path_factory):  # noqa: F811
     os.environ["MONAI_LABEL_DICOMWEB_CACHE_PATH"] = str(cache)
     conf = [("bundle_path", str(bundle)), ("models", "resunet_brats"), ("preload", "false")]
     try:
-        with _serving(venv_dir, f"{pacs.url}/dicom-web", conf, cache / "server.log") as (url, info):
+        with serving(venv_dir, f"{pacs.url}/dicom-web", conf, cache / "server.log") as (url, info):
             yield {"url": url, "info": info, "log": cache / "server.log", "tmp": cache, "bundle": bundle}
     finally:
         os.environ.pop("MONAI_LABEL_DICOMWEB_CACHE_PATH", None)
@@ -131,23 +131,23 @@ def _fetch_series_file(pacs, series_uid, path):
 
 
 def _infer_json(server, image):
-    body, headers = _multipart({"params": "{}"}, {})
-    return json.loads(_request("POST", f"{server['url']}/infer/resunet_brats?image={image}&output=json", body, headers))
+    body, headers = multipart({"params": "{}"}, {})
+    return json.loads(request("POST", f"{server['url']}/infer/resunet_brats?image={image}&output=json", body, headers))
 
 
 def _infer_nifti_path(server, studies, path):
     """The NIfTI path: the case's four NIfTI files stacked into one 4D study, uploaded to the same server."""
     vols = [nib.load(studies["files"][m]) for m in MODALITIES]
     nib.save(nib.Nifti1Image(np.stack([np.asarray(v.dataobj) for v in vols], -1), vols[0].affine), path)
-    body, headers = _multipart({"params": "{}"}, {"file": (path.name, path.read_bytes())})
+    body, headers = multipart({"params": "{}"}, {"file": (path.name, path.read_bytes())})
     pred_path = path.with_name("pred_" + path.name)
-    pred_path.write_bytes(_request("POST", f"{server['url']}/infer/resunet_brats?output=image", body, headers))
+    pred_path.write_bytes(request("POST", f"{server['url']}/infer/resunet_brats?output=image", body, headers))
     return nib.load(pred_path)
 
 
 def _http_error(method, url, body=None, headers=None):
     with pytest.raises(urllib.error.HTTPError) as e:
-        _request(method, url, body, headers or {}, timeout=300)
+        request(method, url, body, headers or {}, timeout=300)
     return e.value.code, json.loads(e.value.read())["detail"]
 
 
@@ -190,9 +190,9 @@ def test_correction_saved_against_a_series_is_a_seg_and_the_training_label(pacs,
     path = tmp_path / "corrected.nii.gz"
     nib.save(nib.Nifti1Image(corrected.astype(np.uint8), pred.affine), path)
     before = _orthanc_series(pacs)
-    body, headers = _multipart({"params": "{}"}, {"label": (path.name, path.read_bytes())})
+    body, headers = multipart({"params": "{}"}, {"label": (path.name, path.read_bytes())})
     flair = studies["series"]["flair"]
-    _request("PUT", f"{server['url']}/datastore/label?image={flair}&tag=final", body, headers)
+    request("PUT", f"{server['url']}/datastore/label?image={flair}&tag=final", body, headers)
 
     (seg_uid,) = [uid for uid in _orthanc_series(pacs) if uid not in before]
     seg = _fetch_series_file(pacs, seg_uid, tmp_path / "final.dcm")
@@ -200,7 +200,7 @@ def test_correction_saved_against_a_series_is_a_seg_and_the_training_label(pacs,
     label, _ = dicom_seg_to_label(tmp_path / "final.dcm", studies["good_dirs"]["flair"])
     np.testing.assert_array_equal(label, corrected)
 
-    datastore = json.loads(_request("GET", f"{server['url']}/datastore/?output=all"))
+    datastore = json.loads(request("GET", f"{server['url']}/datastore/?output=all"))
     entry = datastore["objects"][studies["good"]]
     assert entry["labels"]["final"]["info"]["SeriesInstanceUID"] == seg_uid
     files = list(server["tmp"].rglob(f"labels/final/{studies['good']}.nii.gz"))
@@ -224,40 +224,40 @@ def test_saved_correction_is_the_label_of_a_one_epoch_training(pacs, studies, se
     against the corrected label (the painted oedema lowers WT by exactly its voxels, the other regions of the
     prediction score 1); the run folder holds the new weights and the result; ``GET /train/`` shows the run."""
     study = studies["good"]
-    body, headers = _multipart({"params": "{}"}, {})
+    body, headers = multipart({"params": "{}"}, {})
     pred_path = tmp_path / "pred.nii.gz"
     pred_path.write_bytes(
-        _request("POST", f"{server['url']}/infer/resunet_brats?image={study}&output=image", body, headers)
+        request("POST", f"{server['url']}/infer/resunet_brats?image={study}&output=image", body, headers)
     )
     pred = nib.load(pred_path)
     corrected = np.asarray(pred.dataobj).astype(np.uint8)
     assert corrected.any(), "the shipped weights find no tumour in the study: nothing to correct"
-    image = _request("GET", f"{server['url']}/datastore/image?image={study}")  # the combined study, pred's grid
+    image = request("GET", f"{server['url']}/datastore/image?image={study}")  # the combined study, pred's grid
     brain = (np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(image)).dataobj) != 0).any(axis=-1)
     block = _healthy_block(brain, corrected > 0)
     corrected[block] = 2
     path = tmp_path / "corrected.nii.gz"
     nib.save(nib.Nifti1Image(corrected, pred.affine), path)
-    body, headers = _multipart({"params": "{}"}, {"label": (path.name, path.read_bytes())})
-    _request("PUT", f"{server['url']}/datastore/label?image={studies['series']['flair']}&tag=final", body, headers)
+    body, headers = multipart({"params": "{}"}, {"label": (path.name, path.read_bytes())})
+    request("PUT", f"{server['url']}/datastore/label?image={studies['series']['flair']}&tag=final", body, headers)
 
     params = json.dumps({"max_epochs": 1, "device": "cpu", "multi_gpu": False}).encode()
     url = f"{server['url']}/train/resunet_brats?run_sync=true"
-    result = json.loads(_request("POST", url, params, {"Content-Type": "application/json"}, timeout=1800))
+    result = json.loads(request("POST", url, params, {"Content-Type": "application/json"}, timeout=1800))
     validation = result["validation"]
     assert validation["training_cases"] == [study] == validation["validation_cases"], result
     assert result["epochs"] == 1
     served, key = result["served_before"], result["metric"]
     prediction_wt, painted = int((np.asarray(pred.dataobj) > 0).sum()), corrected[block].size
     assert served["val_dice_wt"] == pytest.approx(2 * prediction_wt / (2 * prediction_wt + painted), abs=1e-3), result
-    for region in _regions(np.asarray(pred.dataobj)) - {"wt"}:
+    for region in label_regions(np.asarray(pred.dataobj)) - {"wt"}:
         assert served[f"val_dice_{region}"] >= 0.99, (region, result)
     assert result["decision"] == ("replaced" if result["new"][key] >= served[key] else "kept"), result
     run_dir = Path(result["run_dir"])
     assert run_dir.parent == server["bundle"] / "models" / "monailabel_runs"
     assert (run_dir / "model.pt").is_file()
     assert json.loads((run_dir / "result.json").read_text()) == result
-    status = json.loads(_request("GET", f"{server['url']}/train/"))
+    status = json.loads(request("GET", f"{server['url']}/train/"))
     assert status["status"] == "DONE" and status["result"] == result, status
 
 
@@ -273,22 +273,22 @@ def test_saved_correction_is_the_label_of_a_one_epoch_training(pacs, studies, se
 def test_bad_study_is_one_clear_error_and_the_good_study_is_still_served(pacs, studies, server, study, status, reason):
     image = studies.get(study, study)
     before = _orthanc_series(pacs)
-    body, headers = _multipart({"params": "{}"}, {})
+    body, headers = multipart({"params": "{}"}, {})
     code, detail = _http_error("POST", f"{server['url']}/infer/resunet_brats?image={image}&output=json", body, headers)
     assert code == status and reason in detail and "\n" not in detail, detail
     assert _orthanc_series(pacs) == before
-    good = _request("GET", f"{server['url']}/datastore/image?image={studies['good']}")
+    good = request("GET", f"{server['url']}/datastore/image?image={studies['good']}")
     assert nib.Nifti1Image.from_bytes(gzip.decompress(good)).shape == (*SHAPE, 4)
 
 
 def test_unreachable_orthanc_is_one_clear_error_and_the_server_recovers(pacs, studies, server):
     pacs.stop()
     try:
-        body, headers = _multipart({"params": "{}"}, {})
+        body, headers = multipart({"params": "{}"}, {})
         url = f"{server['url']}/infer/resunet_brats?image={studies['good']}&output=json"
         code, detail = _http_error("POST", url, body, headers)
         assert code == 503 and f"the PACS at {pacs.url}/dicom-web is not reachable" in detail, detail
-        assert json.loads(_request("GET", f"{server['url']}/info/"))["models"]["resunet_brats"]
+        assert json.loads(request("GET", f"{server['url']}/info/"))["models"]["resunet_brats"]
     finally:
         pacs.start()
     assert _infer_json(server, studies["good"])["dicom_seg"]

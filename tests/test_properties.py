@@ -26,9 +26,7 @@ from scripts.conventions import MODALITIES
 from scripts.data import import_studies
 from scripts.options import case_error_of, check_overrides
 from tests._bundle import ROOT, TINY_NETWORK
-from tests.test_inputs_safe import checkpoint, checksums
-
-__all__ = ["checkpoint"]  # the fixture used below
+from tests._inputs import checksums
 
 META = str(ROOT / "configs" / "metadata.json")
 INFERENCE = [str(ROOT / "configs" / "inference.json")]

@@ -85,7 +85,7 @@ def test_training_killed_mid_epoch_resumes_exactly(tmp_path):
     write_dataset(data, num_cases=6, seed=3, shape=(48, 56, 40), progress=False)
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     logs = {name: tmp_path / f"{name}.log" for name in ("reference", "killed", "resumed")}
-    models = killed / "models"
+    models = killed / "runs" / "train"
     procs = []
     try:
         procs.append(ref_proc := _launch(reference, data, logs["reference"]))
@@ -134,12 +134,12 @@ def test_training_killed_mid_epoch_resumes_exactly(tmp_path):
     assert after_kill == _progress(ref_log, "Epoch[2] Complete")
     # ... and bit for bit: weights, optimiser, scheduler, best metrics, random states, best model
     ref_final = torch.load(
-        reference / "models" / f"checkpoint_epoch={EPOCHS}.pt", map_location="cpu", weights_only=True
+        reference / "runs" / "train" / f"checkpoint_epoch={EPOCHS}.pt", map_location="cpu", weights_only=True
     )
     _assert_identical(final, ref_final)
     _assert_identical(
         torch.load(models / "model.pt", weights_only=True),
-        torch.load(reference / "models" / "model.pt", weights_only=True),
+        torch.load(reference / "runs" / "train" / "model.pt", weights_only=True),
     )
 
 

@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-
-from scripts.conventions import MODALITIES  # noqa: E402
-from scripts.synthetic import phantom  # noqa: E402
-from scripts.synthetic.phantom import (  # noqa: E402
+from scripts.conventions import MODALITIES
+from scripts.synthetic import phantom
+from scripts.synthetic.phantom import (
     CASE_PREFIX,
     TISSUE_LABELS,
     generate_case,
@@ -22,6 +18,8 @@ from scripts.synthetic.phantom import (  # noqa: E402
     write_case,
     write_dataset,
 )
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SMALL = (64, 72, 56)
 TINY = (32, 36, 28)

@@ -16,8 +16,7 @@ from ignite.engine import Engine
 
 from scripts.handlers import EpochValidationHandler
 from scripts.synthetic.phantom import write_dataset
-from tests._bundle import ROOT
-from tests.stress_training import command
+from tests._bundle import ROOT, command
 
 
 class _Validator:
@@ -61,7 +60,8 @@ def test_one_epoch_training_leaves_a_model(mode, dataset, tmp_path):
     assert proc.returncode == 0, log[-4000:]
     assert "terminate called" not in log and "Traceback" not in log, log[-4000:]
     assert "Saved best model" in log, log[-4000:]
-    models = tmp_path / "models"
+    assert log.count("Trained weights: ") == 1, log[-4000:]  # rank 0 only
+    models = tmp_path / "runs" / "train"
     assert sorted(p.name for p in models.iterdir()) == ["checkpoint_epoch=1.pt", "model.pt"]
     state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
     assert state and all(isinstance(v, torch.Tensor) for v in state.values())

@@ -15,20 +15,12 @@ from scripts.transforms import (
     label_to_regions,
     regions_to_label,
 )
-
-
-def _label_map(labels=(1, 2, 4)):
-    necrotic, oedema, enhancing = labels
-    lab = torch.zeros(1, 24, 24, 24, dtype=torch.uint8)
-    lab[0, 4:20, 4:20, 4:20] = oedema
-    lab[0, 8:16, 8:16, 8:16] = enhancing
-    lab[0, 10:14, 10:14, 10:14] = necrotic
-    return lab
+from tests._inputs import label_map
 
 
 @pytest.mark.parametrize("labels", [(1, 2, 4), (1, 2, 3)])
 def test_label_regions_round_trip_through_nifti(tmp_path, labels):
-    lab = _label_map(labels)
+    lab = label_map(labels)
     path = tmp_path / "case_seg.nii.gz"
     nib.save(nib.Nifti1Image(lab[0].numpy(), np.eye(4)), path)
     loaded = LoadImaged("label", ensure_channel_first=True)({"label": str(path)})
@@ -44,7 +36,7 @@ def test_label_regions_round_trip_through_nifti(tmp_path, labels):
 
 
 def test_unexpected_label_values_name_the_file(tmp_path):
-    lab = _label_map()
+    lab = label_map()
     lab[0, 0, 0, 0] = 3
     path = tmp_path / "bad_seg.nii.gz"
     nib.save(nib.Nifti1Image(lab[0].numpy(), np.eye(4)), path)

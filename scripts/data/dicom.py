@@ -521,7 +521,7 @@ SEGMENT_NAMES = CLASS_DESCRIPTIONS
 """DICOM SEG segment labels, in the order of a label-value triple (``scripts.conventions.CLASS_DESCRIPTIONS``)."""
 
 
-def _series_datasets(series_dir: str | os.PathLike):
+def series_datasets(series_dir: str | os.PathLike):
     """The series' headers (pydicom, no pixel data), sorted along the slice normal as ITK sorts them."""
     import pydicom
 
@@ -552,7 +552,7 @@ def series_affine(datasets) -> np.ndarray:
     return _LPS @ lps
 
 
-def _on_series_grid(data: np.ndarray, affine: np.ndarray, target_affine: np.ndarray, target_shape) -> np.ndarray:
+def onto_series_grid(data: np.ndarray, affine: np.ndarray, target_affine: np.ndarray, target_shape) -> np.ndarray:
     """``data`` (with ``affine``) reoriented onto the series grid; ``ValueError`` when the grids differ by more
     than axis flips/permutations."""
     import nibabel as nib
@@ -588,12 +588,12 @@ def label_to_dicom_seg(
     import nibabel as nib
     from pydicom.sr.codedict import codes
 
-    datasets = _series_datasets(series_dir)
+    datasets = series_datasets(series_dir)
     affine = series_affine(datasets)
     shape = (int(datasets[0].Columns), int(datasets[0].Rows), len(datasets))
     if isinstance(label, (str, os.PathLike)):
         img = nib.load(str(label))
-        data = _on_series_grid(np.asarray(img.dataobj), img.affine, affine, shape)
+        data = onto_series_grid(np.asarray(img.dataobj), img.affine, affine, shape)
     else:
         data = np.asarray(label)
         if data.shape != shape:
@@ -647,7 +647,7 @@ def dicom_seg_to_label(
     referenced series as MONAI's ITKReader loads it (indexed column, row, slice). Needs ``highdicom``."""
     import highdicom as hd
 
-    datasets = _series_datasets(series_dir)
+    datasets = series_datasets(series_dir)
     seg = hd.seg.segread(str(seg_path))
     names = {int(s.SegmentNumber): s.SegmentLabel for s in seg.SegmentSequence}
     value_of = {number: labels[SEGMENT_NAMES.index(name)] for number, name in names.items()}
@@ -676,6 +676,8 @@ __all__ = [
     "new_uid",
     "nifti_case_to_dicom",
     "nifti_to_dicom_series",
+    "onto_series_grid",
     "series_affine",
+    "series_datasets",
     "series_grid",
 ]

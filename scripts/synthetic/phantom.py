@@ -1,7 +1,7 @@
 """A small geometric phantom: deterministic synthetic, BraTS-2020-like multi-modal brain-tumour cases.
 
-Fast enough for the tests and the quick-start data (``prepare_datalist`` fills an empty ``dataset_dir`` with
-these cases). Each case is a
+Fast enough for the tests and the quick-start data (``scripts.data.default_data.generate_default_data``, a step
+of training's ``initialize``, fills the missing or empty default ``data/synthetic`` with these cases). Each case is a
 skull-stripped "brain" (background exactly 0) with CSF (outer rim, sulci, interhemispheric fissure,
 two lateral ventricles), a cortical grey-matter ribbon, deep grey nuclei and white matter, plus one
 glioma-like tumour labelled with the BraTS 2020 convention:

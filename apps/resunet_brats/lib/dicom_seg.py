@@ -20,7 +20,7 @@ from . import bundle_path  # noqa: F401  (puts the bundle's scripts package on s
 
 # isort: split
 from scripts.conventions import BRATS2020_LABELS
-from scripts.data.dicom import SEGMENT_NAMES, _on_series_grid, _series_datasets, series_affine
+from scripts.data.dicom import SEGMENT_NAMES, onto_series_grid, series_affine, series_datasets
 from scripts.io import atomic_path
 
 # SNOMED CT codes, as scripts.data.dicom.label_to_dicom_seg writes them (pydicom.sr.codedict in pydicom 3)
@@ -39,7 +39,7 @@ _COLOURS = ((255, 0, 0), (0, 255, 0), (255, 255, 0))
 
 def series_grid(series_dir: str | os.PathLike):
     """(sorted headers, RAS affine, shape (column, row, slice)) of a single-frame series folder."""
-    datasets = _series_datasets(series_dir)
+    datasets = series_datasets(series_dir)
     return datasets, series_affine(datasets), (int(datasets[0].Columns), int(datasets[0].Rows), len(datasets))
 
 
@@ -47,7 +47,7 @@ def on_series_grid(data: np.ndarray, affine: np.ndarray, series_dir: str | os.Pa
     """``data`` (a 3D array with its RAS ``affine``) on the voxel grid of the series, indexed (column, row,
     slice); ``ValueError`` when the grids differ by more than axis flips and permutations."""
     _, target, shape = series_grid(series_dir)
-    return _on_series_grid(np.asarray(data), np.asarray(affine, dtype=float), target, shape)
+    return onto_series_grid(np.asarray(data), np.asarray(affine, dtype=float), target, shape)
 
 
 def _template(present: Sequence[int], description: str, algorithm: str, manual: bool):

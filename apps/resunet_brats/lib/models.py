@@ -13,8 +13,8 @@ class BundleModel:
     Attributes:
         infer_configs: config files (under ``<bundle>/configs``) merged in this order for inference.
         train_configs: the same for training.
-        weights: the weights file under ``<bundle>/models`` that inference loads and training writes
-            (the merged train config's ``ckpt_path`` must point there).
+        weights: the weights file under ``<bundle>/models`` that inference loads (a retraining run writes its
+            own run folder, ``ckpt_path`` overridden, and the app serves its result there).
         type: MONAI Label infer type (``segmentation`` or ``deepedit``).
     """
 

@@ -1,6 +1,6 @@
 """Push cases into a PACS (Orthanc's REST API) as four DICOM MR series of one study each.
 
-    python -m scripts.pacs.load --url http://127.0.0.1:8042 examples/TCGA-DU-7294
+    python -m apps.pacs.load --url http://127.0.0.1:8042 examples/TCGA-DU-7294
 
 Each case (a BraTS-style folder, an MSD task, 4D NIfTI files, DICOM case folders: whatever
 ``scripts.data.layouts.find_inference_cases`` finds) is written by ``scripts.data.dicom.nifti_case_to_dicom`` as
@@ -18,9 +18,9 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from apps.pacs.orthanc import request
 from scripts.conventions import MODALITIES
 from scripts.data.dicom import is_dicom_file, nifti_case_to_dicom
-from scripts.pacs.orthanc import request
 
 
 def push_files(url: str, files: Iterable[str | os.PathLike]) -> list[dict]:

@@ -1,7 +1,7 @@
 """Open a PACS study and its DICOM SEG in the OHIF viewer that MONAI Label serves, in headless Chromium, and save
 a screenshot with the segmentation drawn over the image.
 
-    python -m scripts.pacs.ohif --server http://127.0.0.1:8000 --study <StudyInstanceUID> --output shot.png
+    python -m apps.pacs.ohif --server http://127.0.0.1:8000 --study <StudyInstanceUID> --output shot.png
 
 Chromium (Debian package ``chromium``) is driven over its DevTools protocol (a websocket, ``aiohttp``) with
 mouse events, as a user would: open ``<server>/ohif/viewer?StudyInstanceUIDs=<uid>``, confirm the

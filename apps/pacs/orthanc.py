@@ -1,6 +1,6 @@
 """Start Orthanc (Debian packages ``orthanc`` and ``orthanc-dicomweb``) as a PACS for this machine only.
 
-    python -m scripts.pacs.orthanc --storage data/pacs --port 8042    # serves until Ctrl-C
+    python -m apps.pacs.orthanc --storage data/pacs --port 8042    # serves until Ctrl-C
 
 writes ``<storage>/orthanc.json`` (the configuration: the storage folder, the HTTP port, the DICOMweb plugin at
 ``/dicom-web/``) and runs ``Orthanc <storage>/orthanc.json`` in the foreground. The DICOMweb root is then

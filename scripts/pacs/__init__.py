@@ -1,4 +1,0 @@
-"""A PACS on this machine: Orthanc with its DICOMweb plugin (:mod:`scripts.pacs.orthanc`), a loader that pushes a
-case into it as four DICOM series of one study (:mod:`scripts.pacs.load`), and a headless OHIF screenshot of a
-study with its DICOM SEG (:mod:`scripts.pacs.ohif`). docs/monailabel.md ("The hospital set-up") shows them with
-MONAI Label and OHIF."""
