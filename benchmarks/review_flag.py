@@ -127,6 +127,8 @@ def measure(args) -> list[dict]:
     for extra in args.merge:  # rows measured by another run (e.g. a parallel one with --only)
         rows += [r for r in json.loads(extra.read_text()) if r["case"] not in {q["case"] for q in rows}]
     done = {r["case"] for r in rows}
+    if args.no_measure:
+        return rows
     parser = _parser(CONFIG)
     transform = Compose(parser.get_parsed_content("preprocessing_transforms"))
     inferer = FlipTTAInferer(parser.get_parsed_content("sw_inferer"), args.tta_axes)
@@ -156,6 +158,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--calibration", type=Path, help="write the chosen score and threshold here")
     parser.add_argument("--only", nargs="*", default=[], help="measure only these case ids")
     parser.add_argument("--merge", type=Path, nargs="*", default=[], help="row files of other runs to add")
+    parser.add_argument("--no_measure", action="store_true", help="calibrate on the rows already measured")
     args = parser.parse_args(argv)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     rows = measure(args)
