@@ -151,12 +151,20 @@ def flag_text(cal: Calibration, scores: dict) -> str:
     value, flagged = scores[cal.score], cal.flags(scores)
     head = (f"Review score {value:.3f} ({REVIEW_SCORES[cal.score]}) is {'above' if flagged else 'at or below'} "
             f"the threshold {cal.threshold:.3g}: "
-            + ("REVIEW: the segmentation is likely poor." if flagged else "not flagged."))  # fmt: skip
+            + ("REVIEW: check this segmentation carefully." if flagged else "not flagged."))  # fmt: skip
     m = cal.measured
     if not m:
         return head + " The threshold is not calibrated: the flag's reliability is unknown."
     return head + (
         f" Calibrated on {m['cases']} held-out synthetic cases ({m['bad']} with WT Dice < {m['dice_cutoff']:g}): "
-        f"sensitivity {m['sensitivity']:.2f}, specificity {m['specificity']:.2f}. So few cases give a rough "
-        "guide, not a guarantee: an unflagged case still needs a reader's check."
+        f"sensitivity {m['sensitivity']:.2f}, specificity {m['specificity']:.2f}."
+        + _real_cases_text(m.get("real_leave_one_out", []))
+        + " So few cases give a rough guide, not a guarantee: an unflagged case still needs a reader's check."
     )
+
+
+def _real_cases_text(rows: list) -> str:
+    """`` On 2 real cases (leave-one-out) it was right on 1.`` or ``""``."""
+    if not rows:
+        return ""
+    return f" On {len(rows)} real cases (leave-one-out) it was right on {sum(bool(r['correct']) for r in rows)}."

@@ -115,6 +115,19 @@ def test_gradcam_maps_and_randomisation_sanity(trained):
     assert defined and all(c < 0.95 for c in defined) and min(defined) < 0.5, correlations
 
 
+def test_gradcam_with_recomputed_decoder_blocks_gives_the_same_maps():
+    """Recomputing the decoder blocks in the backward pass (less memory) changes nothing in the maps."""
+    from scripts.networks import ResUNet
+
+    torch.manual_seed(0)
+    net = ResUNet(spatial_dims=3, in_channels=4, out_channels=3, channels=CHANNELS, strides=[1, 2, 2, 2]).eval()
+    x = torch.rand(1, 4, 24, 32, 16, generator=torch.Generator().manual_seed(1))
+    cam = RegionGradCAM(net)
+    assert sum(type(m).__name__ == "Recomputed" for m in cam.scorer.network.modules()) == len(net.decoder)
+    torch.testing.assert_close(cam(x), RegionGradCAM(net, recompute=False)(x))
+    assert not any(type(m).__name__ == "Recomputed" for m in net.modules())  # the caller's network is untouched
+
+
 # ----------------------------------------------------------------------------------------------- uncertainty
 def test_tta_uncertainty_agrees_for_a_flip_equivariant_network_and_not_otherwise():
     x = torch.rand(1, 4, 8, 10, 6, generator=torch.Generator().manual_seed(0))
