@@ -55,6 +55,20 @@ LABEL_NAMES = {name: index for index, name in enumerate(CLASS_NAMES)}
 """Class index of each name in :data:`CLASS_NAMES` (the interactive model's ``label_names``)."""
 CLASS_DESCRIPTIONS = ("Necrotic / non-enhancing tumour core", "Peritumoral oedema", "Enhancing tumour")
 """Long names of the :data:`TUMOUR_CLASSES` (DICOM SEG segment labels)."""
+CLASS_COLOURS = ((255, 0, 0), (0, 255, 0), (255, 255, 0))
+"""RGB (0-255) of the :data:`TUMOUR_CLASSES`, the one colour scheme of every figure, report, overlay and DICOM SEG
+segment: necrotic / non-enhancing core red, oedema green, enhancing tumour yellow. These are ITK-SNAP's default
+colours of the BraTS 2017-2020 label values 1, 2 and 4, the way BraTS segmentations are usually shown."""
+CLASS_COLOUR_NAMES = ("red", "green", "yellow")
+""":data:`CLASS_COLOURS` in words, for legends and captions."""
+REFERENCE_COLOUR = (0, 255, 255)
+"""RGB of a reference segmentation's outline drawn over a prediction (cyan: none of :data:`CLASS_COLOURS`)."""
+
+
+def colour_legend() -> str:
+    """``"red: necrotic / non-enhancing tumour core, green: peritumoral oedema, yellow: enhancing tumour"``."""
+    return ", ".join(f"{c}: {d[0].lower() + d[1:]}" for c, d in zip(CLASS_COLOUR_NAMES, CLASS_DESCRIPTIONS))
+
 
 # --------------------------------------------------------------------------------------------------- regions
 REGIONS = ("TC", "WT", "ET")

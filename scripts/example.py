@@ -21,7 +21,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from scripts.conventions import MODALITIES, REGIONS
+from scripts.conventions import BRATS2020_LABELS, CLASS_COLOURS, MODALITIES, REGIONS, colour_legend
 from scripts.data.checks import check_output_dirs
 from scripts.evaluation import evaluate_case
 from scripts.io import atomic_path, write_json
@@ -67,12 +67,13 @@ def save_overlay(case_dir: Path, case_id: str, prediction: Path, reference: Path
         for col, (modality, image) in enumerate(images.items()):
             ax = axes[row, col]
             ax.imshow(image[:, :, z].T, origin="lower", cmap="gray")
-            for value, colour in ((2, "yellow"), (1, "red"), (4, "cyan")):
+            for value, colour in zip(BRATS2020_LABELS, CLASS_COLOURS):
                 edge = _outline(label[:, :, z] == value)
-                ax.contour(edge.T, levels=[0.5], colors=colour, linewidths=0.8, origin="lower")
+                rgb = tuple(v / 255 for v in colour)
+                ax.contour(edge.T, levels=[0.5], colors=[rgb], linewidths=0.8, origin="lower")
             ax.set_title(f"{modality.upper()} + {name} (axial {z})")
             ax.axis("off")
-    fig.suptitle(f"{case_id}: yellow oedema, red necrotic/non-enhancing core, cyan enhancing")
+    fig.suptitle(f"{case_id} (outlines): {colour_legend()}", fontsize=9)
     fig.tight_layout()
     with atomic_path(png) as tmp:
         fig.savefig(tmp, dpi=80)

@@ -9,7 +9,9 @@ maximum to 0 instead).
 
 The default target layer is the bottleneck (the deepest encoder block of :class:`scripts.networks.ResUNet`):
 the most semantic features, at 1/8 of the input resolution. Only that layer's parameters take gradients while
-the maps are computed, so the backward pass stops there.
+the maps are computed, so the backward pass stops there. The decoder blocks after it (each stage's ``block``) are
+recomputed during the backward pass instead of keeping their activations (``torch.utils.checkpoint``): the maps
+are the same, the memory of the full-resolution decoder is held one block at a time.
 
 :func:`randomisation_check` is the model-randomisation sanity test of Adebayo et al. (2018): maps computed with
 the trained weights should differ from maps computed with re-initialised weights (low rank correlation); a
@@ -28,6 +30,7 @@ import torch
 from monai.transforms import DivisiblePad
 from monai.visualize import GradCAM
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from scripts.conventions import REGIONS
 
@@ -93,6 +96,28 @@ def _gradients_only_for(module: nn.Module, trainable: nn.Module) -> Iterator[Non
             p.requires_grad_(flag)
 
 
+class Recomputed(nn.Module):
+    """``module`` (one tensor in, one out) whose activations are recomputed in the backward pass instead of kept,
+    when its input requires gradients (``torch.utils.checkpoint``, non-reentrant)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return checkpoint(self.module, x, use_reentrant=False)
+        return self.module(x)
+
+
+def recompute_decoder_blocks(network: nn.Module) -> int:
+    """Wrap the ``block`` of every stage of ``network.decoder`` in :class:`Recomputed`; returns how many."""
+    stages = [m for m in getattr(network, "decoder", []) if isinstance(getattr(m, "block", None), nn.Module)]
+    for stage in stages:
+        stage.block = Recomputed(stage.block)
+    return len(stages)
+
+
 class RegionGradCAM:
     """Grad-CAM maps of every region of a segmentation network.
 
@@ -100,15 +125,25 @@ class RegionGradCAM:
     ``target_layer`` is a module name of ``network`` (default: :func:`default_target_layer`). Call with an
     input (1, C, *S) and, optionally, the predicted region masks (1, R, *S) that define the scores; returns
     (R, *S) maps in [0, 1] (the input is padded to the network's divisor and the maps cropped back).
+    ``recompute``: recompute the decoder blocks in the backward pass (:func:`recompute_decoder_blocks`; not when
+    the target layer is in the decoder).
     """
 
-    def __init__(self, network: nn.Module, target_layer: str | None = None, divisor: int | Sequence[int] = 8):
+    def __init__(
+        self,
+        network: nn.Module,
+        target_layer: str | None = None,
+        divisor: int | Sequence[int] = 8,
+        recompute: bool = True,
+    ):
         self.scorer = RegionScore(copy.deepcopy(network).eval())
         self.target_layer = target_layer or default_target_layer(network)
         names = dict(self.scorer.network.named_modules())
         if self.target_layer not in names:
             raise ValueError(f"Grad-CAM target layer {self.target_layer!r} is not a module of the network")
         self.layer = names[self.target_layer]
+        if recompute and not self.target_layer.startswith("decoder"):
+            recompute_decoder_blocks(self.scorer.network)
         self.cam = GradCAM(self.scorer, target_layers=f"network.{self.target_layer}", postprocessing=scale_by_max)
         self.pad = DivisiblePad(k=divisor, mode="constant")
 

@@ -13,7 +13,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd, LoadImaged, Orientationd, SaveImage
 
-from scripts.conventions import MODALITIES
+from scripts.conventions import CLASS_COLOURS, MODALITIES
 from scripts.data.checks import CheckedDataset, check_case
 from scripts.data.dicom import (
     dicom_seg_to_label,
@@ -200,6 +200,11 @@ def test_dicom_seg_round_trip(case, tmp_path):
     source = hd.imread(next(Path(dirs[1]).glob("*.dcm")))
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
     assert [s.SegmentLabel for s in seg.SegmentSequence][-1] == "Enhancing tumour"
+    # the one colour scheme (scripts.conventions.CLASS_COLOURS) as each segment's recommended display colour
+    shown = [
+        hd.color.CIELabColor.from_dicom_value(s.RecommendedDisplayCIELabValue).to_rgb() for s in seg.SegmentSequence
+    ]
+    assert [tuple(int(v) for v in c) for c in shown] == list(CLASS_COLOURS)
     label, affine = dicom_seg_to_label(out, dirs[1], labels=(1, 2, 4))
     np.testing.assert_array_equal(label, truth)
     np.testing.assert_allclose(affine, ref.affine, atol=1e-3)

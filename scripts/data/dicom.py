@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from scripts.conventions import BRATS2020_LABELS, CLASS_DESCRIPTIONS, MODALITIES, modality_of
+from scripts.conventions import BRATS2020_LABELS, CLASS_COLOURS, CLASS_DESCRIPTIONS, MODALITIES, modality_of
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 DICOM_READER = "ITKReader"
@@ -617,6 +617,7 @@ def label_to_dicom_seg(
                 segmented_property_type=types[i],
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                 algorithm_identification=algorithm,
+                display_color=hd.color.CIELabColor.from_rgb(*CLASS_COLOURS[i]),
             )
         )
     seg = hd.seg.Segmentation(

@@ -38,7 +38,7 @@ from types import SimpleNamespace
 import numpy as np
 from scipy import ndimage as ndi
 
-from scripts.conventions import BRATS2020_LABELS, LABEL_SUFFIX, MODALITIES, MODALITY_NAMES
+from scripts.conventions import BRATS2020_LABELS, CLASS_COLOURS, LABEL_SUFFIX, MODALITIES, MODALITY_NAMES
 from scripts.io import write_nifti
 
 __all__ = [
@@ -655,7 +655,7 @@ def save_preview(
     vmax = float(np.percentile(vals, 99.5)) if vals.size else 1.0
     overlay = np.zeros(base.shape + (4,), dtype=np.float32)
     s = cut(seg)
-    colours = {1: (0.9, 0.15, 0.15), 2: (0.2, 0.85, 0.2), 4: (1.0, 0.9, 0.1)}
+    colours = {v: tuple(c / 255 for c in rgb) for v, rgb in zip(BRATS2020_LABELS, CLASS_COLOURS)}
     for lab, col in colours.items():
         overlay[s == lab] = (*col, 0.55)
     axes[4].imshow(base, cmap="gray", origin="lower", vmin=0, vmax=vmax, interpolation="nearest")

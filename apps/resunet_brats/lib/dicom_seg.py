@@ -19,7 +19,7 @@ import numpy as np
 from . import bundle_path  # noqa: F401  (puts the bundle's scripts package on sys.path)
 
 # isort: split
-from scripts.conventions import BRATS2020_LABELS
+from scripts.conventions import BRATS2020_LABELS, CLASS_COLOURS
 from scripts.data.dicom import SEGMENT_NAMES, onto_series_grid, series_affine, series_datasets
 from scripts.io import atomic_path
 
@@ -34,7 +34,6 @@ _TYPES = (
     {"CodeValue": "79654002", "CodingSchemeDesignator": "SCT", "CodeMeaning": "Edema"},
     {"CodeValue": "108369006", "CodingSchemeDesignator": "SCT", "CodeMeaning": "Neoplasm"},
 )
-_COLOURS = ((255, 0, 0), (0, 255, 0), (255, 255, 0))
 
 
 def series_grid(series_dir: str | os.PathLike):
@@ -62,7 +61,7 @@ def _template(present: Sequence[int], description: str, algorithm: str, manual: 
             "SegmentAlgorithmName": algorithm,
             "SegmentedPropertyCategoryCodeSequence": _CATEGORY,
             "SegmentedPropertyTypeCodeSequence": _TYPES[i],
-            "recommendedDisplayRGBValue": list(_COLOURS[i]),
+            "recommendedDisplayRGBValue": list(CLASS_COLOURS[i]),
         }
         for number, i in enumerate(present, start=1)
     ]
