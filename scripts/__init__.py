@@ -54,4 +54,5 @@ __all__ = [
     "uncertainty",
 ]
 
+options.quiet_third_party()
 options.check_command_line()

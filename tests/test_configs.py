@@ -208,7 +208,7 @@ def test_metadata_fields_and_network_io():
         "monai_version",
         "pytorch_version",
         "numpy_version",
-        "optional_packages_version",
+        "required_packages_version",
         "name",
         "task",
         "description",
