@@ -59,3 +59,41 @@ def test_inference_prints_one_progress_line_per_case_with_the_final_path_and_cac
     exported = list((cache / "resunet-brats" / "onnx").iterdir())
     assert len(exported) == 1 and exported[0].name.endswith("-opset17.onnx")
     assert "ONNX model exported and cached" in first and f"ONNX model from the cache: {exported[0]}" in second
+
+
+def test_tracking_mlflow_without_mlflow_is_one_error_line(monkeypatch):
+    from scripts import options
+
+    real = options.importlib.util.find_spec
+    monkeypatch.setattr(options.importlib.util, "find_spec", lambda m: None if m == "mlflow" else real(m))
+    with pytest.raises(SystemExit, match="requirements-tracking.txt"):
+        options.check_tracking("mlflow")
+    options.check_tracking(None)  # no tracking asked for: nothing to check
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "2", True])
+def test_tta_flips_per_call_must_be_a_whole_number_of_at_least_one(value):
+    from scripts.options import VALUE_CHECKS
+
+    with pytest.raises(SystemExit, match="--tta_flips_per_call"):
+        VALUE_CHECKS["tta_flips_per_call"](value, "tta_flips_per_call")
+    assert VALUE_CHECKS["tta_flips_per_call"](4, "tta_flips_per_call") == 4
+
+
+def test_plugin_warnings_are_silenced_and_metadata_uses_the_current_key():
+    import json
+    import logging
+    import warnings
+
+    import scripts  # noqa: F401  (import scripts calls options.quiet_third_party)
+
+    assert logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").getEffectiveLevel() >= logging.ERROR
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        scripts.options.quiet_third_party()
+        warnings.warn(
+            "NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register successfully.", stacklevel=1
+        )
+    assert caught == []
+    meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    assert "optional_packages_version" not in meta and "mlflow" not in meta["required_packages_version"]
