@@ -97,3 +97,20 @@ def test_plugin_warnings_are_silenced_and_metadata_uses_the_current_key():
     assert caught == []
     meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
     assert "optional_packages_version" not in meta and "mlflow" not in meta["required_packages_version"]
+
+
+def test_skip_teardown_returns_outside_the_command_line_and_with_tracking_or_finalize(tmp_path, monkeypatch):
+    from scripts import options
+
+    monkeypatch.setattr(options.os, "_exit", lambda code: pytest.fail(f"os._exit({code}) called"))
+    options.skip_teardown(["pytest", "tests"])  # not the bundle command line
+    bundle = str(ROOT.parent / "monai" / "bundle" / "__main__.py")  # how sys.argv[0] reads under python -m
+    inference = str(ROOT / "configs" / "inference.json")
+    options.skip_teardown([bundle, "run", "--config_file", inference, "--tracking", "mlflow"])
+    overlay = tmp_path / "finalize.json"
+    overlay.write_text('{"finalize": ["$print(1)"]}')
+    options.skip_teardown([bundle, "run", "--config_file", str([inference, str(overlay)])])
+    exits = []
+    monkeypatch.setattr(options.os, "_exit", exits.append)
+    options.skip_teardown([bundle, "run", "--config_file", inference])
+    assert exits == [0]
