@@ -562,6 +562,6 @@ class CaseProgressLog:
         for item, output in zip(items, outputs + [None] * (len(items) - len(outputs))):
             pred = output.get("pred") if isinstance(output, dict) else None
             saved = getattr(pred, "meta", {}).get("saved_to") if pred is not None else None
-            output = None if saved is None else saved if os.path.realpath(saved) in WRITTEN else "not written"
+            path = None if saved is None else saved if os.path.realpath(saved) in WRITTEN else "not written"
             case_id = str(item.get("case_id", "case")) if isinstance(item, dict) else "case"
-            self.progress.case_done(case_id, output, detail)
+            self.progress.case_done(case_id, path, detail)
