@@ -51,4 +51,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'scripts' has no attribute {name!r}")
 
 
+options.quiet_third_party()
 options.check_command_line()

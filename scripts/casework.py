@@ -1,5 +1,6 @@
 """What the per-case workflows (``report``, ``robustness``) share: the weights, a skipping loader over the cases,
-one try per case with a progress bar, and the end-of-run list of the cases that failed.
+one try per case with a progress line (``[3/20] case_id: 4.1 s -> path (ETA ...)``), and the end-of-run list of
+the cases that failed.
 
 Also the one way to build a network from the configs with its weights, used by every script, benchmark and the
 MONAI Label app: :func:`parse_configs` (a config list with overrides), :func:`load_weights` (``weights_only``
@@ -15,7 +16,6 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.data import decollate_batch
-from tqdm import tqdm
 
 from scripts.data.checks import (
     CheckedDataset,
@@ -25,7 +25,7 @@ from scripts.data.checks import (
     failure,
     format_failure,
 )
-from scripts.handlers import read_checkpoint
+from scripts.handlers import CaseProgress, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +133,21 @@ class CaseWorkflow:
         dataset = CheckedDataset(self.datalist, transform)
         loader = SkippingDataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
         results, failures = [], []
-        for batch in tqdm(loader, desc=self.desc, unit="case", total=len(dataset)):
+        progress, outputs = CaseProgress(len(dataset), logger), {}
+        for case_id, path in self.outputs():
+            outputs.setdefault(str(case_id), str(path))
+        for batch in loader:
             item = decollate_batch(batch)[0]
+            case_id = case_id_of(item)
             try:
-                results.append(self.process(item))
+                result = self.process(item)
+                results.append(result)
             except Exception as e:  # one bad case must not stop the others
                 source = item.get("reference") if "reference" in str(e) else sources_of(item)[0]
-                failures.append(failure(case_id_of(item), source, f"{type(e).__name__}: {e}"))
+                failures.append(failure(case_id, source, f"{type(e).__name__}: {e}"))
                 logger.warning("case skipped: %s", format_failure(failures[-1]))
+                progress.case_done(case_id, "failed")
+                continue
+            output = result if isinstance(result, (str, Path)) else outputs.get(case_id, self.output_dir)
+            progress.case_done(case_id, str(output))
         return results, loader.failures + failures

@@ -85,6 +85,7 @@ from scripts.conventions import (
 )
 from scripts.data.checks import case_id_of, failure, format_failure
 from scripts.data.layouts import file_role, nifti_files
+from scripts.handlers import CaseProgress
 from scripts.io import atomic_path, write_json
 from scripts.metrics import HD95_MODES, LESION_METRICS, dice, hd95_mm, lesion_wise_metrics
 from scripts.transforms import CaseError, affines_match, label_to_regions, non_integer_labels
@@ -641,30 +642,26 @@ def _evaluate_and_write(
 ) -> EvaluationResult:
     """Evaluate ``pairs`` into ``result`` (rows and failures) and write the CSV, JSON, markdown and box plot."""
     _check_hd95(hd95)
-    for i, pair in enumerate(pairs, 1):
+    progress = CaseProgress(len(pairs), logger)
+    for pair in pairs:
         cid = pair["case_id"]
         if _same_file(pair["pred"], pair["ref"]):
             _fail(result, cid, pair["pred"], SAME_FILE_PROBLEM)
+            progress.case_done(cid, "failed")
             continue
         try:
             labels_i, ref_labels_i = pair.get("labels", labels), pair.get("ref_labels", ref_labels)
             row = evaluate_case(pair["pred"], pair["ref"], labels_i, empty, ref_labels_i, hd95, pair.get("image"))
         except CaseError as e:
             _fail(result, cid, e.path, e.problem)
+            progress.case_done(cid, "failed")
             continue
         except Exception as e:  # anything else about one case must not stop the others
             _fail(result, cid, str(pair["pred"]), f"{type(e).__name__}: {e}")
+            progress.case_done(cid, "failed")
             continue
         result.rows.append({"case_id": cid, **row})
-        logger.info(
-            "[%d/%d] %s: Dice TC/WT/ET %.3f/%.3f/%.3f",
-            i,
-            len(pairs),
-            cid,
-            row["dice_TC"],
-            row["dice_WT"],
-            row["dice_ET"],
-        )
+        progress.case_done(cid, None, f"Dice TC/WT/ET {row['dice_TC']:.3f}/{row['dice_WT']:.3f}/{row['dice_ET']:.3f}")
     result.rows.sort(key=lambda r: r["case_id"])
 
     result.summary = summarize(result.rows)

@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import re
+import time
 import warnings
 
 import numpy as np
@@ -490,3 +491,116 @@ class MissingModalitiesLog:
         partial = sum(1 for m in self.cases.values() if m)
         path = write_json(self.cases, os.path.join(self.output_dir, self.filename))
         self.logger.info(f"{partial} of {len(self.cases)} case(s) segmented without some sequences (per case: {path})")
+
+
+def format_seconds(seconds: float) -> str:
+    """``4.1 s``, ``2 min 05 s`` or ``1 h 02 min``: a duration as a progress line writes it."""
+    seconds = max(float(seconds), 0.0)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+class CaseProgress:
+    """One progress line per case of a batch: ``[3/20] case_id: 4.1 s -> path (ETA 1 min 10 s)``.
+
+    ``total``: the number of cases (``None`` when unknown: ``[3]`` and no ETA). The time of a case is the time
+    since the previous case ended (or :meth:`start`), so waiting for its data counts; the ETA is the mean time
+    per case so far times the cases left. ``detail`` (``"network 2.0 s, ..."``) goes in brackets after the time.
+    """
+
+    def __init__(self, total: int | None = None, logger: logging.Logger | None = None) -> None:
+        self.total = total
+        self.logger = logger or logging.getLogger(__name__)
+        self.done = 0
+        self.start()
+
+    def start(self) -> None:
+        """Restart the clock and the count (a new pass over the cases)."""
+        self.done, self.started = 0, time.perf_counter()
+        self.last = self.started
+
+    def line(self, case_id: str, seconds: float, output: str | None, detail: str = "") -> str:
+        """The progress line of the case just counted."""
+        count = f"[{self.done}/{self.total}]" if self.total else f"[{self.done}]"
+        text = f"{count} {case_id}: {format_seconds(seconds)}"
+        text += f" ({detail})" if detail else ""
+        text += f" -> {output}" if output else ""
+        left = (self.total or 0) - self.done
+        if left > 0:
+            text += f" (ETA {format_seconds((self.last - self.started) / self.done * left)})"
+        return text
+
+    def case_done(self, case_id: str, output: str | None = None, detail: str = "") -> str:
+        """Count a finished case and log (INFO) and return its line."""
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        self.done += 1
+        text = self.line(case_id, seconds, output, detail)
+        self.logger.info(text)
+        return text
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+class CaseProgressLog:
+    """Evaluator handler: a :class:`CaseProgress` line per segmented case, with the time the case waited for its
+    data (loading and preprocessing not hidden behind the previous case), the network's time (the inferer, TTA
+    included) and the post-processing's (writing included), and the final path of the prediction
+    (``SaveImaged(savepath_in_metadict=True)``; ``not written`` when the writer failed, see
+    ``scripts.io.AtomicNibabelWriter``).
+
+    ``total``: the number of cases (``len(@dataset)``).
+    """
+
+    def __init__(self, total: int | None = None) -> None:
+        self.progress = CaseProgress(total)
+        self.times: dict[str, float] = {}
+        self._marks: dict[str, float] = {}
+
+    def attach(self, engine: Engine) -> None:
+        from monai.engines.utils import IterationEvents
+
+        self.progress.logger = engine.logger
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.progress.start())
+        for event, name in (
+            (Events.GET_BATCH_STARTED, "get"),
+            (Events.GET_BATCH_COMPLETED, "got"),
+            (IterationEvents.FORWARD_COMPLETED, "forward"),
+        ):
+            engine.add_event_handler(event, self._mark, name)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+
+    def _mark(self, engine: Engine, name: str) -> None:
+        self._marks[name] = time.perf_counter()
+
+    def _detail(self) -> str:
+        m, now = self._marks, time.perf_counter()
+        self.times = {
+            "data_wait_s": m.get("got", now) - m.get("get", now),
+            "network_s": m.get("forward", now) - m.get("got", now),
+            "postprocessing_s": now - m.get("forward", now),
+        }
+        return (
+            f"data {self.times['data_wait_s']:.1f} s, network {self.times['network_s']:.1f} s, "
+            f"post-processing {self.times['postprocessing_s']:.1f} s"
+        )
+
+    def iteration_completed(self, engine: Engine) -> None:
+        from scripts.io import WRITTEN
+
+        items = _as_list(engine.state.batch)  # decollated by the post-processing: one dict per case
+        outputs = _as_list(engine.state.output)  # the post-processed "pred" lives here
+        detail = self._detail()
+        for item, output in zip(items, outputs + [None] * (len(items) - len(outputs))):
+            pred = output.get("pred") if isinstance(output, dict) else None
+            saved = getattr(pred, "meta", {}).get("saved_to") if pred is not None else None
+            path = None if saved is None else saved if os.path.realpath(saved) in WRITTEN else "not written"
+            case_id = str(item.get("case_id", "case")) if isinstance(item, dict) else "case"
+            self.progress.case_done(case_id, path, detail)

@@ -3,14 +3,22 @@ inference evaluator calls (torch, torch under autocast, or ONNX Runtime)."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import itertools
+import logging
+import os
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from monai.inferers import Inferer
+
+from scripts.io import atomic_path
+
+logger = logging.getLogger(__name__)
 
 
 class FlipTTAInferer(Inferer):
@@ -19,20 +27,41 @@ class FlipTTAInferer(Inferer):
     ``inputs``: (B, C, *spatial); the result has the shape of ``inferer(inputs, network)``. Each flipped
     prediction is flipped back before averaging. With ``spatial_axes=(0, 1, 2)`` that is 8 passes, the
     mirroring nnU-Net uses at test time.
+
+    ``flips_per_call``: how many flipped copies go through ``inferer`` together, stacked on the batch axis (the
+    network sees them in one call of ``sw_batch_size`` windows; memory grows with it). 1 runs them one by one.
+    The result is the same either way (the network runs in eval mode, samples do not interact). Each group's
+    time is logged, so a long TTA run is never silent.
     """
 
-    def __init__(self, inferer: Inferer, spatial_axes: Sequence[int] = (0, 1, 2)) -> None:
+    def __init__(self, inferer: Inferer, spatial_axes: Sequence[int] = (0, 1, 2), flips_per_call: int = 1) -> None:
         super().__init__()
+        if int(flips_per_call) < 1:
+            raise ValueError(f"flips_per_call must be at least 1, got {flips_per_call!r}")
         self.inferer = inferer
         self.spatial_axes = tuple(spatial_axes)
+        self.flips_per_call = int(flips_per_call)
+
+    def flips(self) -> list[list[int]]:
+        """The tensor dims flipped in each pass (the unflipped pass ``[]`` first)."""
+        return [
+            [a + 2 for a in axes]
+            for n in range(len(self.spatial_axes) + 1)
+            for axes in itertools.combinations(self.spatial_axes, n)
+        ]
 
     def passes(self, inputs: torch.Tensor, network: Callable, *args, **kwargs) -> Iterator[torch.Tensor]:
         """Each flipped pass's prediction, flipped back (the unflipped pass first)."""
-        for n in range(len(self.spatial_axes) + 1):
-            for axes in itertools.combinations(self.spatial_axes, n):
-                dims = [a + 2 for a in axes]
-                x = torch.flip(inputs, dims) if dims else inputs
-                pred = self.inferer(x, network, *args, **kwargs)
+        flips, batch = self.flips(), inputs.shape[0]
+        for start in range(0, len(flips), self.flips_per_call):
+            group, t0 = flips[start : start + self.flips_per_call], time.perf_counter()
+            stacked = torch.cat([torch.flip(inputs, dims) if dims else inputs for dims in group])
+            preds = self.inferer(stacked, network, *args, **kwargs)
+            logger.info(
+                "TTA flips %d-%d of %d: %.1f s", start + 1, start + len(group), len(flips), time.perf_counter() - t0
+            )
+            for i, dims in enumerate(group):
+                pred = preds[i * batch : (i + 1) * batch]
                 yield torch.flip(pred, dims) if dims else pred
 
     def __call__(self, inputs: torch.Tensor, network: Callable, *args, **kwargs) -> torch.Tensor:
@@ -63,6 +92,30 @@ class AutocastNetwork(torch.nn.Module):
             return self.network(x).float()
 
 
+def user_cache_dir() -> str:
+    """The bundle's folder in the user's cache: ``$XDG_CACHE_HOME/resunet-brats`` (default ``~/.cache``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "resunet-brats")
+
+
+def weights_md5(network: torch.nn.Module) -> str:
+    """The md5 of ``network``'s ``state_dict`` (names, dtypes, shapes and bytes, in order): the weights as the
+    network holds them now, whichever file they came from."""
+    digest = hashlib.md5()
+    for name, value in network.state_dict().items():
+        t = torch.as_tensor(value).detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}:{t.dtype}:{tuple(value.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def onnx_cache_name(network: torch.nn.Module, opset_version: int) -> str:
+    """``<weights md5>-<architecture>-opset<N>.onnx``: the architecture part is a hash of the module's
+    ``repr`` and the torch version (what the exporter sees besides the weights)."""
+    arch = hashlib.md5(f"{network!r}|torch {torch.__version__}".encode()).hexdigest()[:12]
+    return f"{weights_md5(network)}-{arch}-opset{int(opset_version)}.onnx"
+
+
 class OnnxRuntimeNetwork(torch.nn.Module):
     """Run ``network`` with ONNX Runtime on the CPU, as a drop-in for the torch module in any inferer.
 
@@ -70,9 +123,14 @@ class OnnxRuntimeNetwork(torch.nn.Module):
     the first call, i.e. after the workflow has loaded the weights; later changes to its
     weights are not seen. Inputs on another device are copied to the CPU and the logits copied back.
     ONNX Runtime uses as many threads as torch.
+
+    The exported model is cached in ``cache_dir`` (default :func:`user_cache_dir` ``/onnx``; ``None`` or ``""``
+    turns the cache off) under :func:`onnx_cache_name` (the weights' md5 and the opset), written atomically:
+    the next run with the same weights skips the export. A cache that cannot be read or written is a logged
+    warning and the run goes on with a fresh export.
     """
 
-    def __init__(self, network: torch.nn.Module, opset_version: int = 17) -> None:
+    def __init__(self, network: torch.nn.Module, opset_version: int = 17, cache_dir: str | None = "default") -> None:
         super().__init__()
         try:
             import onnx  # noqa: F401  (torch.onnx.export needs it)
@@ -85,9 +143,11 @@ class OnnxRuntimeNetwork(torch.nn.Module):
         self._ort = onnxruntime
         self.network = network
         self.opset_version = opset_version
+        self.cache_dir = os.path.join(user_cache_dir(), "onnx") if cache_dir == "default" else cache_dir
+        self.cache_path: str | None = None
         self._session = None
 
-    def _export(self, example: torch.Tensor):
+    def _export_bytes(self, example: torch.Tensor) -> bytes:
         buf = io.BytesIO()
         axes = {0: "batch", **{d: f"spatial{d - 2}" for d in range(2, example.ndim)}}
         with warnings.catch_warnings(), torch.no_grad():
@@ -102,9 +162,45 @@ class OnnxRuntimeNetwork(torch.nn.Module):
                 opset_version=self.opset_version,
                 dynamo=False,
             )
+        return buf.getvalue()
+
+    def _session_of(self, model: bytes | str):
         options = self._ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
-        return self._ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+        return self._ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+    def _cached_session(self):
+        """The session of the cached export, or ``None`` (not cached yet, or unreadable: a warning)."""
+        if not os.path.isfile(self.cache_path):
+            return None
+        try:
+            session = self._session_of(self.cache_path)
+        except Exception as e:  # a damaged cache entry: export again and replace it
+            logger.warning("ONNX cache %s unreadable (%s): exporting again", self.cache_path, type(e).__name__)
+            return None
+        logger.info("ONNX model from the cache: %s", self.cache_path)
+        return session
+
+    def _store(self, model: bytes) -> None:
+        try:
+            os.makedirs(self.cache_dir, exist_ok=True)
+            with atomic_path(self.cache_path) as tmp, open(tmp, "wb") as f:
+                f.write(model)
+        except OSError as e:
+            logger.warning("ONNX cache %s not written (%s): this run goes on uncached", self.cache_path, e)
+            return
+        logger.info("ONNX model exported and cached: %s", self.cache_path)
+
+    def _export(self, example: torch.Tensor):
+        if self.cache_dir:
+            self.cache_path = os.path.join(self.cache_dir, onnx_cache_name(self.network, self.opset_version))
+            session = self._cached_session()
+            if session is not None:
+                return session
+        model = self._export_bytes(example)
+        if self.cache_dir:
+            self._store(model)
+        return self._session_of(model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cpu = torch.as_tensor(x).detach().to("cpu", torch.float32).contiguous()

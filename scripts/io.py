@@ -186,7 +186,8 @@ def write_nifti(array, path: str | os.PathLike, dtype, affine=None) -> str:
 
 class AtomicNibabelWriter(NibabelWriter):
     """``NibabelWriter`` that writes through :func:`atomic_path` (``SaveImaged(writer=...)``, the prediction of
-    one case per call).
+    one case per call). With ``verbose`` (``SaveImaged(print_log=True)``) it logs the final path once written,
+    never the temporary name.
 
     A prediction that cannot be written (a folder at its path, a name longer than the file system allows, any
     other ``OSError``) is that case's failure, not the batch's: it is logged, recorded in
@@ -197,7 +198,9 @@ class AtomicNibabelWriter(NibabelWriter):
     def write(self, filename, verbose: bool = False, **obj_kwargs):
         try:
             with atomic_path(filename) as tmp:
-                super().write(tmp, verbose=verbose, **obj_kwargs)
+                super().write(tmp, verbose=False, **obj_kwargs)  # MONAI would log the temporary name
+            if verbose:
+                logger.info("wrote %s", os.fspath(filename))
         except OSError as e:
             name = os.path.basename(os.fspath(filename))
             case_id = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name

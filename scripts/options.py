@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib.util
 import inspect
 import json
+import logging
+import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -90,10 +94,18 @@ def window_size(value: Any, network: Any, name: str = "window_size") -> list[int
     return sizes
 
 
+def positive_int(value: Any, name: str) -> int:
+    """``value`` as an integer of at least 1; anything else is :func:`fail`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise fail(f"--{name} {value!r}: give a whole number of at least 1")
+    return value
+
+
 VALUE_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "brats_labels": label_triple,
     "overlap": overlap_fraction,
     "window_size": window_shape,
+    "tta_flips_per_call": positive_int,
 }
 """Checks of the value of a top-level id given on the command line (raise :func:`fail` when it is wrong)."""
 
@@ -258,6 +270,62 @@ def report_case_error(exc_type, exc, tb, previous=sys.__excepthook__) -> None:
         print(f"error: {' '.join(str(found).split())}", file=sys.stderr)
 
 
+PLUGIN_NOISE_LOGGERS = ("monai.data.nvimgcodec_pydicom_plugin",)
+"""Third-party loggers whose warnings no user can act on: nvImageCodec (a GPU DICOM decoder plugin of pydicom)
+is absent on most machines, and MONAI warns about it at every image loader it builds."""
+PLUGIN_NOISE_WARNINGS = ("NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register",)
+"""Starts of third-party ``warnings.warn`` messages silenced for the same reason."""
+
+
+def quiet_third_party() -> None:
+    """Silence :data:`PLUGIN_NOISE_LOGGERS` below errors and filter :data:`PLUGIN_NOISE_WARNINGS` (``import
+    scripts`` calls it; ``DataLoader`` workers inherit it). pydicom's own decoders are used, as before."""
+    for name in PLUGIN_NOISE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for message in PLUGIN_NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message))
+
+
+def check_tracking(tracking: Any) -> None:
+    """:func:`fail` when ``--tracking mlflow`` is asked for and mlflow (an optional extra,
+    ``requirements-tracking.txt``) is not installed."""
+    if tracking == "mlflow" and importlib.util.find_spec("mlflow") is None:
+        raise fail(
+            "--tracking mlflow needs the mlflow package: pip install -c constraints.txt -r requirements-tracking.txt"
+        )
+
+
+def skip_teardown(argv: Sequence[str] | None = None) -> None:
+    """The last step of a successful ``python -m monai.bundle run`` of inference: flush the logs and the output
+    and end the process with code 0 at once, skipping the interpreter's teardown of everything ``import monai``
+    loaded (1-2 s measured, its ``atexit`` handlers take milliseconds; docs/benchmarks.md, "End to end").
+
+    It returns (the usual exit follows) anywhere else: outside the command line (tests, notebooks,
+    ``monai.bundle.create_workflow``), with ``--tracking`` (MONAI ends the tracked run in ``finalize``), or when a
+    config of the command has a ``finalize`` step. Every output is complete by then (atomic writes, the
+    ``DataLoader`` workers ended with the epoch)."""
+    arguments = bundle_run_arguments(argv)
+    if arguments is None:
+        return
+    flags = parse_flags(arguments)
+    if flags.get("args_file"):
+        from monai.bundle import ConfigParser
+
+        flags = {**ConfigParser.load_config_file(flags["args_file"]), **flags}
+    if flags.get("tracking") or flags.get("config_file") is None:
+        return
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(flags["config_file"])
+    if "finalize" in parser:
+        return
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 EXPORT_COMMANDS = ("ckpt_export", "onnx_export", "trt_export")
 """The ``python -m monai.bundle`` commands that write an exported network to ``--filepath``."""
 
@@ -307,6 +375,7 @@ def check_command_line(argv: Sequence[str] | None = None) -> None:
         flags = {**ConfigParser.load_config_file(flags["args_file"]), **flags}
     if flags.get("config_file") is None:
         return  # monai.bundle reports the missing config itself
+    check_tracking(flags.get("tracking"))
     own = workflow_parameters() | tracking_ids(flags.get("tracking"))
     overrides = {k: v for k, v in flags.items() if k not in own}
     check_overrides(flags["config_file"], flags.get("meta_file"), overrides)

@@ -15,6 +15,12 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """ONNX exports of these tests go to a temporary user cache (scripts.inferers.user_cache_dir)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
 def tiny_resunet():
     torch.manual_seed(0)
     return ResUNet(spatial_dims=3, in_channels=4, out_channels=3, channels=[4, 8, 16], strides=[1, 2, 2]).eval()
@@ -103,3 +109,54 @@ def test_fp32_torch_is_the_network_itself():
 def test_bad_backend_or_precision_is_a_clear_error(backend, precision, device, match):
     with pytest.raises(ValueError, match=match):
         inference_network(tiny_resunet(), backend, precision, device)
+
+
+def _exports(monkeypatch) -> list:
+    """Count the ONNX exports of every OnnxRuntimeNetwork from here on."""
+    count, export = [], OnnxRuntimeNetwork._export_bytes
+
+    def counted(self, example):
+        count.append(1)
+        return export(self, example)
+
+    monkeypatch.setattr(OnnxRuntimeNetwork, "_export_bytes", counted)
+    return count
+
+
+def test_onnx_export_is_cached_in_the_user_cache_keyed_by_weights_md5_and_opset(tmp_path, monkeypatch):
+    exports, net, x = _exports(monkeypatch), tiny_resunet(), torch.rand(1, 4, 16, 16, 16)
+    with torch.no_grad():
+        first = OnnxRuntimeNetwork(net)
+        first(x)
+        cached = tmp_path / "xdg" / "resunet-brats" / "onnx" / inferers.onnx_cache_name(net, 17)
+        assert first.cache_path == str(cached) and cached.is_file()
+        assert cached.name.startswith(inferers.weights_md5(net) + "-") and cached.name.endswith("-opset17.onnx")
+        assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no temporary file left
+        torch.testing.assert_close(OnnxRuntimeNetwork(net)(x), net(x), rtol=1e-4, atol=1e-4)
+        assert len(exports) == 1  # the second network read the cache
+        for p in net.parameters():  # other weights: another key, a new export, the new weights' logits
+            p.add_(0.05)
+        torch.testing.assert_close(OnnxRuntimeNetwork(net)(x), net(x), rtol=1e-4, atol=1e-4)
+        assert len(exports) == 2 and len(list(cached.parent.iterdir())) == 2
+        OnnxRuntimeNetwork(net, opset_version=18)(x)
+        assert len(exports) == 3
+
+
+def test_an_unwritable_onnx_cache_is_a_warning_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    net, x = tiny_resunet(), torch.rand(1, 4, 16, 16, 16)
+    with torch.no_grad(), caplog.at_level("WARNING", logger="scripts.inferers"):
+        out = OnnxRuntimeNetwork(net, cache_dir=str(blocker / "onnx"))(x)
+    torch.testing.assert_close(out, net(x), rtol=1e-4, atol=1e-4)
+    assert "not written" in caplog.text and "uncached" in caplog.text
+    assert blocker.read_text() == "not a folder"
+
+
+def test_a_damaged_onnx_cache_entry_is_a_warning_and_exported_again(tmp_path, monkeypatch, caplog):
+    exports, net, x = _exports(monkeypatch), tiny_resunet(), torch.rand(1, 4, 16, 16, 16)
+    (tmp_path / inferers.onnx_cache_name(net, 17)).write_bytes(b"truncated")
+    with torch.no_grad(), caplog.at_level("WARNING", logger="scripts.inferers"):
+        out = OnnxRuntimeNetwork(net, cache_dir=str(tmp_path))(x)
+    torch.testing.assert_close(out, net(x), rtol=1e-4, atol=1e-4)
+    assert "unreadable" in caplog.text and len(exports) == 1

@@ -30,3 +30,29 @@ def test_flip_tta_wraps_sliding_window_and_keeps_equivariant_nets_unchanged():
     sw = SlidingWindowInferer(roi_size=(8, 8, 8), overlap=0.25)
     with torch.no_grad():
         torch.testing.assert_close(FlipTTAInferer(sw, spatial_axes=(0, 2))(x, net), sw(x, net))
+
+
+def test_flip_tta_batched_flips_equal_one_by_one_on_a_real_network():
+    from scripts.networks import ResUNet
+
+    torch.manual_seed(0)
+    net = ResUNet(spatial_dims=3, in_channels=4, out_channels=3, channels=[4, 8, 16], strides=[1, 2, 2]).eval()
+    x = torch.rand(2, 4, 16, 24, 16)  # two cases: each flip group stacks 2 x k samples
+    sw = SlidingWindowInferer(roi_size=(16, 16, 16), sw_batch_size=4, overlap=0.25, mode="gaussian")
+    with torch.no_grad():
+        one_by_one = FlipTTAInferer(sw)(x, net)
+        for k in (2, 3, 8):
+            torch.testing.assert_close(FlipTTAInferer(sw, flips_per_call=k)(x, net), one_by_one, rtol=1e-5, atol=1e-5)
+
+
+def test_flip_tta_batches_the_flips_into_fewer_network_calls():
+    calls = []
+
+    def net(x):
+        calls.append(x.shape[0])
+        return x[:, :3]
+
+    x = torch.rand(1, 4, 8, 8, 8)
+    with torch.no_grad():
+        FlipTTAInferer(SimpleInferer(), flips_per_call=4)(x, net)
+    assert calls == [4, 4]
