@@ -40,8 +40,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from benchmarks.markdown import replace_markdown_sections
 from scripts.conventions import MODALITIES
-from scripts.io import replace_markdown_sections, write_json, write_text
+from scripts.io import write_json, write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CASE = REPO_ROOT / "examples" / "TCGA-DU-7294"

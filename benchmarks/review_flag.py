@@ -30,8 +30,8 @@ import torch
 from monai.transforms import Compose
 
 from benchmarks.quality import CONFIG, load_cases
+from scripts.casework import load_network, parse_configs
 from scripts.conventions import REGIONS
-from scripts.export import _parser, load_network
 from scripts.inferers import FlipTTAInferer, default_backend, inference_network
 from scripts.io import file_md5, write_json
 from scripts.transforms import nested
@@ -129,7 +129,7 @@ def measure(args) -> list[dict]:
     done = {r["case"] for r in rows}
     if args.no_measure:
         return rows
-    parser = _parser(CONFIG)
+    parser = parse_configs(CONFIG)
     transform = Compose(parser.get_parsed_content("preprocessing_transforms"))
     inferer = FlipTTAInferer(parser.get_parsed_content("sw_inferer"), args.tta_axes)
     network = inference_network(load_network(CONFIG, str(args.ckpt)), default_backend("cpu"))
