@@ -17,8 +17,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
-from monai.transforms import Compose
 
 from scripts.conventions import MODALITIES
 from scripts.data.checks import (
@@ -32,7 +30,7 @@ from scripts.data.checks import (
 from scripts.data.layouts import find_brats2020_cases, find_inference_cases
 from scripts.synthetic.phantom import generate_case
 from scripts.transforms import CaseError
-from tests._bundle import tiny_checkpoint
+from tests._bundle import EXAMPLE_CASE, tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (32, 32, 24)
@@ -140,14 +138,6 @@ def test_4d_study_needs_four_channels(arrays, tmp_path):
         CaseError, match=r"case three: .*three\.nii\.gz: expected a 4D image with 4 channels.*\(32, 32, 24, 3\)"
     ):
         check_case({"image": str(tmp_path / "three.nii.gz")})
-
-
-@pytest.fixture(scope="module")
-def preprocessing():
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "train.json"))
-    parser.update({"bundle_root": str(ROOT)})
-    return Compose(parser.get_parsed_content("preprocessing_transforms"))
 
 
 @pytest.mark.parametrize("name", DATA_CASES)
@@ -356,7 +346,7 @@ def test_unusable_output_folder_stops_before_any_case(tmp_path, checkpoint):
         "--bundle_root",
         str(tmp_path),
         "--dataset_dir",
-        str(tmp_path / "nothing_here"),
+        str(EXAMPLE_CASE),  # a readable case: the data is checked first, then the output folder
         "--output_dir",
         str(afile / "out"),
         "--ckpt_path",
