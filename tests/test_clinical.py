@@ -56,6 +56,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("clinical")
     write_dataset(root / "data", num_cases=6, seed=3, shape=(48, 56, 40), progress=False)
     proc = bundle("training", "--bundle_root", str(root), "--dataset_dir", str(root / "data"), *TINY,
+                  "--ckpt_dir", str(root / "models"),  # where the report and robustness runs look by default
                   "--epochs", "2", "--val_interval", "2", configs=("train.json",))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root
@@ -69,7 +70,7 @@ def _network(root) -> torch.nn.Module:
     parser.read_config(str(ROOT / "configs" / "inference.json"))
     parser["network_def#channels"] = CHANNELS
     net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(root / "runs" / "train" / "model.pt", weights_only=True))
+    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
     return net.eval()
 
 
@@ -354,13 +355,13 @@ def test_report_page_renders_in_headless_chromium(report, tmp_path):
     page = out / "BraTS20_Training_001" / "report.html"
     assert "<script" not in page.read_text() and "<link" not in page.read_text()  # self-contained, static
     shot = tmp_path / "shot.png"
-    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1100,2400",
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1100,4800",
            f"--screenshot={shot}", page.as_uri()]  # fmt: skip
     subprocess.run(cmd, capture_output=True, timeout=120, check=True)
     from PIL import Image
 
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=float)
-    assert pixels.shape == (2400, 1100, 3)
+    assert pixels.shape == (4800, 1100, 3)
     coloured = (np.abs(pixels[..., 0] - pixels[..., 2]) > 60).mean()  # overlays in colour, not a blank page
     assert pixels.std() > 30 and coloured > 0.01, (pixels.std(), coloured)
 

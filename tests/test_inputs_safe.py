@@ -104,7 +104,7 @@ def test_same_case_id_in_two_folders_is_one_error_before_anything_runs(arrays, c
     (line,) = error_lines(proc.stderr)
     assert line.startswith(f"error: BraTS20_Training_001: {second['t1']}: duplicate case id"), line
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert os.listdir(out) == []  # the output folder is checked first (it is usable), then nothing is written
+    assert not out.exists()  # the data is checked first: nothing is created, not even the output folder
 
 
 def test_datalist_entries_with_the_same_case_id_are_refused(arrays, tmp_path):

@@ -59,7 +59,8 @@ def test_every_served_model_has_its_configs_in_the_bundle():
 
 def test_models_beside_each_other_keep_separate_versions_and_checkpoint_folders(tmp_path):
     """The student's weights (models/student.pt) sit beside the ResUNet's (models/model.pt): each keeps its own
-    versions folder, and every train config writes its checkpoints outside the other's."""
+    versions folder, each inference config loads its own weights file, and every train config writes its
+    checkpoints outside the other's."""
     weights = {name: tmp_path / "models" / m.weights for name, m in MODELS.items()}
     folders = {name: versions.versions_dir(str(w)) for name, w in weights.items()}
     assert folders["resunet_brats"] == str(tmp_path / "models" / "versions")
@@ -68,9 +69,12 @@ def test_models_beside_each_other_keep_separate_versions_and_checkpoint_folders(
     ckpt = {}
     for name, model in MODELS.items():
         parser = ConfigParser()
-        parser.read_config([str(ROOT / "configs" / c) for c in model.train_configs])
+        parser.read_config([str(ROOT / "configs" / c) for c in model.infer_configs])
         parser["bundle_root"] = str(tmp_path)
         assert parser.get_parsed_content("ckpt_path") == f"{tmp_path}/models/{model.weights}"
+        parser = ConfigParser()
+        parser.read_config([str(ROOT / "configs" / c) for c in model.train_configs])
+        parser["bundle_root"] = str(tmp_path)
         ckpt[name] = parser.get_parsed_content("ckpt_dir")
     assert len(set(ckpt.values())) == len(MODELS)
 
