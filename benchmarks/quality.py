@@ -141,8 +141,9 @@ def predict(network, inferer, image: torch.Tensor, channels: list[int], test_tim
 
 
 def run(args) -> list[dict]:
-    transform = Compose(parse_configs(CONFIG).get_parsed_content("preprocessing_transforms"))
-    inferer = parse_configs(CONFIG).get_parsed_content("sw_inferer")
+    parser = parse_configs(CONFIG)
+    transform = Compose(parser.get_parsed_content("preprocessing_transforms"))
+    inferer = parser.get_parsed_content("sw_inferer")
     cases = load_cases(args.real, args.synthetic, args.num_folds)
     networks = {name: load_network(CONFIG, str(path)) for name, path in args.ckpt}
     rows = []
