@@ -38,7 +38,7 @@ from scripts.data.layouts import find_inference_cases, prepare_datalist
 from scripts.evaluation import region_metrics
 from scripts.inferers import FlipTTAInferer
 from scripts.io import atomic_path, write_json
-from scripts.transforms import brain_mask, keep_main_tumour, nested
+from scripts.transforms import ImputeMissingSequencesd, brain_mask, keep_main_tumour, nested
 
 CONFIG = "configs/inference.json"
 MAIN_SUBSETS = ("t1+t1ce+t2+flair", "t1ce+flair", "flair")
@@ -124,12 +124,17 @@ def adapted_to(network: torch.nn.Module, inferer, x: torch.Tensor) -> torch.nn.M
     return adapted.eval()
 
 
-def predict(network, inferer, image: torch.Tensor, channels: list[int], test_time: str = "plain") -> np.ndarray:
+def predict(
+    network, inferer, image: torch.Tensor, channels: list[int], test_time: str = "plain", impute=None
+) -> np.ndarray:
     """Nested boolean regions (3, *S) of ``image`` (4, *S) with only ``channels`` given; ``test_time`` is one of
     :data:`TEST_TIME`: one pass, the mean of the 8 flips (:class:`scripts.inferers.FlipTTAInferer`), or one pass
-    after re-estimating the BatchNorm statistics on the case (:func:`adapted_to`)."""
+    after re-estimating the BatchNorm statistics on the case (:func:`adapted_to`). The other channels are zero,
+    or filled in by ``impute`` (:class:`scripts.transforms.ImputeMissingSequencesd`) when given."""
     x = torch.zeros_like(image)
     x[channels] = image[channels]
+    if impute is not None and len(channels) < len(image):
+        x = torch.as_tensor(impute({"image": x})["image"]).float()
     if test_time == "adabn":
         network = adapted_to(network, inferer, x[None])
     elif test_time == "tta":
@@ -146,22 +151,29 @@ def run(args) -> list[dict]:
     inferer = parser.get_parsed_content("sw_inferer")
     cases = load_cases(args.real, args.synthetic, args.num_folds)
     networks = {name: load_network(CONFIG, str(path)) for name, path in args.ckpt}
+    impute = ImputeMissingSequencesd("image", str(args.imputer))
     rows = []
     for case in cases:
         data = transform(case)
         image, ref = torch.as_tensor(data["image"]).float(), torch.as_tensor(data["label"]).numpy() > 0.5
         subsets = args.subsets if case["kind"] == "synthetic" else args.real_subsets
-        for (name, network), subset, mode in itertools.product(networks.items(), subsets, args.test_time):
+        for (name, network), subset, mode, fill in itertools.product(
+            networks.items(), subsets, args.test_time, args.missing
+        ):
+            channels = subset_channels(subset)
+            if len(channels) == len(MODALITIES) and fill != args.missing[0]:
+                continue  # nothing is missing: one row
             start = time.perf_counter()
-            pred = predict(network, inferer, image, subset_channels(subset), mode)
+            pred = predict(network, inferer, image, channels, mode, impute if fill == "imputed" else None)
             seconds = time.perf_counter() - start
             for post_name, params in args.postprocessing:
                 out = pred if params is None else keep_main_tumour(pred, 0.001, *params)
                 row = {"ckpt": name, "case": case["case_id"], "kind": case["kind"], "subset": subset}
-                row |= {"test_time": mode, "postprocessing": post_name, "network_s": round(seconds, 2)}
+                row |= {"missing": fill if len(channels) < len(MODALITIES) else "-", "test_time": mode}
+                row |= {"postprocessing": post_name, "network_s": round(seconds, 2)}
                 rows.append(row | score(out, ref))
             line = summary_line(rows[-len(args.postprocessing) :])
-            print(f"{name} {case['case_id']} {subset} {mode} ({seconds:.1f} s): {line}", flush=True)
+            print(f"{name} {case['case_id']} {subset} {fill} {mode} ({seconds:.1f} s): {line}", flush=True)
         write_json(rows, args.output)
     return rows
 
@@ -180,19 +192,23 @@ def mean_of(rows: list[dict], key: str) -> float:
 
 
 def table(rows: list[dict], kind: str, keys=("dice_WT", "dice_TC", "dice_ET", "hd95_WT", "pq_WT", "pieces_WT")) -> str:
-    """Markdown: mean over the ``kind`` cases per checkpoint, subset and post-processing."""
+    """Markdown: mean over the ``kind`` cases per checkpoint, subset, missing-sequence fill, test-time option and
+    post-processing."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r["kind"] == kind:
-            groups.setdefault((r["ckpt"], r["subset"], r.get("test_time", "plain"), r["postprocessing"]), []).append(r)
-    head = "| weights | sequences | test time | post-processing | cases | " + " | ".join(keys) + " | network s |"
-    lines = [head, "|" + "---|" * (6 + len(keys))]
-    for (ckpt, subset, mode, post), group in groups.items():
+            key = (r["ckpt"], r["subset"], r.get("missing", "-"), r.get("test_time", "plain"), r["postprocessing"])
+            groups.setdefault(key, []).append(r)
+    head = "| weights | sequences | missing | test time | post-processing | cases | " + " | ".join(keys)
+    lines = [head + " | network s |", "|" + "---|" * (7 + len(keys))]
+    for (ckpt, subset, fill, mode, post), group in groups.items():
         values = " | ".join(
             f"{mean_of(group, k):.3f}" if "pieces" not in k else f"{mean_of(group, k):.1f}" for k in keys
         )
         seconds = mean_of(group, "network_s")
-        lines.append(f"| {ckpt} | {subset_label(subset)} | {mode} | {post} | {len(group)} | {values} | {seconds:.1f} |")
+        lines.append(
+            f"| {ckpt} | {subset_label(subset)} | {fill} | {mode} | {post} | {len(group)} | {values} | {seconds:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -206,6 +222,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--real_subsets", default="main", help="real cases: all, main, or a comma-separated list")
     parser.add_argument("--postprocessing", type=variant, action="append", default=[])
     parser.add_argument("--test_time", default="plain", help=f"comma-separated, of {TEST_TIME}")
+    parser.add_argument("--missing", default="imputed", help="missing sequences: imputed, zero, or both (comma)")
+    parser.add_argument("--imputer", type=Path, default=Path("models/imputer.pt"), help="the imputer's weights")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--markdown", type=Path, help="also write the summary tables here")
     parser.add_argument("--threads", type=int, default=None)
@@ -218,6 +236,9 @@ def main(argv=None) -> list[dict]:
         setattr(args, key, subsets)
     args.postprocessing = args.postprocessing or [variant("none")]
     args.test_time = args.test_time.split(",")
+    args.missing = args.missing.split(",")
+    if not set(args.missing) <= {"imputed", "zero"}:
+        parser.error(f"--missing {','.join(args.missing)}: use imputed, zero or imputed,zero")
     if not set(args.test_time) <= set(TEST_TIME):
         parser.error(f"--test_time {','.join(args.test_time)}: use a comma-separated list of {TEST_TIME}")
     if args.threads:

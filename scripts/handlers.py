@@ -483,7 +483,7 @@ class MissingModalitiesLog:
             if missing:
                 names = ", ".join(MODALITY_NAMES[MODALITIES.index(m)] for m in missing)
                 used = " + ".join(n for m, n in zip(MODALITIES, MODALITY_NAMES) if m not in missing)
-                self.logger.warning(f"case {case_id}: {names} missing: segmented from {used} only")
+                self.logger.warning(f"case {case_id}: {names} missing: imputed from {used}")
 
     def completed(self, engine: Engine) -> None:
         from scripts.io import write_json

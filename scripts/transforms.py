@@ -376,6 +376,61 @@ class RandModalityDropoutd(RandomizableTransform, MapTransform):
         return d
 
 
+class ImputeMissingSequencesd(MapTransform):
+    """Fill in missing sequences with :class:`scripts.networks.imputer.SequenceImputer` (weights ``weights``).
+
+    A sequence is missing when its channel is all zero, as :class:`LoadImageSharedGridd` leaves it with
+    ``allow_missing_modalities``. A case with every sequence present passes through unchanged and the weights are
+    not read; the first case with a missing sequence loads them (once). Use it after
+    :class:`BrainHistogramEqualized`: the imputer predicts the network's input intensities. Input (M, *spatial).
+
+    Raises:
+        CaseError: the weights file is missing or unreadable (named, with what to do).
+    """
+
+    def __init__(self, keys: KeysCollection, weights: str, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.weights = str(weights)
+        self._model: torch.nn.Module | None = None
+        self._lock = threading.Lock()
+
+    def model(self, num_sequences: int) -> torch.nn.Module:
+        with self._lock:
+            if self._model is None:
+                from scripts.networks.imputer import SequenceImputer
+
+                if not os.path.isfile(self.weights):
+                    raise CaseError(self.weights, "the missing-sequence imputer's weights are not there")
+                try:
+                    state = torch.load(self.weights, map_location="cpu", weights_only=True)
+                    model = SequenceImputer(3, num_sequences, **imputer_options(state))
+                    model.load_state_dict(state)
+                except Exception as e:  # unreadable file or weights of another shape
+                    raise CaseError(
+                        self.weights, f"not the imputer's weights ({str(e).splitlines()[0][:200]})"
+                    ) from None
+                self._model = model.eval()
+            return self._model
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = torch.as_tensor(d[key]).float()
+            present = (img != 0).flatten(1).any(dim=1)
+            if bool(present.all()) or not bool(present.any()):
+                continue
+            with torch.no_grad():
+                out = self.model(img.shape[0])(img[None])[0]
+            d[key], *_ = convert_to_dst_type(out, d[key], dtype=torch.float32)
+        return d
+
+
+def imputer_options(state: Mapping) -> dict:
+    """``SequenceImputer`` widths read back from its ``state_dict``: ``channels`` and ``num_layers``."""
+    convs = [k for k, v in state.items() if k.endswith(".weight") and v.dim() == 5 and v.shape[-1] > 1]
+    return {"channels": int(state[convs[0]].shape[0]), "num_layers": len(convs)}
+
+
 class MaskOutsideBraind(MapTransform):
     """Set the predictions in ``keys`` to 0 outside the brain of ``image_key`` (a tumour lies inside the brain).
 

@@ -15,11 +15,13 @@ import pytest
 import torch
 
 from scripts.conventions import MODALITIES
+from scripts.networks.imputer import SequenceImputer
 from scripts.synthetic.phantom import generate_case
 from scripts.transforms import (
     BrainHistogramEqualized,
     CaseError,
     CheckImageDatad,
+    ImputeMissingSequencesd,
     KeepMainTumourd,
     LoadImageSharedGridd,
     RandModalityDropoutd,
@@ -64,6 +66,41 @@ def test_missing_sequence_stays_zero_through_equalisation():
     img[2] = 0
     out = BrainHistogramEqualized("image")({"image": img})["image"]
     assert out[2].abs().max() == 0 and out[0].max() == 1.0
+
+
+def _brain_image() -> torch.Tensor:
+    img = torch.zeros(4, 12, 12, 12)
+    img[:, 2:10, 2:10, 2:10] = torch.rand(4, 8, 8, 8) * 0.9 + 0.1
+    return img
+
+
+def test_imputer_fills_only_the_missing_sequences_and_only_inside_the_brain():
+    torch.manual_seed(0)
+    img = _brain_image()
+    img[[0, 2]] = 0  # T1 and T2 missing
+    out = SequenceImputer(3, 4, channels=8, num_layers=2)(img[None])[0]
+    assert torch.equal(out[[1, 3]], img[[1, 3]])  # present sequences pass through
+    brain = img[3] != 0
+    assert (out[[0, 2]][:, brain] > 0).all() and (out[[0, 2]][:, ~brain] == 0).all()
+
+
+def test_imputation_step_leaves_complete_cases_alone_and_loads_the_weights_once(tmp_path):
+    img = _brain_image()
+    absent = ImputeMissingSequencesd("image", str(tmp_path / "none.pt"))
+    assert torch.equal(absent({"image": img})["image"], img)  # complete: the weights are not even read
+    missing = img.clone()
+    missing[2] = 0
+    with pytest.raises(CaseError, match=r"none\.pt.*imputer's weights are not there"):
+        absent({"image": missing})
+    torch.save(SequenceImputer(3, 4, channels=8, num_layers=1).state_dict(), tmp_path / "imputer.pt")
+    model = SequenceImputer(3, 4, channels=8, num_layers=1)
+    model.load_state_dict(torch.load(tmp_path / "imputer.pt", weights_only=True))
+    step = ImputeMissingSequencesd("image", str(tmp_path / "imputer.pt"))
+    with torch.no_grad():
+        assert torch.allclose(step({"image": missing})["image"], model(missing[None])[0])
+    (tmp_path / "bad.pt").write_bytes(b"not weights")
+    with pytest.raises(CaseError, match=r"bad\.pt.*not the imputer's weights"):
+        ImputeMissingSequencesd("image", str(tmp_path / "bad.pt"))({"image": missing})
 
 
 def test_loader_zero_fills_missing_sequences_and_check_accepts_them(arrays, tmp_path):
@@ -130,8 +167,8 @@ def test_inference_segments_any_subset_only_when_allowed(arrays, checkpoint, tmp
     log = allowed.stdout + allowed.stderr
     assert allowed.returncode == 0, log[-3000:]
     assert "3 case(s) found, 3 segmented, 0 skipped" in log
-    assert "case flair_t1ce: T1, T2 missing: segmented from T1ce + FLAIR only" in log
-    assert "case flair_only: T1, T1ce, T2 missing: segmented from FLAIR only" in log
+    assert "case flair_t1ce: T1, T2 missing: imputed from T1ce + FLAIR" in log
+    assert "case flair_only: T1, T1ce, T2 missing: imputed from FLAIR" in log
     assert "2 of 3 case(s) segmented without some sequences" in log
     record = json.loads((tmp_path / "a" / "missing_sequences.json").read_text())
     assert record == {"full": [], "flair_t1ce": ["t1", "t2"], "flair_only": ["t1", "t1ce", "t2"]}
