@@ -9,6 +9,8 @@ from monai.bundle import ConfigParser
 from apps import render_overlay, server
 from apps.resunet_brats.lib import versions
 from apps.resunet_brats.lib.models import MODELS, missing_files
+from apps.resunet_brats.lib.retraining import evaluate
+from scripts.casework import CheckpointError, parse_configs
 from scripts.synthetic.phantom import generate_case, write_monailabel_datastore
 from tests._bundle import ROOT
 
@@ -77,6 +79,16 @@ def test_models_beside_each_other_keep_separate_versions_and_checkpoint_folders(
         parser["bundle_root"] = str(tmp_path)
         ckpt[name] = parser.get_parsed_content("ckpt_dir")
     assert len(set(ckpt.values())) == len(MODELS)
+
+
+def test_retraining_validation_of_another_networks_weights_is_a_checkpoint_error(checkpoint):
+    """The app scores weights with the bundle's one loader (``scripts.casework.load_weights``): weights that do not
+    fit the configured network raise a one-line ``CheckpointError`` (the server answers; it does not exit)."""
+    parser = parse_configs([str(ROOT / "configs" / "train.json")], {"bundle_root": str(ROOT)})
+    with pytest.raises(
+        CheckpointError, match=r"^checkpoint .* does not fit the configured ResUNet: .* of another shape"
+    ):
+        evaluate(parser, checkpoint, [], "cpu")
 
 
 def test_overlay_png_of_a_study_and_its_label(tmp_path):

@@ -27,6 +27,8 @@ from monailabel.tasks.train import bundle as train_bundle
 from monailabel.utils.others.class_utils import unload_module
 from monailabel.utils.others.generic import name_to_device
 
+from scripts.casework import parse_configs
+
 from . import versions
 from .models import BundleModel
 from .retraining import DEFAULT_VAL_SPLIT, TrainingRequestError, check_options, decide, evaluate, split_validation
@@ -36,11 +38,9 @@ logger = logging.getLogger(__name__)
 
 
 def read_configs(bundle_path: str, files: Sequence[str]) -> ConfigParser:
-    """The bundle's config files merged in order (later files override earlier ids), ``bundle_root`` set."""
-    parser = ConfigParser()
-    parser.read_config([os.path.join(bundle_path, "configs", f) for f in files])
-    parser.config.update({"bundle_root": bundle_path})
-    return parser
+    """The config ``files`` of the bundle at ``bundle_path`` merged in order (later files override earlier ids),
+    ``bundle_root`` set (:func:`scripts.casework.parse_configs`)."""
+    return parse_configs([os.path.join(bundle_path, "configs", f) for f in files], {"bundle_root": bundle_path})
 
 
 def label_names(parser: ConfigParser, with_background: bool) -> dict[str, int]:
