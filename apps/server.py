@@ -7,7 +7,9 @@ Why a separate environment: monailabel imports torchvision when the server start
 only load beside PyPI's own torch build (CUDA, which also runs on a CPU), while the bundle's main environment may
 hold the CPU-only torch build; monailabel 0.8.5 also needs pydicom 2 where the bundle's DICOM SEG support needs
 pydicom 3. The environment is made once from apps/requirements-server*.txt (pinned; the repository's
-constraints.txt as PIP_CONSTRAINT) and reused while those files are unchanged. On a GPU workstation the same
+constraints.txt as PIP_CONSTRAINT) and reused while those files are unchanged. This repository is installed in it
+as in development (``pip install --no-deps -e``), so the app imports ``scripts`` like any package; that install
+is redone when the environment last got another checkout or another pyproject.toml. On a GPU workstation the same
 command gives a server that runs on the GPU. ``--venv`` (or ``RESUNET_MONAILABEL_VENV``) chooses where it lives.
 """
 
@@ -30,6 +32,7 @@ REQUIREMENTS_NODEPS = APPS / "requirements-server-nodeps.txt"  # installed with 
 PINNED_FILES = (REQUIREMENTS, REQUIREMENTS_NODEPS, ROOT / "requirements-core.txt", ROOT / "constraints.txt")
 DEFAULT_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resunet-brats" / "monailabel-server"
 STAMP = ".resunet-requirements.sha256"
+BUNDLE_STAMP = ".resunet-bundle"  # the checkout installed in the environment (bundle_stamp())
 # What the server imports at start: fails with a clear message in a broken environment.
 IMPORT_CHECK = "import torch, torchvision.utils, monailabel, monai; print(torch.__version__, monailabel.__version__)"
 
@@ -59,23 +62,49 @@ def is_ready(venv_dir: Path) -> bool:
     )
 
 
+def bundle_stamp() -> str:
+    """What the environment's install of the bundle is made from: this checkout and its pyproject.toml."""
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    return f"{ROOT}\n{digest}\n"
+
+
+def has_bundle(venv_dir: Path) -> bool:
+    """True when this checkout (as its pyproject.toml is now) is the bundle installed in ``venv_dir``."""
+    stamp = venv_dir / BUNDLE_STAMP
+    return stamp.is_file() and stamp.read_text() == bundle_stamp()
+
+
 def setup(venv_dir: Path | None = None, quiet: bool = False) -> Path:
-    """Make the server environment at ``venv_dir`` (default: :func:`default_venv`) unless it is up to date.
+    """Make the server environment at ``venv_dir`` (default: :func:`default_venv`) unless it is up to date, and
+    install this checkout in it (:func:`install_bundle`) unless it is installed.
 
     Raises:
-        RuntimeError: the install or the import check failed; the message names the command and its output.
+        RuntimeError: an install or an import check failed; the message names the command and its output.
     """
     venv_dir = Path(venv_dir or default_venv())
-    if is_ready(venv_dir):
-        return venv_dir
+    if not is_ready(venv_dir):
+        _install_requirements(venv_dir, quiet)
+    if not has_bundle(venv_dir):
+        install_bundle(venv_dir, quiet)
+    return venv_dir
+
+
+def _pip(venv_dir: Path, quiet: bool) -> tuple[list[str], dict[str, str]]:
+    """The environment's ``pip install`` command and its process environment."""
+    python = str(bin_dir(venv_dir) / "python")
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check", *(["-q"] if quiet else [])]
+    # PIP_CONSTRAINT also reaches pip's isolated build environments, so no source build pulls another torch.
+    return pip, dict(os.environ, PIP_CONSTRAINT=str(ROOT / "constraints.txt"))
+
+
+def _install_requirements(venv_dir: Path, quiet: bool) -> None:
+    """Create the environment (if needed) and install the pinned requirements in it."""
     (venv_dir / STAMP).unlink(missing_ok=True)  # a half-made environment is never taken for a ready one
     if not (bin_dir(venv_dir) / "python").exists():
         print(f"creating the MONAI Label server environment in {venv_dir}", flush=True)
         venv.EnvBuilder(with_pip=True).create(venv_dir)
     python = str(bin_dir(venv_dir) / "python")
-    pip = [python, "-m", "pip", "install", "--disable-pip-version-check", *(["-q"] if quiet else [])]
-    # PIP_CONSTRAINT also reaches pip's isolated build environments, so no source build pulls another torch.
-    env = dict(os.environ, PIP_CONSTRAINT=str(ROOT / "constraints.txt"))
+    pip, env = _pip(venv_dir, quiet)
     _check([*pip, "-r", str(REQUIREMENTS)], "installing apps/requirements-server.txt", env, quiet)
     _check(
         [*pip, "--no-deps", "-r", str(REQUIREMENTS_NODEPS)],
@@ -84,15 +113,37 @@ def setup(venv_dir: Path | None = None, quiet: bool = False) -> Path:
         quiet,
     )
     _check([python, "-c", IMPORT_CHECK], "importing torch, torchvision and monailabel", env, quiet)
-    tmp = venv_dir / (STAMP + ".tmp")
-    tmp.write_text(requirements_digest() + "\n")
-    os.replace(tmp, venv_dir / STAMP)
-    return venv_dir
+    _write_stamp(venv_dir / STAMP, requirements_digest() + "\n")
 
 
-def _check(cmd: list[str], what: str, env: dict[str, str], quiet: bool) -> None:
+def install_bundle(venv_dir: Path, quiet: bool = False) -> None:
+    """``pip install --no-deps -e`` this checkout in the environment (its dependencies are the pinned ones), then
+    check that ``import scripts`` there is this checkout's, from another folder.
+
+    Raises:
+        RuntimeError: the install or the check failed; the message names the command and its output.
+    """
+    (venv_dir / BUNDLE_STAMP).unlink(missing_ok=True)
+    python = str(bin_dir(venv_dir) / "python")
+    pip, env = _pip(venv_dir, quiet)
+    _check([*pip, "--no-deps", "-e", str(ROOT)], f"installing the bundle {ROOT}", env, quiet)
+    expected = str(ROOT / "scripts" / "__init__.py")
+    check = f"import os, scripts; assert os.path.realpath(scripts.__file__) == {expected!r}, scripts.__file__"
+    _check([python, "-c", check], f"importing scripts from {ROOT}", env, quiet, cwd=venv_dir)
+    _write_stamp(venv_dir / BUNDLE_STAMP, bundle_stamp())
+
+
+def _write_stamp(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _check(cmd: list[str], what: str, env: dict[str, str], quiet: bool, cwd: Path | None = None) -> None:
     """Run ``cmd``; its output streams to the terminal (pip's progress bars), or is kept for the error if ``quiet``."""
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.run(
+        cmd, stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd
+    )
     if proc.returncode != 0:
         output = f"\n{proc.stdout[-4000:]}" if quiet else " (its output is above)"
         raise RuntimeError(

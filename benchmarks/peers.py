@@ -140,12 +140,14 @@ def nib_shape(path: str) -> tuple[int, ...]:
 def window_plan(sw: dict, shape) -> dict:
     """What MONAI's sliding window does on an input of ``shape``: the window (``roi_size`` with -1 = the input
     size), the padded input (at least one window) and the number of windows."""
-    from monai.inferers.utils import _get_scan_interval, dense_patch_slices
+    from monai.data.utils import dense_patch_slices
     from monai.utils import fall_back_tuple
 
     roi = fall_back_tuple(sw["roi_size"], shape)
     padded = [max(r, s) for r, s in zip(roi, shape)]
-    scan = _get_scan_interval(padded, roi, len(roi), (sw["overlap"],) * len(roi))
+    # the step between windows, as monai.inferers.sliding_window_inference takes it: a whole axis when the window
+    # covers it, else (1 - overlap) of the window (at least one voxel)
+    scan = [p if r == p else max(1, int(r * (1 - sw["overlap"]))) for r, p in zip(roi, padded)]
     return {"roi": list(roi), "padded": padded, "windows": len(dense_patch_slices(padded, roi, scan))}
 
 

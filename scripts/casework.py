@@ -4,7 +4,8 @@ the cases that failed.
 
 Also the one way to build a network from the configs with its weights, used by every script, benchmark and the
 MONAI Label app: :func:`parse_configs` (a config list with overrides), :func:`load_weights` (``weights_only``
-loading with one-line errors) and :func:`load_network` (both)."""
+loading with one-line errors) and :func:`load_network` (both). Their errors are one line: ``SystemExit`` for the
+configs and command lines, or :class:`CheckpointError` with ``exit_on_error=False`` (the app)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from scripts.data.checks import (
     failure,
     format_failure,
 )
-from scripts.handlers import CaseProgress, read_checkpoint
+from scripts.handlers import CaseProgress, CheckpointError, checkpoint_errors, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -45,36 +46,42 @@ def load_network(
     device: str | torch.device = "cpu",
     overrides: Mapping | None = None,
     net_id: str = "network_def",
+    exit_on_error: bool = True,
 ) -> torch.nn.Module:
     """``net_id`` of the merged ``config_files`` (with ``overrides``, :func:`parse_configs`) with the weights of
     ``ckpt_path`` (:func:`load_weights`: a state dict or a full training checkpoint), on ``device``, in eval
     mode, gradients off.
 
     Raises:
-        SystemExit: ``error: checkpoint <path> ...``, one line: the file is missing, unreadable or holds the
-            weights of another network.
+        CheckpointError: (``SystemExit("error: checkpoint <path> ...")`` with ``exit_on_error``) one line: the file
+            is missing, unreadable or holds the weights of another network.
     """
     network = parse_configs(config_files, overrides).get_parsed_content(net_id)
-    load_weights(network, ckpt_path, "cpu").to(device)
+    load_weights(network, ckpt_path, "cpu", exit_on_error).to(device)
     for p in network.parameters():
         p.requires_grad_(False)
     return network
 
 
-def load_weights(network: torch.nn.Module, path, device) -> torch.nn.Module:
-    """Load a state dict (or a ``{"model": state_dict}`` checkpoint) into ``network``. A missing or unreadable
-    file (:func:`scripts.handlers.read_checkpoint`) or weights of another network (:func:`misfit`) is one
-    ``error: checkpoint <path> ...`` line."""
-    if not Path(path).is_file():
-        raise SystemExit(f"error: checkpoint {path} not found (train first, or pass --ckpt_path)")
-    state = read_checkpoint(path, map_location=device)
-    if isinstance(state.get("model"), dict):
-        state = state["model"]
-    problem = misfit(network, state)
-    if problem:
-        raise SystemExit(f"error: checkpoint {path} does not fit the configured {type(network).__name__}: {problem}")
-    network.load_state_dict(state)
-    return network.eval()
+def load_weights(network: torch.nn.Module, path, device, exit_on_error: bool = True) -> torch.nn.Module:
+    """Load a state dict (or a ``{"model": state_dict}`` checkpoint) into ``network``; returns it in eval mode.
+
+    Raises:
+        CheckpointError: (``SystemExit("error: checkpoint <path> ...")`` with ``exit_on_error``,
+            :func:`scripts.handlers.checkpoint_errors`) one line: the file is missing, unreadable
+            (:func:`scripts.handlers.read_checkpoint`) or holds the weights of another network (:func:`misfit`).
+    """
+    with checkpoint_errors(exit_on_error):
+        if not Path(path).is_file():
+            raise CheckpointError(f"checkpoint {path} not found (train first, or pass --ckpt_path)")
+        state = read_checkpoint(path, map_location=device, exit_on_error=False)
+        if isinstance(state.get("model"), dict):
+            state = state["model"]
+        problem = misfit(network, state)
+        if problem:
+            raise CheckpointError(f"checkpoint {path} does not fit the configured {type(network).__name__}: {problem}")
+        network.load_state_dict(state)
+        return network.eval()
 
 
 def misfit(network: torch.nn.Module, state: dict) -> str:

@@ -121,21 +121,44 @@ def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint") -> str | None:
     return found[-1][1] if found else None
 
 
-def read_checkpoint(path: str, map_location=None) -> dict:
-    """The dict saved in the checkpoint ``path`` (``torch.load`` with ``weights_only=True``). A file that cannot
-    be read (truncated, empty, not a PyTorch file, or holding objects other than tensors and plain values) or
-    that holds no dict is ``SystemExit("error: checkpoint <path>: ...")``, one line naming the file."""
+class CheckpointError(ValueError):
+    """A weights file that cannot give a network its weights: missing, unreadable, not a dict of weights, or
+    another network's weights. The message is one line naming the file (``checkpoint <path>...``)."""
+
+
+@contextlib.contextmanager
+def checkpoint_errors(exit_on_error: bool = True):
+    """With ``exit_on_error`` (the configs and command lines), a :class:`CheckpointError` raised in the block
+    becomes ``SystemExit("error: <its message>")``: ``python -m monai.bundle run`` prints that one line and exits
+    with code 1 instead of a traceback. Without it the error is raised (a server, e.g. the MONAI Label app)."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... depending on the damage
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise SystemExit(
-            f"error: checkpoint {path}: cannot be read as PyTorch weights (truncated, empty or not a weights file: "
-            f"{reason[:200]})"
-        ) from None
-    if not isinstance(state, dict):
-        raise SystemExit(f"error: checkpoint {path}: holds a {type(state).__name__}, not a dict of weights")
-    return state
+        yield
+    except CheckpointError as e:
+        if exit_on_error:
+            raise SystemExit(f"error: {e}") from None
+        raise
+
+
+def read_checkpoint(path: str, map_location=None, exit_on_error: bool = True) -> dict:
+    """The dict saved in the checkpoint ``path`` (``torch.load`` with ``weights_only=True``).
+
+    Raises:
+        CheckpointError: (``SystemExit("error: ...")`` with ``exit_on_error``, :func:`checkpoint_errors`) the
+            file cannot be read (truncated, empty, not a PyTorch file, or holding objects other than tensors
+            and plain values) or holds no dict; one line naming the file.
+    """
+    with checkpoint_errors(exit_on_error):
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... depending on the damage
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(
+                f"checkpoint {path}: cannot be read as PyTorch weights (truncated, empty or not a weights file: "
+                f"{reason[:200]})"
+            ) from None
+        if not isinstance(state, dict):
+            raise CheckpointError(f"checkpoint {path}: holds a {type(state).__name__}, not a dict of weights")
+        return state
 
 
 # --- random states as weights_only-loadable values --------------------------------------------------------

@@ -58,7 +58,7 @@ from monai.utils import convert_to_dst_type
 from scipy import ndimage as ndi
 
 from scripts.conventions import BRATS2020_LABELS, LABEL_NAMES, MODALITIES
-from scripts.transforms import LabelToRegionsd, _LabelConversiond, _source_name, non_integer_labels
+from scripts.transforms import LabelConversiond, LabelToRegionsd, non_integer_labels, source_name
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +71,14 @@ WORLD_CLICKS_KEY = "clicks_world"
 # ---------------------------------------------------------------------------------------------- labels
 def _check_values(label: torch.Tensor, labels: Sequence[int]) -> None:
     if label.shape[0] != 1:
-        raise ValueError(f"{_source_name(label)}: expected a single-channel label map, got shape {tuple(label.shape)}")
+        raise ValueError(f"{source_name(label)}: expected a single-channel label map, got shape {tuple(label.shape)}")
     problem = non_integer_labels(label)
     if problem:
-        raise ValueError(f"{_source_name(label)}: {problem}")
+        raise ValueError(f"{source_name(label)}: {problem}")
     unexpected = sorted(set(int(v) for v in torch.unique(label).tolist()) - {0, *labels})
     if unexpected:
         raise ValueError(
-            f"{_source_name(label)}: label values {unexpected} are outside the expected set {[0, *labels]} "
+            f"{source_name(label)}: label values {unexpected} are outside the expected set {[0, *labels]} "
             f"(necrotic, oedema, enhancing = {list(labels)})"
         )
 
@@ -111,7 +111,7 @@ def classes_to_regions(classes: torch.Tensor) -> torch.Tensor:
     return torch.stack([tc, tc | (lab == 2), lab == 3]).float()
 
 
-class BratsToClassesd(_LabelConversiond):
+class BratsToClassesd(LabelConversiond):
     """Dictionary transform: BraTS label map -> class indices (1, *spatial), see :func:`brats_to_classes`, with
     the item's own label convention when it has ``labels_key``. Also sets ``data["label_names"]`` (what MONAI's
     deepedit transforms read) to ``label_names``, on items without a label too."""
@@ -136,7 +136,7 @@ class BratsToClassesd(_LabelConversiond):
         return d
 
 
-class ClassesToBratsd(_LabelConversiond):
+class ClassesToBratsd(LabelConversiond):
     """Dictionary transform: class indices (1, *spatial) -> uint8 BraTS label map in the item's convention,
     see :func:`classes_to_brats`."""
 
@@ -264,7 +264,7 @@ class ClicksToGuidanced(Transform):
                     points.append(v.tolist())
                 else:
                     logger.warning(
-                        f"{_source_name(img)}: '{name}' click at {np.round(p, 1).tolist()} mm is outside the "
+                        f"{source_name(img)}: '{name}' click at {np.round(p, 1).tolist()} mm is outside the "
                         f"preprocessed image (voxel {v.tolist()}, shape {shape.tolist()}); ignored"
                     )
             guidance[name] = points

@@ -56,7 +56,7 @@ from scripts.conventions import (
 from scripts.metrics import lesions
 
 
-def _source_name(img) -> str:
+def source_name(img) -> str:
     """The file an image came from, for error messages (``'<unknown>'`` when it has no metadata)."""
     meta = getattr(img, "meta", {}) or {}
     name = meta.get("filename_or_obj", "<unknown>")
@@ -94,16 +94,16 @@ def label_to_regions(label: torch.Tensor, labels: Sequence[int] = BRATS2020_LABE
     holds values outside ``{0} | labels``.
     """
     if label.shape[0] != 1:
-        raise CaseError(_source_name(label), f"expected a single-channel label map, got shape {tuple(label.shape)}")
+        raise CaseError(source_name(label), f"expected a single-channel label map, got shape {tuple(label.shape)}")
     lab = label[0]
     problem = non_integer_labels(lab)
     if problem:
-        raise CaseError(_source_name(label), problem)
+        raise CaseError(source_name(label), problem)
     values = torch.unique(lab).tolist()
     unexpected = sorted(set(int(v) for v in values) - {0, *labels})
     if unexpected:
         raise CaseError(
-            _source_name(label),
+            source_name(label),
             f"label values {unexpected} are outside the expected set {[0, *labels]} "
             f"(necrotic, oedema, enhancing = {list(labels)})",
         )
@@ -140,7 +140,7 @@ def nested(regions: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class _LabelConversiond(MapTransform):
+class LabelConversiond(MapTransform):
     """Base of the two label conversions: ``convert(img, labels)`` on every key, with the label convention
     ``labels`` = (necrotic, oedema, enhancing), or the item's own one when ``labels_key`` is set and the item
     carries that key (e.g. ``"labels": [2, 1, 3]`` for MSD Task01, ``[1, 2, 3]`` for BraTS 2023), so one config
@@ -169,17 +169,17 @@ class _LabelConversiond(MapTransform):
         return d
 
 
-class LabelToRegionsd(_LabelConversiond):
+class LabelToRegionsd(LabelConversiond):
     """Dictionary transform: BraTS label map -> 3 float region channels (TC, WT, ET), see
-    :func:`label_to_regions` and :class:`_LabelConversiond` for ``labels``/``labels_key``."""
+    :func:`label_to_regions` and :class:`LabelConversiond` for ``labels``/``labels_key``."""
 
     convert = staticmethod(label_to_regions)
     dtype = torch.float32
 
 
-class RegionsToLabeld(_LabelConversiond):
+class RegionsToLabeld(LabelConversiond):
     """Dictionary transform: 3 binary region channels (TC, WT, ET) -> uint8 label map (1, *spatial), see
-    :func:`regions_to_label` and :class:`_LabelConversiond` for ``labels``/``labels_key``."""
+    :func:`regions_to_label` and :class:`LabelConversiond` for ``labels``/``labels_key``."""
 
     convert = staticmethod(regions_to_label)
     dtype = torch.uint8
@@ -667,7 +667,7 @@ class SelectChannelsd(MapTransform):
             img = d[key]
             n = img.shape[0]
             if any(not -n <= c < n for c in order):
-                raise ValueError(f"{_source_name(img)}: channel order {order} is out of range for {n} channels")
+                raise ValueError(f"{source_name(img)}: channel order {order} is out of range for {n} channels")
             if list(order) == list(range(n)):
                 continue
             d[key] = img[list(order)]
@@ -730,7 +730,7 @@ class CheckImageDatad(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            name = _source_name(img)
+            name = source_name(img)
             t = torch.as_tensor(img)
             if t.ndim != 4 or (self.channels and t.shape[0] != self.channels):
                 raise CaseError(
@@ -758,10 +758,10 @@ class CheckImageDatad(MapTransform):
             if t.is_floating_point():
                 bad = int((~torch.isfinite(t)).sum())
                 if bad:
-                    raise CaseError(_source_name(d[key]), f"{bad} NaN/Inf voxel(s) in the label map")
+                    raise CaseError(source_name(d[key]), f"{bad} NaN/Inf voxel(s) in the label map")
                 problem = non_integer_labels(t)
                 if problem:
-                    raise CaseError(_source_name(d[key]), problem)
+                    raise CaseError(source_name(d[key]), problem)
         return d
 
 
@@ -772,6 +772,7 @@ __all__ = [
     "PathSafeSpacingd",
     "BrainHistogramEqualized",
     "BrainNormalized",
+    "LabelConversiond",
     "LabelToRegionsd",
     "MaskOutsideBraind",
     "NestRegionsd",
@@ -782,4 +783,5 @@ __all__ = [
     "nested",
     "non_integer_labels",
     "regions_to_label",
+    "source_name",
 ]

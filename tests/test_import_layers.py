@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tools.import_graph import imported_modules, module_files
+
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = (
     ("scripts.conventions",),  # standard library only
@@ -22,34 +24,6 @@ LAYERS = (
 TOP = len(LAYERS) - 1
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def modules() -> dict[str, Path]:
-    return {module_name(p): p for p in sorted((ROOT / "scripts").rglob("*.py"))}
-
-
-def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
-    """The ``scripts`` modules that ``path`` imports anywhere in its code (function-level imports included)."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(anchor + ([base] if base else []))
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
-        else:
-            continue
-        found |= {t for t in targets if t == "scripts" or t.startswith("scripts.")}
-    return found - {name}
-
-
 def layer_of(name: str) -> int:
     for i, group in enumerate(LAYERS):
         if any(name == g or name.startswith(g + ".") for g in group):
@@ -57,12 +31,15 @@ def layer_of(name: str) -> int:
     return TOP
 
 
-GRAPH = {name: imports_of(name, path, set(modules())) for name, path in modules().items()}
+MODULES = module_files(ROOT)
+GRAPH = {name: imported_modules(name, path, MODULES) for name, path in MODULES.items()}
 
 
 def test_the_graph_is_read():
     assert "scripts.conventions" in GRAPH["scripts.data.layouts"]
     assert "scripts.io" in GRAPH["scripts.handlers"]
+    assert "scripts.networks.blocks" in GRAPH["scripts.networks.resunet"]  # a relative import: from .blocks
+    assert "scripts.synthetic.anatomy" in GRAPH["scripts.synthetic.generator"]  # from a package import a module
 
 
 def test_no_import_cycle():

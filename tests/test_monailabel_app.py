@@ -1,6 +1,8 @@
 """The MONAI Label pieces that need no server: the datastore writer, the server environment's bookkeeping, the
 launch command and the overlay rendering (the server itself: tests/test_monailabel_server.py)."""
 
+import subprocess
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ from monai.bundle import ConfigParser
 from apps import render_overlay, server
 from apps.resunet_brats.lib import versions
 from apps.resunet_brats.lib.models import MODELS, missing_files
+from apps.resunet_brats.lib.retraining import evaluate
+from scripts.casework import CheckpointError, parse_configs
 from scripts.synthetic.phantom import generate_case, write_monailabel_datastore
 from tests._bundle import ROOT
 
@@ -40,6 +44,39 @@ def test_server_environment_is_reused_only_while_the_pinned_files_are_unchanged(
     edited.write_text(server.REQUIREMENTS.read_text() + "extra-package==1.0\n")
     monkeypatch.setattr(server, "PINNED_FILES", (edited, *server.PINNED_FILES[1:]))
     assert not server.is_ready(venv_dir)
+
+
+def test_the_server_environment_gets_this_checkout_by_an_editable_install_once(tmp_path, monkeypatch):
+    venv_dir = tmp_path / "venv"
+    (venv_dir / "bin").mkdir(parents=True)
+    (venv_dir / "bin" / "python").touch()
+    (venv_dir / server.STAMP).write_text(server.requirements_digest() + "\n")  # the pinned packages are there
+    commands = []
+    monkeypatch.setattr(server, "_check", lambda cmd, *args, **kwargs: commands.append(cmd))
+    assert server.setup(venv_dir) == venv_dir and server.has_bundle(venv_dir)
+    assert commands[0][-3:] == ["--no-deps", "-e", str(ROOT)] and "-r" not in commands[0]
+    assert "import os, scripts" in commands[1][-1]  # then checked: scripts is this checkout's
+    commands.clear()
+    server.setup(venv_dir)
+    assert commands == []  # installed: reused
+    (venv_dir / server.BUNDLE_STAMP).write_text(f"/another/checkout\n{server.bundle_stamp().split()[1]}\n")
+    server.setup(venv_dir)
+    assert commands[0][-3:] == ["--no-deps", "-e", str(ROOT)]  # another checkout was installed: this one is
+
+
+def test_the_app_imports_in_the_server_environment_without_path_edits(venv_dir, tmp_path):
+    """In the server environment (another folder, no PYTHONPATH) ``scripts`` is this checkout's and the app's
+    modules that use it import as they are."""
+    code = (
+        "import scripts, apps.resunet_brats.lib.dicomweb, apps.resunet_brats.lib.bundle_tasks, "
+        "apps.resunet_brats.lib.versions; print(scripts.__file__)"
+    )
+    python = str(server.bin_dir(venv_dir) / "python")
+    proc = subprocess.run(
+        [python, "-c", code], cwd=tmp_path, env=server.server_env(venv_dir), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] == str(ROOT / "scripts" / "__init__.py")
 
 
 def test_server_command_serves_this_bundle_on_loopback_with_the_server_environment_first_on_path(tmp_path):
@@ -77,6 +114,16 @@ def test_models_beside_each_other_keep_separate_versions_and_checkpoint_folders(
         parser["bundle_root"] = str(tmp_path)
         ckpt[name] = parser.get_parsed_content("ckpt_dir")
     assert len(set(ckpt.values())) == len(MODELS)
+
+
+def test_retraining_validation_of_another_networks_weights_is_a_checkpoint_error(checkpoint):
+    """The app scores weights with the bundle's one loader (``scripts.casework.load_weights``): weights that do not
+    fit the configured network raise a one-line ``CheckpointError`` (the server answers; it does not exit)."""
+    parser = parse_configs([str(ROOT / "configs" / "train.json")], {"bundle_root": str(ROOT)})
+    with pytest.raises(
+        CheckpointError, match=r"^checkpoint .* does not fit the configured ResUNet: .* of another shape"
+    ):
+        evaluate(parser, checkpoint, [], "cpu")
 
 
 def test_overlay_png_of_a_study_and_its_label(tmp_path):

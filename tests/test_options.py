@@ -19,7 +19,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from scripts import options
-from scripts.casework import load_weights
+from scripts.casework import CheckpointError, load_network, load_weights
 from scripts.handlers import TrainingCheckpoint
 from scripts.inferers import FlipTTAInferer
 from tests._inputs import TINY, bundle, checksums, error_lines, write_case
@@ -216,6 +216,25 @@ def test_damaged_or_foreign_checkpoints_are_one_error_line(checkpoint, tmp_path)
         load_weights(wide, checkpoint, "cpu")
     assert "\n" not in str(e.value)
     assert load_weights(network, checkpoint, "cpu") is network  # the right weights still load
+
+
+def test_without_exit_on_error_a_bad_checkpoint_raises_the_same_line_for_a_server(checkpoint, tmp_path):
+    """``exit_on_error=False`` (the MONAI Label app): a ``CheckpointError`` (a ``ValueError``) whose message is the
+    command line's error without ``error: ``."""
+    network = parsed(["inference.json"], device="cpu", **{"network_def#channels": [8, 16, 32, 64]})
+    network = network.get_parsed_content("network_def")
+    wide = parsed(["inference.json"], device="cpu").get_parsed_content("network_def")
+    bad = [(network, p) for p in damaged_checkpoints(tmp_path, checkpoint).values()]
+    bad += [(network, tmp_path / "missing.pt"), (wide, checkpoint)]
+    for net, path in bad:
+        with pytest.raises(SystemExit) as exited:
+            load_weights(net, path, "cpu")
+        with pytest.raises(CheckpointError, match=rf"^checkpoint {re.escape(str(path))}[: ]") as raised:
+            load_weights(net, path, "cpu", exit_on_error=False)
+        assert isinstance(raised.value, ValueError) and "\n" not in str(raised.value)
+        assert str(exited.value) == f"error: {raised.value}"
+    with pytest.raises(CheckpointError, match="not found"):
+        load_network([str(CONFIGS / "inference.json")], str(tmp_path / "missing.pt"), exit_on_error=False)
 
 
 @pytest.mark.slow

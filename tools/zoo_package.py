@@ -14,7 +14,6 @@ The folder is written under a temporary name beside ``--output`` and renamed whe
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import re
@@ -25,19 +24,11 @@ from pathlib import Path
 import yaml
 
 from scripts.io import temporary_name
+from tools.import_graph import imported_modules, module_files, module_of
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ("LICENSE", "large_files.yml", "docs/README.md")
 _REFERENCE = re.compile(r"\bscripts(?:\.[A-Za-z_]\w*)+")
-
-
-def module_files(root: Path = ROOT) -> dict[str, Path]:
-    """``{module name: file}`` of every module of the ``scripts`` package under ``root``."""
-    found = {}
-    for path in sorted((root / "scripts").rglob("*.py")):
-        parts = path.relative_to(root).with_suffix("").parts
-        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return found
 
 
 def config_references(configs: Iterable[Path]) -> set[str]:
@@ -60,40 +51,11 @@ def config_references(configs: Iterable[Path]) -> set[str]:
     return names
 
 
-def _as_module(name: str, modules: dict[str, Path]) -> str | None:
-    """The longest prefix of the dotted ``name`` that is a module (``scripts.data.layouts.find_cases`` ->
-    ``scripts.data.layouts``)."""
-    parts = name.split(".")
-    for end in range(len(parts), 0, -1):
-        if ".".join(parts[:end]) in modules:
-            return ".".join(parts[:end])
-    return None
-
-
-def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The ``scripts`` modules that the module ``name`` (at ``path``) imports anywhere in its code."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(anchor + ([base] if base else []))
-            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
-        else:
-            continue
-        found |= {m for m in (_as_module(t, modules) for t in targets if t.startswith("scripts")) if m}
-    return found
-
-
 def required_modules(configs: Iterable[Path], root: Path = ROOT) -> list[str]:
     """The ``scripts`` modules the ``configs`` need: those they reference, every module those import (at any
     depth) and every package above each of them, sorted."""
     modules = module_files(root)
-    todo = {m for m in (_as_module(n, modules) for n in config_references(configs)) if m}
+    todo = {m for m in (module_of(n, modules) for n in config_references(configs)) if m}
     needed: set[str] = set()
     while todo:
         name = todo.pop()
@@ -101,7 +63,7 @@ def required_modules(configs: Iterable[Path], root: Path = ROOT) -> list[str]:
             continue
         needed.add(name)
         parents = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
-        todo |= (_imports(name, modules[name], modules) | parents) - needed
+        todo |= (imported_modules(name, modules[name], modules) | parents) - needed
     return sorted(needed)
 
 

@@ -4,7 +4,8 @@ correction with the DeepEdit-style variant, and retraining on the labels clinici
 Start it with ``python apps/server.py start --studies DATASTORE`` (see docs/monailabel.md), which runs
 ``monailabel start_server --app apps/resunet_brats ...`` in the server environment. Options (``--conf KEY VALUE``):
 
-- ``bundle_path``: the bundle to serve (default: the repository this app lives in);
+- ``bundle_path``: the bundle whose configs and weights are served (default: the repository this app lives in;
+  the Python package ``scripts`` is the one installed in the server environment, this repository's);
 - ``models``: ``all`` (default) or a comma-separated list of ``resunet_brats``, ``resunet_brats_deepedit``,
   ``resunet_brats_student`` (the distilled student, ``configs/student.json``);
 - ``max_epochs``: default epochs of a training request (default 50);

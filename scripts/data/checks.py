@@ -73,7 +73,8 @@ def format_failure(record: Mapping) -> str:
     return ": ".join(_escape_breaks(record[k]) for k in ("case_id", "file", "problem"))
 
 
-def _as_list(value) -> list[str]:
+def file_list(value) -> list[str]:
+    """The file names of an item's ``image`` or ``label`` entry (one file, a list of files, or none) as strings."""
     if value is None:
         return []
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
@@ -83,7 +84,7 @@ def case_id_of(item: Mapping, image_key: str = "image") -> str:
     """The item's ``case_id``, else the case id of its first image file."""
     if item.get("case_id"):
         return str(item["case_id"])
-    files = _as_list(item.get(image_key))
+    files = file_list(item.get(image_key))
     return case_id_from_path(files[0]) if files else "<unknown case>"
 
 
@@ -178,7 +179,7 @@ def warn_shared_sequence_file(item: Mapping, image_key: str = "image") -> list[s
     """Log one warning line naming the case and the file when two or more sequences of a one-file-per-sequence case
     are the same file (one path given twice, a symlink or a hard link: the network would see copies of one
     sequence); returns the sequences that share a file (empty when none)."""
-    files = _as_list(item.get(image_key))
+    files = file_list(item.get(image_key))
     if len(files) != len(MODALITY_NAMES):
         return []
     groups: dict[tuple[int, int], list[int]] = {}
@@ -203,7 +204,7 @@ def warn_shared_sequence_file(item: Mapping, image_key: str = "image") -> list[s
 def _present_files_only(item: Mapping, image_key: str, channels: int) -> dict:
     """``item`` with its missing modality files replaced by the first present one (so the header checks compare
     the present files only); :class:`CaseError` when none of the ``channels`` files exists."""
-    files = _as_list(item.get(image_key))
+    files = file_list(item.get(image_key))
     if len(files) != channels:
         return dict(item)
     present = [f for f in files if os.path.exists(f)]
@@ -213,7 +214,7 @@ def _present_files_only(item: Mapping, image_key: str, channels: int) -> dict:
 
 
 def _check_case(item: Mapping, image_key: str, label_key: str | None, channels: int) -> None:
-    files = _as_list(item.get(image_key))
+    files = file_list(item.get(image_key))
     if not files:
         raise CaseError("<datalist entry>", f"no '{image_key}' file in the datalist entry {dict(item)}")
     if len(files) not in (1, channels):
@@ -349,8 +350,8 @@ def describe_error(
     first image file.
     """
     case_id = case_id_of(item, image_key)
-    images = _as_list(item.get(image_key))
-    files = images + (_as_list(item.get(label_key)) if label_key else [])
+    images = file_list(item.get(image_key))
+    files = images + (file_list(item.get(label_key)) if label_key else [])
     chain = _chain(error)
     for e in chain:
         if isinstance(e, CaseError):
@@ -521,7 +522,7 @@ def output_ids(item: Mapping, image_key: str = "image") -> list[str]:
     """The case ids a prediction of ``item`` can be named after: its ``case_id`` and the id of its first image
     file (what ``scripts.io.case_name_formatter`` names the output after), each once."""
     ids = [case_id_of(item, image_key)]
-    files = _as_list(item.get(image_key))
+    files = file_list(item.get(image_key))
     if files and case_id_from_path(files[0]) not in ids:
         ids.append(case_id_from_path(files[0]))
     return ids
@@ -536,7 +537,7 @@ def input_files(inputs: Iterable, keys: Sequence[str] = INPUT_KEYS) -> dict[str,
     ``keys`` name, and the files directly in a named folder (a DICOM series)."""
     found: dict[str, str] = {}
     for entry in inputs:
-        paths = [f for k in keys for f in _as_list(entry.get(k))] if isinstance(entry, Mapping) else _as_list(entry)
+        paths = [f for k in keys for f in file_list(entry.get(k))] if isinstance(entry, Mapping) else file_list(entry)
         for f in paths:
             found.setdefault(os.path.realpath(f), f)
             if os.path.isdir(f):
@@ -672,6 +673,7 @@ __all__ = [
     "describe_error",
     "exit_on_failures",
     "failure",
+    "file_list",
     "format_failure",
     "output_ids",
     "report",

@@ -58,7 +58,7 @@ from scripts.conventions import (
     modality_of,
     strip_nifti,
 )
-from scripts.data.checks import _as_list, failure, format_failure, output_ids
+from scripts.data.checks import failure, file_list, format_failure, output_ids
 from scripts.data.dicom import find_dicom_cases
 from scripts.io import write_json
 
@@ -488,7 +488,7 @@ def unused_files(root: str | os.PathLike, cases: Sequence[dict], layout: str, ex
     of a case, or a modality or label file that fits no case of ``layout`` (``notes_T1w.nii.gz``, a label
     without images). Other NIfTI files (e.g. other algorithms' segmentations ``algorithms/isen-20.nii.gz``) are
     not case files: each is logged as ignored, with no record."""
-    used = {os.path.realpath(f) for c in cases for k in ("image", "label") for f in _as_list(c.get(k))}
+    used = {os.path.realpath(f) for c in cases for k in ("image", "label") for f in file_list(c.get(k))}
     ids = {c.get("case_id") for c in cases}
     records = []
     for folder, count in hidden_folders(root, exclude):

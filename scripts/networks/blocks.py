@@ -34,6 +34,7 @@ __all__ = [
     "is_unit_stride",
     "level_strides",
     "check_input_shape",
+    "check_spatial_dims",
 ]
 
 DEFAULT_NORM: tuple = ("instance", {"affine": True})
@@ -56,7 +57,8 @@ def _as_tuple(value: Sequence[int] | int, spatial_dims: int, name: str) -> tuple
     return value
 
 
-def _check_spatial_dims(spatial_dims: int) -> None:
+def check_spatial_dims(spatial_dims: int) -> None:
+    """Raise ``ValueError`` unless ``spatial_dims`` is 2 or 3 (the networks' blocks are 2D or 3D)."""
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
 
@@ -168,7 +170,7 @@ class SeparableConv(nn.Module):
         bias: bool = False,
     ) -> None:
         super().__init__()
-        _check_spatial_dims(spatial_dims)
+        check_spatial_dims(spatial_dims)
         conv_type = Conv[Conv.CONV, spatial_dims]
         self.depthwise = conv_type(
             in_channels,
@@ -209,7 +211,7 @@ def conv_layer(
     Returns:
         a module mapping ``(B, C_in, *S)`` -> ``(B, C_out, *ceil(S / stride))``.
     """
-    _check_spatial_dims(spatial_dims)
+    check_spatial_dims(spatial_dims)
     if separable:
         return SeparableConv(spatial_dims, in_channels, out_channels, kernel_size, stride, bias=bias)
     return Conv[Conv.CONV, spatial_dims](
@@ -271,7 +273,7 @@ class ResidualBlock(nn.Module):
         separable: bool = False,
     ) -> None:
         super().__init__()
-        _check_spatial_dims(spatial_dims)
+        check_spatial_dims(spatial_dims)
         _as_tuple(stride, spatial_dims, "stride")
         bias = norm is None
         self.conv1 = conv_layer(spatial_dims, in_channels, out_channels, kernel_size, stride, separable, bias)
@@ -324,7 +326,7 @@ class SkipAdapter(nn.Module):
         norm: tuple | str | None = DEFAULT_NORM,
     ) -> None:
         super().__init__()
-        _check_spatial_dims(spatial_dims)
+        check_spatial_dims(spatial_dims)
         self.conv = Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size=1, bias=norm is None)
         self.norm = _norm_or_identity(norm, spatial_dims, out_channels)
 
@@ -359,7 +361,7 @@ def conv_norm_act(
         ``nn.Sequential(conv, norm, act)`` (``nn.Identity`` for the missing ones) mapping
         ``(B, C_in, *S)`` -> ``(B, C_out, *ceil(S / stride))``.
     """
-    _check_spatial_dims(spatial_dims)
+    check_spatial_dims(spatial_dims)
     conv = Conv[Conv.CONV, spatial_dims](
         in_channels,
         out_channels,
@@ -417,7 +419,7 @@ class InvertedResidual(nn.Module):
         se_reduction: int | None = 4,
     ) -> None:
         super().__init__()
-        _check_spatial_dims(spatial_dims)
+        check_spatial_dims(spatial_dims)
         _as_tuple(stride, spatial_dims, "stride")
         if expansion < 1:
             raise ValueError(f"expansion must be >= 1, got {expansion}.")

@@ -18,8 +18,8 @@ from .blocks import (
     DEFAULT_NORM,
     ResidualBlock,
     SkipAdapter,
-    _check_spatial_dims,
     check_input_shape,
+    check_spatial_dims,
     level_strides,
 )
 
@@ -177,7 +177,7 @@ class ResUNet(nn.Module):
         decoder_channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        _check_spatial_dims(spatial_dims)
+        check_spatial_dims(spatial_dims)
         channels = [int(c) for c in channels]
         stride_tuples, divisors = level_strides(strides, channels, spatial_dims)
         dec_channels = _decoder_widths(channels, decoder_channels)

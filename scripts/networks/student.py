@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from monai.networks.layers.factories import Conv
 
-from .blocks import InvertedResidual, SkipAdapter, _check_spatial_dims, check_input_shape, conv_norm_act, level_strides
+from .blocks import InvertedResidual, SkipAdapter, check_input_shape, check_spatial_dims, conv_norm_act, level_strides
 
 __all__ = ["StudentUNet", "AdditiveDecoderStage"]
 
@@ -129,7 +129,7 @@ class StudentUNet(nn.Module):
         act: tuple | str | None = STUDENT_ACT,
     ) -> None:
         super().__init__()
-        _check_spatial_dims(spatial_dims)
+        check_spatial_dims(spatial_dims)
         channels = [int(c) for c in channels]
         n_levels = len(channels)
         stride_tuples, divisors = level_strides(strides, channels, spatial_dims)

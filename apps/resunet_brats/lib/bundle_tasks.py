@@ -24,23 +24,22 @@ from monai.bundle import ConfigParser
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer import bundle as infer_bundle
 from monailabel.tasks.train import bundle as train_bundle
-from monailabel.utils.others.class_utils import unload_module
 from monailabel.utils.others.generic import name_to_device
+
+from scripts.casework import parse_configs
+from scripts.io import write_json
 
 from . import versions
 from .models import BundleModel
 from .retraining import DEFAULT_VAL_SPLIT, TrainingRequestError, check_options, decide, evaluate, split_validation
-from .versions import bundle_imports
 
 logger = logging.getLogger(__name__)
 
 
 def read_configs(bundle_path: str, files: Sequence[str]) -> ConfigParser:
-    """The bundle's config files merged in order (later files override earlier ids), ``bundle_root`` set."""
-    parser = ConfigParser()
-    parser.read_config([os.path.join(bundle_path, "configs", f) for f in files])
-    parser.config.update({"bundle_root": bundle_path})
-    return parser
+    """The config ``files`` of the bundle at ``bundle_path`` merged in order (later files override earlier ids),
+    ``bundle_root`` set (:func:`scripts.casework.parse_configs`)."""
+    return parse_configs([os.path.join(bundle_path, "configs", f) for f in files], {"bundle_root": bundle_path})
 
 
 def label_names(parser: ConfigParser, with_background: bool) -> dict[str, int]:
@@ -190,18 +189,14 @@ class ResUNetTrainTask(train_bundle.BundleTrainTask):
         self._note(f"Validation: {validation['note']}; validation studies {validation['validation_cases']}")
         device = name_to_device(request.get("device", "cuda"))
         run_dir = os.path.join(os.path.dirname(self.served_weights), "monailabel_runs", _stamp())
-        with bundle_imports(self.bundle_path):
-            unload_module("scripts")
-            from scripts.io import write_json
-
-            served = self._score(self.served_weights, plan["val"], device, "served weights")
-            self._run_training(request, plan, device, run_dir)
-            candidate_file = os.path.join(run_dir, "model.pt")
-            if not os.path.isfile(candidate_file):
-                raise RuntimeError(f"{request.get('model')}: the training run wrote no model ({candidate_file})")
-            candidate = self._score(candidate_file, plan["val"], device, "new weights")
-            result = self._publish(request, plan, served, candidate, candidate_file, run_dir)
-            write_json(result, os.path.join(run_dir, "result.json"))
+        served = self._score(self.served_weights, plan["val"], device, "served weights")
+        self._run_training(request, plan, device, run_dir)
+        candidate_file = os.path.join(run_dir, "model.pt")
+        if not os.path.isfile(candidate_file):
+            raise RuntimeError(f"{request.get('model')}: the training run wrote no model ({candidate_file})")
+        candidate = self._score(candidate_file, plan["val"], device, "new weights")
+        result = self._publish(request, plan, served, candidate, candidate_file, run_dir)
+        write_json(result, os.path.join(run_dir, "result.json"))
         self._note(f"Retraining result: {result['decision']}; {result['reason']}")
         return result
 

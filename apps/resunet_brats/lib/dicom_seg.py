@@ -16,9 +16,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import bundle_path  # noqa: F401  (puts the bundle's scripts package on sys.path)
-
-# isort: split
 from scripts.conventions import BRATS2020_LABELS, CLASS_COLOURS
 from scripts.data.dicom import SEGMENT_NAMES, onto_series_grid, series_affine, series_datasets
 from scripts.io import atomic_path

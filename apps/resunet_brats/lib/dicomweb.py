@@ -38,9 +38,6 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from pydicom.dataset import Dataset
 
-from . import bundle_path  # noqa: F401  (puts the bundle's scripts package on sys.path)
-
-# isort: split
 from scripts.conventions import BRATS2020_LABELS, MODALITIES, MODALITY_NAMES, modality_of
 from scripts.io import write_nifti
 

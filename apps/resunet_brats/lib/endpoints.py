@@ -127,8 +127,7 @@ def restore_version(model: str, version: str, user: User = _ADMIN):
     if _sync_lock.locked() or async_utils.processes("train"):
         raise HTTPException(409, "a training is running; restore a version when it has finished (GET /train/)")
     try:
-        with versions.bundle_imports(app_instance().bundle_dir):
-            restored = versions.restore(served, version)
+        restored = versions.restore(served, version)
     except versions.VersionError as e:
         raise HTTPException(404, str(e)) from None
     logger.info(f"{model}: serving version {version} again ({served})")

@@ -16,6 +16,8 @@ import os
 
 from monai.bundle import ConfigParser
 
+from scripts.casework import load_weights
+
 DEFAULT_VAL_SPLIT = 0.2
 
 
@@ -94,8 +96,11 @@ def split_validation(datalist: list[dict], val_split: float, model: str) -> tupl
 
 def evaluate(parser: ConfigParser, weights: str, val_items: list[dict], device, seed: int = 0) -> dict:
     """The bundle's own validation (``validate#evaluator`` of the parsed train configs) of ``weights`` on
-    ``val_items``: ``{metric name: value}``, the key metric first. No handler runs (nothing is written)."""
-    import torch
+    ``val_items``: ``{metric name: value}``, the key metric first. No handler runs (nothing is written).
+
+    Raises:
+        scripts.casework.CheckpointError: ``weights`` is missing, unreadable or another network's (one line).
+    """
     from monai.utils import set_determinism
 
     parser["device"] = device
@@ -105,8 +110,7 @@ def evaluate(parser: ConfigParser, weights: str, val_items: list[dict], device, 
     set_determinism(seed=seed)  # the interactive model's validation simulates clicks: the same for every weights
     try:
         network = parser.get_parsed_content("network", instantiate=True)
-        state = torch.load(weights, map_location=device, weights_only=True)
-        network.load_state_dict(state, strict=True)
+        load_weights(network, weights, device, exit_on_error=False)
         evaluator = parser.get_parsed_content("validate#evaluator", instantiate=True)
         evaluator.run()
     finally:

@@ -13,23 +13,19 @@ identified by its name (without ``.pt``); the served one is the version whose co
 file. Nothing here deletes a file.
 
 Files are written through the bundle's ``scripts.io`` (a temporary name beside the target, renamed), so the
-served file is always either the old or the new weights; callers put the bundle on ``sys.path``
-(:func:`bundle_imports`).
+served file is always either the old or the new weights.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import math
 import os
 import re
 import shutil
-import sys
-from collections.abc import Iterator
 
-from scripts.io import file_md5
+from scripts.io import atomic_path, file_md5, write_json
 
 VERSIONS = "versions"
 _NAME = re.compile(r"^\d{8}T\d{6}Z_(\d+\.\d{4}|unscored)(-\d+)?$")
@@ -37,16 +33,6 @@ _NAME = re.compile(r"^\d{8}T\d{6}Z_(\d+\.\d{4}|unscored)(-\d+)?$")
 
 class VersionError(LookupError):
     """An unknown version name (the message lists the known ones)."""
-
-
-@contextlib.contextmanager
-def bundle_imports(bundle_path: str) -> Iterator[None]:
-    """``bundle_path`` first on ``sys.path`` while the block runs, so that ``import scripts`` is the bundle's."""
-    sys.path.insert(0, bundle_path)
-    try:
-        yield
-    finally:
-        sys.path.remove(bundle_path)
 
 
 def versions_dir(weights: str) -> str:
@@ -58,8 +44,6 @@ def versions_dir(weights: str) -> str:
 
 
 def _copy(src: str, dst: str) -> None:
-    from scripts.io import atomic_path
-
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
@@ -98,8 +82,6 @@ def keep(weights_file: str, served: str, dice: float | None, info: dict) -> dict
     """Keep ``weights_file`` as a version of the served file ``served`` (unless a version with the same content
     exists): its copy and a ``.json`` with ``dice`` and ``info``. Returns the version (as in
     :func:`list_versions`)."""
-    from scripts.io import write_json
-
     digest = file_md5(weights_file)
     for v in list_versions(served):
         if v["md5"] == digest:
