@@ -151,7 +151,11 @@ def run(args) -> list[dict]:
     inferer = parser.get_parsed_content("sw_inferer")
     cases = load_cases(args.real, args.synthetic, args.num_folds)
     networks = {name: load_network(CONFIG, str(path)) for name, path in args.ckpt}
-    impute = ImputeMissingSequencesd("image", str(args.imputer))
+    fills = {
+        "imputed": ImputeMissingSequencesd("image", str(args.imputer)),
+        "t1ce_for_t1": ImputeMissingSequencesd("image", str(args.imputer), stand_ins={"t1": "t1ce"}),
+        "zero": None,
+    }
     rows = []
     for case in cases:
         data = transform(case)
@@ -164,7 +168,7 @@ def run(args) -> list[dict]:
             if len(channels) == len(MODALITIES) and fill != args.missing[0]:
                 continue  # nothing is missing: one row
             start = time.perf_counter()
-            pred = predict(network, inferer, image, channels, mode, impute if fill == "imputed" else None)
+            pred = predict(network, inferer, image, channels, mode, fills[fill])
             seconds = time.perf_counter() - start
             for post_name, params in args.postprocessing:
                 out = pred if params is None else keep_main_tumour(pred, 0.001, *params)
@@ -222,7 +226,12 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--real_subsets", default="main", help="real cases: all, main, or a comma-separated list")
     parser.add_argument("--postprocessing", type=variant, action="append", default=[])
     parser.add_argument("--test_time", default="plain", help=f"comma-separated, of {TEST_TIME}")
-    parser.add_argument("--missing", default="imputed", help="missing sequences: imputed, zero, or both (comma)")
+    parser.add_argument(
+        "--missing",
+        default="imputed",
+        help="missing sequences, comma-separated: imputed, t1ce_for_t1 (imputed, T1ce "
+        "standing in for a missing T1), zero",
+    )
     parser.add_argument("--imputer", type=Path, default=Path("models/imputer.pt"), help="the imputer's weights")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--markdown", type=Path, help="also write the summary tables here")
@@ -237,8 +246,8 @@ def main(argv=None) -> list[dict]:
     args.postprocessing = args.postprocessing or [variant("none")]
     args.test_time = args.test_time.split(",")
     args.missing = args.missing.split(",")
-    if not set(args.missing) <= {"imputed", "zero"}:
-        parser.error(f"--missing {','.join(args.missing)}: use imputed, zero or imputed,zero")
+    if not set(args.missing) <= {"imputed", "t1ce_for_t1", "zero"}:
+        parser.error(f"--missing {','.join(args.missing)}: use a comma-separated list of imputed, t1ce_for_t1, zero")
     if not set(args.test_time) <= set(TEST_TIME):
         parser.error(f"--test_time {','.join(args.test_time)}: use a comma-separated list of {TEST_TIME}")
     if args.threads:

@@ -384,13 +384,23 @@ class ImputeMissingSequencesd(MapTransform):
     not read; the first case with a missing sequence loads them (once). Use it after
     :class:`BrainHistogramEqualized`: the imputer predicts the network's input intensities. Input (M, *spatial).
 
+    ``stand_ins``: ``{missing sequence: present sequence}`` pairs (MODALITIES names) whose missing sequence is
+    replaced by the present one as it is instead of the imputer's prediction, e.g. ``{"t1": "t1ce"}``: T1ce is
+    the same T1-weighted acquisition after contrast, so it stands in for a missing T1.
+
     Raises:
         CaseError: the weights file is missing or unreadable (named, with what to do).
     """
 
-    def __init__(self, keys: KeysCollection, weights: str, allow_missing_keys: bool = False):
+    def __init__(
+        self, keys: KeysCollection, weights: str, stand_ins: Mapping | None = None, allow_missing_keys: bool = False
+    ):
         super().__init__(keys, allow_missing_keys)
         self.weights = str(weights)
+        unknown = sorted(set(stand_ins or {}) | set((stand_ins or {}).values()) - set(MODALITIES))
+        if unknown:
+            raise ValueError(f"stand_ins: unknown sequence name(s) {unknown}; use {list(MODALITIES)}")
+        self.stand_ins = {MODALITIES.index(a): MODALITIES.index(b) for a, b in (stand_ins or {}).items()}
         self._model: torch.nn.Module | None = None
         self._lock = threading.Lock()
 
@@ -421,6 +431,9 @@ class ImputeMissingSequencesd(MapTransform):
                 continue
             with torch.no_grad():
                 out = self.model(img.shape[0])(img[None])[0]
+            for missing, source in self.stand_ins.items():
+                if not present[missing] and present[source]:
+                    out[missing] = img[source]
             d[key], *_ = convert_to_dst_type(out, d[key], dtype=torch.float32)
         return d
 

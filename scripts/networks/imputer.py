@@ -16,7 +16,7 @@ import torch.nn as nn
 from monai.networks.layers.factories import Conv
 from monai.networks.layers.utils import get_act_layer
 
-from .blocks import DEFAULT_ACT, _check_spatial_dims
+from .blocks import DEFAULT_ACT, check_spatial_dims
 
 __all__ = ["SequenceImputer", "presence"]
 
@@ -56,7 +56,7 @@ class SequenceImputer(nn.Module):
         num_pointwise: int = 1,
     ) -> None:
         super().__init__()
-        _check_spatial_dims(spatial_dims)
+        check_spatial_dims(spatial_dims)
         conv = Conv[Conv.CONV, spatial_dims]
         layers: list[nn.Module] = []
         width = 2 * num_sequences
