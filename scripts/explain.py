@@ -126,7 +126,9 @@ class RegionGradCAM:
     input (1, C, *S) and, optionally, the predicted region masks (1, R, *S) that define the scores; returns
     (R, *S) maps in [0, 1] (the input is padded to the network's divisor and the maps cropped back).
     ``recompute``: recompute the decoder blocks in the backward pass (:func:`recompute_decoder_blocks`; not when
-    the target layer is in the decoder).
+    the target layer is in the decoder). ``margin``: with masks, the maps are computed in the box around the
+    predicted regions widened by ``margin`` voxels on every side (:func:`tumour_box`; 0 outside it), which bounds
+    the memory by the tumour's size rather than the brain's; ``None`` computes them on the whole input.
     """
 
     def __init__(
@@ -135,6 +137,7 @@ class RegionGradCAM:
         target_layer: str | None = None,
         divisor: int | Sequence[int] = 8,
         recompute: bool = True,
+        margin: int | None = 32,
     ):
         self.scorer = RegionScore(copy.deepcopy(network).eval())
         self.target_layer = target_layer or default_target_layer(network)
@@ -146,10 +149,20 @@ class RegionGradCAM:
             recompute_decoder_blocks(self.scorer.network)
         self.cam = GradCAM(self.scorer, target_layers=f"network.{self.target_layer}", postprocessing=scale_by_max)
         self.pad = DivisiblePad(k=divisor, mode="constant")
+        self.margin = margin
 
     def __call__(self, image: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         if image.ndim < 3 or image.shape[0] != 1:
             raise ValueError(f"expected one image (1, C, *S), got shape {tuple(image.shape)}")
+        box = None if masks is None or self.margin is None else tumour_box(masks, self.margin)
+        if box is None:
+            return self._maps(image, masks)
+        region = (slice(None), slice(None), *box)
+        out = torch.zeros((len(REGIONS), *image.shape[2:]), dtype=torch.float32, device=image.device)
+        out[(slice(None), *box)] = self._maps(image[region], torch.as_tensor(masks)[region])
+        return out
+
+    def _maps(self, image: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
         spatial = image.shape[2:]
         x = self.pad(image[0].as_tensor() if hasattr(image, "as_tensor") else image[0])[None]
         self.scorer.masks = None if masks is None else self.pad(torch.as_tensor(masks)[0])[None]
@@ -164,6 +177,17 @@ class RegionGradCAM:
             self.scorer.reuse, self.scorer._last, self.scorer.masks = False, None, None
         crop = tuple(slice(0, s) for s in spatial)
         return torch.stack(maps)[(slice(None), *crop)]
+
+
+def tumour_box(masks: torch.Tensor, margin: int) -> tuple[slice, ...] | None:
+    """The bounding box of every voxel of ``masks`` (1, R, *S) widened by ``margin`` voxels per side (clipped to
+    the image), as slices; ``None`` when the masks are empty."""
+    found = torch.nonzero(torch.as_tensor(masks)[0].any(dim=0))
+    if len(found) == 0:
+        return None
+    low, high = found.min(dim=0).values, found.max(dim=0).values
+    shape = masks.shape[2:]
+    return tuple(slice(max(int(lo) - margin, 0), min(int(hi) + 1 + margin, n)) for lo, hi, n in zip(low, high, shape))
 
 
 def _reinitialised(network: nn.Module, seed: int = 0) -> nn.Module:

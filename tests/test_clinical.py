@@ -127,6 +127,27 @@ def test_gradcam_with_recomputed_decoder_blocks_gives_the_same_maps():
     assert not any(type(m).__name__ == "Recomputed" for m in net.modules())  # the caller's network is untouched
 
 
+def test_gradcam_in_the_tumour_box_is_zero_outside_it_and_whole_when_the_box_is():
+    """With masks, the maps are computed in the box around the tumour plus the margin (memory bounded by the
+    tumour); a box that spans the image gives the whole-image maps."""
+    from scripts.explain import tumour_box
+    from scripts.networks import ResUNet
+
+    torch.manual_seed(0)
+    net = ResUNet(spatial_dims=3, in_channels=4, out_channels=3, channels=CHANNELS, strides=[1, 2, 2, 2]).eval()
+    x = torch.rand(1, 4, 40, 40, 32, generator=torch.Generator().manual_seed(1))
+    masks = torch.zeros(1, 3, 40, 40, 32, dtype=torch.bool)
+    masks[0, :, 4:10, 5:12, 3:9] = True
+    assert tumour_box(masks, 2) == (slice(2, 12), slice(3, 14), slice(1, 11))
+    assert tumour_box(torch.zeros_like(masks), 2) is None
+    maps = RegionGradCAM(net, margin=2)(x, masks)
+    assert maps.shape == (3, 40, 40, 32) and float(maps.max()) > 0
+    inside = torch.zeros(40, 40, 32, dtype=torch.bool)
+    inside[2:12, 3:14, 1:11] = True
+    assert float(maps[:, ~inside].abs().max()) == 0.0
+    torch.testing.assert_close(RegionGradCAM(net, margin=40)(x, masks), RegionGradCAM(net, margin=None)(x, masks))
+
+
 # ----------------------------------------------------------------------------------------------- uncertainty
 def test_tta_uncertainty_agrees_for_a_flip_equivariant_network_and_not_otherwise():
     x = torch.rand(1, 4, 8, 10, 6, generator=torch.Generator().manual_seed(0))
