@@ -397,7 +397,7 @@ class ImputeMissingSequencesd(MapTransform):
     ):
         super().__init__(keys, allow_missing_keys)
         self.weights = str(weights)
-        unknown = sorted(set(stand_ins or {}) | set((stand_ins or {}).values()) - set(MODALITIES))
+        unknown = sorted((set(stand_ins or {}) | set((stand_ins or {}).values())) - set(MODALITIES))
         if unknown:
             raise ValueError(f"stand_ins: unknown sequence name(s) {unknown}; use {list(MODALITIES)}")
         self.stand_ins = {MODALITIES.index(a): MODALITIES.index(b) for a, b in (stand_ins or {}).items()}
