@@ -109,6 +109,8 @@ class CaseWorkflow:
     ``datalist`` with :meth:`process` (subclasses), skipping the cases that fail."""
 
     desc = "cases"
+    allow_missing_modalities = False
+    """Accept a case that lacks some of its sequence files (``--allow_missing_modalities``; subclasses set it)."""
 
     def __init__(
         self,
@@ -137,7 +139,7 @@ class CaseWorkflow:
         cases' files) exits with one line (``scripts.data.checks.check_output_dirs``)."""
         check_output_dirs(self.output_dir, inputs=self.datalist, outputs=self.outputs(), exit_on_error=True)
         load_weights(self.network, self.ckpt_path, self.device)
-        dataset = CheckedDataset(self.datalist, transform)
+        dataset = CheckedDataset(self.datalist, transform, allow_missing_modalities=self.allow_missing_modalities)
         loader = SkippingDataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
         results, failures = [], []
         progress, outputs = CaseProgress(len(dataset), logger), {}

@@ -78,6 +78,7 @@ from scripts.conventions import (
     BRATS2020_LABELS,
     LABEL_SUFFIX,
     MODALITIES,
+    MODALITY_NAMES,
     REGIONS,
     case_id_from_path,
     prediction_name,
@@ -88,7 +89,7 @@ from scripts.data.layouts import file_role, nifti_files
 from scripts.handlers import CaseProgress
 from scripts.io import atomic_path, write_json
 from scripts.metrics import HD95_MODES, LESION_METRICS, dice, hd95_mm, lesion_wise_metrics
-from scripts.transforms import CaseError, affines_match, label_to_regions, non_integer_labels
+from scripts.transforms import CaseError, affines_match, label_to_regions, missing_modalities, non_integer_labels
 
 logger = logging.getLogger(__name__)
 
@@ -329,6 +330,9 @@ class EvaluationResult:
     """``{"case_id", "file"}``: predictions with no reference (not evaluated)."""
     outputs: dict = field(default_factory=dict)
     """Written files: ``{"csv", "json", "md", "png"}`` -> path."""
+    missing_sequences: dict | None = None
+    """``{case_id: [missing sequences]}`` (:data:`~scripts.conventions.MODALITIES` names, ``[]`` for a complete
+    case) of the evaluated cases when the run allows missing sequences, else None."""
     markdown: str = ""
 
     @property
@@ -456,14 +460,62 @@ def _fmt_csv(v) -> str:
 
 
 def write_csv(rows: list[dict], path) -> str:
-    """One row per case, ``case_id`` then :data:`COLUMNS`. (Not MONAI's ``MetricsSaver``: that saves an engine's
+    """One row per case, ``case_id`` then :data:`COLUMNS` (with ``missing_sequences`` after ``case_id`` when the
+    rows have it: ``t1,t2``, empty for a complete case). (Not MONAI's ``MetricsSaver``: that saves an engine's
     metric handlers, and these metrics are computed afterwards on the written label maps in the input space.)"""
+    columns = ("missing_sequences", *COLUMNS) if any("missing_sequences" in r for r in rows) else COLUMNS
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(("case_id", *COLUMNS))
+        writer.writerow(("case_id", *columns))
         for row in rows:
-            writer.writerow([row["case_id"], *(_fmt_csv(row[c]) for c in COLUMNS)])
+            writer.writerow([row["case_id"], *(_fmt_csv(row.get(c, "")) for c in columns)])
     return str(path)
+
+
+def _missing_in_words(missing: Sequence[str]) -> str:
+    """``["t1", "t2"]`` -> ``"T1, T2"``; ``[]`` -> ``"none"``."""
+    return ", ".join(MODALITY_NAMES[MODALITIES.index(m)] for m in missing) or "none"
+
+
+def _by_missing(rows: list[dict]) -> dict[str, list[dict]]:
+    """The rows grouped by their ``missing_sequences`` (``""``: complete cases first)."""
+    groups: dict[str, list[dict]] = {}
+    for row in sorted(rows, key=lambda r: (len(r["missing_sequences"]), r["missing_sequences"])):
+        groups.setdefault(row["missing_sequences"], []).append(row)
+    return groups
+
+
+def missing_sequences_markdown(rows: list[dict]) -> str:
+    """How many evaluated cases lacked sequences (imputed), which, and the mean Dice per set of missing
+    sequences (rows with ``missing_sequences``)."""
+    partial = [r for r in rows if r["missing_sequences"]]
+    listed = ", ".join(f"{r['case_id']} ({_missing_in_words(r['missing_sequences'].split(','))})" for r in partial)
+    lines = [f"{len(partial)} of {len(rows)} case(s) evaluated without some sequences (imputed)"
+             + (f": {listed}" if listed else ""), ""]  # fmt: skip
+    lines += ["| sequences missing | cases | " + " | ".join(f"Dice {r}" for r in REGIONS) + " |",
+              "|---|---:|" + "---:|" * len(REGIONS)]  # fmt: skip
+    for key, group in _by_missing(rows).items():
+        dice = [_statistics([row[f"dice_{r}"] for row in group])["mean"] for r in REGIONS]
+        cells = " | ".join("n/a" if d is None else f"{d:.3f}" for d in dice)
+        lines.append(f"| {_missing_in_words(key.split(',') if key else [])} | {len(group)} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def _missing_sequences_summary(result: EvaluationResult) -> dict:
+    """The summary JSON's entries about missing sequences (none when the run does not allow them):
+    ``missing_sequences`` per case, ``n_cases_missing_sequences`` and ``dice_by_missing_sequences``."""
+    if result.missing_sequences is None:
+        return {}
+    by_missing = {
+        key or "none": {"n_cases": len(group)}
+        | {r: _statistics([row[f"dice_{r}"] for row in group])["mean"] for r in REGIONS}
+        for key, group in _by_missing(result.rows).items()
+    }
+    return {
+        "missing_sequences": result.missing_sequences,
+        "n_cases_missing_sequences": sum(1 for m in result.missing_sequences.values() if m),
+        "dice_by_missing_sequences": by_missing,
+    }
 
 
 def write_boxplot(rows: list[dict], path) -> str:
@@ -552,6 +604,7 @@ def evaluate_pairs(
     plot: bool = True,
     failed: Sequence[dict] = (),
     hd95: str = "pooled",
+    missing_sequences: bool = False,
 ) -> EvaluationResult:
     """Evaluate explicit (prediction, reference) pairs and write the same outputs as :func:`evaluate_folders`.
 
@@ -559,12 +612,14 @@ def evaluate_pairs(
     convention (e.g. a datalist item's ``"labels": [1, 2, 3]``). A prediction file that does not exist is
     listed in ``missing_predictions``; a pair that cannot be evaluated is skipped with one line (case, file,
     problem) and listed in ``failed``. ``failed`` are failures recorded before (e.g. cases the inference
-    skipped): they are listed in the outputs and make ``result.ok`` false.
+    skipped): they are listed in the outputs and make ``result.ok`` false. ``missing_sequences``: the cases may
+    lack sequences (a pair's ``missing_sequences``, :data:`~scripts.conventions.MODALITIES` names); the outputs
+    record them per case and count them (:func:`missing_sequences_markdown`).
     """
     _check_empty(empty)
     labels = tuple(int(v) for v in labels)
     ref_labels = labels if ref_labels is None else tuple(int(v) for v in ref_labels)
-    result = EvaluationResult(failed=[dict(f) for f in failed])
+    result = EvaluationResult(failed=[dict(f) for f in failed], missing_sequences={} if missing_sequences else None)
     present = []
     for pair in pairs:
         if Path(pair["pred"]).is_file():
@@ -586,6 +641,7 @@ def evaluate_datalist(
     image_key: str = "image",
     label_key: str = "label",
     hd95: str = "pooled",
+    missing_sequences: bool = False,
 ) -> EvaluationResult:
     """Evaluate the predictions the inference config wrote into ``pred_dir`` for datalist ``items`` against the
     items' ``label`` files (see :func:`evaluate_pairs`).
@@ -595,7 +651,9 @@ def evaluate_datalist(
     ``labels`` convention when it has one, ``labels`` otherwise. Items whose case is in ``failed`` (e.g.
     skipped by the inference) are not evaluated; items without a label are failures. An entry listed twice is
     evaluated once; two different entries with one case id are a failure. A grid mismatch blames the file off
-    the grid of the item's first image (see :func:`evaluate_case`).
+    the grid of the item's first image (see :func:`evaluate_case`). ``missing_sequences``
+    (``--allow_missing_modalities``): a case given as one file per sequence may lack some of them; the outputs
+    record which (:func:`evaluate_pairs`).
     """
     failed = [dict(f) for f in failed]
     skip = {f["case_id"] for f in failed}
@@ -626,8 +684,10 @@ def evaluate_datalist(
         }
         if item.get("labels") is not None:
             pair["labels"] = pair["ref_labels"] = [int(v) for v in item["labels"]]
+        if missing_sequences:
+            pair["missing_sequences"] = [MODALITIES[i] for i in missing_modalities(list(np.atleast_1d(files)))]
         pairs.append(pair)
-    return evaluate_pairs(pairs, output_dir, labels, None, empty, plot, failed, hd95)
+    return evaluate_pairs(pairs, output_dir, labels, None, empty, plot, failed, hd95, missing_sequences)
 
 
 def _evaluate_and_write(
@@ -660,12 +720,17 @@ def _evaluate_and_write(
             _fail(result, cid, str(pair["pred"]), f"{type(e).__name__}: {e}")
             progress.case_done(cid, "failed")
             continue
+        if result.missing_sequences is not None:
+            result.missing_sequences[cid] = list(pair.get("missing_sequences", []))
+            row["missing_sequences"] = ",".join(result.missing_sequences[cid])
         result.rows.append({"case_id": cid, **row})
         progress.case_done(cid, None, f"Dice TC/WT/ET {row['dice_TC']:.3f}/{row['dice_WT']:.3f}/{row['dice_ET']:.3f}")
     result.rows.sort(key=lambda r: r["case_id"])
 
     result.summary = summarize(result.rows)
     result.markdown = summary_markdown(result.summary, len(result.rows), empty)
+    if result.missing_sequences is not None:
+        result.markdown += "\n" + missing_sequences_markdown(result.rows)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     result.outputs["csv"] = write_csv(result.rows, out / "metrics_per_case.csv")
@@ -680,6 +745,7 @@ def _evaluate_and_write(
             "failed": result.failed,
             "missing_predictions": result.missing_predictions,
             "unmatched_predictions": result.unmatched_predictions,
+            **_missing_sequences_summary(result),
         },
         out / "metrics_summary.json",
     )

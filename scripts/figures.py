@@ -119,12 +119,26 @@ def _outline(ax, mask: np.ndarray, view: str, centre, colour, style: str = "soli
         ax.contour(plane, levels=[0.5], colors=[colour], linewidths=1.0, linestyles=style)
 
 
+def _absent_panel(fig, rows, index, title: str, text: str = "not acquired"):
+    """A framed empty panel saying ``text``: a sequence that has no image to show (never a blank image)."""
+    ax = fig.add_subplot(rows, 3, index)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_facecolor("0.92")
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=11, color="0.25")
+    ax.set_title(title, fontsize=8)
+    return ax
+
+
 def images_figure(images: dict, centre, spacing, windows: dict) -> Figure:
-    """One row per sequence (``images``: {name: (X, Y, Z) native intensities}), windowed by ``windows``
-    ({name: (vmin, vmax)}), three views."""
+    """One row per sequence (``images``: {name: (X, Y, Z) native intensities, or ``None`` for a sequence that
+    was not acquired: its panels say so}), windowed by ``windows`` ({name: (vmin, vmax)}), three views."""
     fig = _figure(len(images))
     for i, (name, image) in enumerate(images.items()):
         for j, view in enumerate(VIEWS):
+            if image is None:
+                _absent_panel(fig, len(images), i * 3 + j + 1, f"{name}, {view}: not acquired")
+                continue
             _panel(fig, len(images), i * 3 + j + 1, image, view, centre, spacing, windows[name], f"{name}, {view}")
     fig.tight_layout()
     return fig

@@ -500,7 +500,7 @@ class MissingModalitiesLog:
         from scripts.conventions import MODALITIES, MODALITY_NAMES
 
         for item in engine.state.batch:  # decollated by the evaluator's post-processing: one dict per case
-            case_id = str(item.get("case_id", f"case {len(self.cases) + 1}"))
+            case_id = item_case_id(item, f"case {len(self.cases) + 1}")
             missing = [m for m in str(item.get("missing_modalities") or "").split(",") if m]
             self.cases[case_id] = missing
             if missing:
@@ -514,6 +514,18 @@ class MissingModalitiesLog:
         partial = sum(1 for m in self.cases.values() if m)
         path = write_json(self.cases, os.path.join(self.output_dir, self.filename))
         self.logger.info(f"{partial} of {len(self.cases)} case(s) segmented without some sequences (per case: {path})")
+
+
+def item_case_id(item: dict, default: str) -> str:
+    """The case id of a preprocessed item: its ``case_id``, else that of its first image file (the name its
+    prediction gets: a datalist JSON's entries often have no ``case_id``), else ``default``."""
+    from scripts.conventions import case_id_from_path
+
+    if item.get("case_id"):
+        return str(item["case_id"])
+    sources = getattr(item.get("image"), "meta", {}).get("filename_or_obj")
+    first = np.atleast_1d(sources)[0] if sources is not None and len(np.atleast_1d(sources)) else None
+    return case_id_from_path(str(first)) if first else default
 
 
 def format_seconds(seconds: float) -> str:

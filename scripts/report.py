@@ -48,6 +48,7 @@ from scripts.conventions import (
     BRATS2020_LABELS,
     CLASS_COLOURS,
     CLASS_DESCRIPTIONS,
+    MODALITIES,
     MODALITY_NAMES,
     REFERENCE_COLOUR,
     REGION_CLASSES,
@@ -73,7 +74,9 @@ from scripts.inferers import FlipTTAInferer
 from scripts.io import atomic_path, file_md5, write_nifti, write_text
 from scripts.metrics import lesions
 from scripts.transforms import (
+    MISSING_KEY,
     CheckImageDatad,
+    ImputeMissingSequencesd,
     LoadImageSharedGridd,
     SelectChannelsd,
     affines_match,
@@ -103,6 +106,14 @@ def find_report_cases(source, layout: str = "auto", exclude: Sequence = ()) -> l
         cases = find_inference_cases(source, "testing", layout, incomplete="keep")
     return [{k: v for k, v in c.items() if k != "label"} | ({"reference": c["label"]} if c.get("label") else {})
             for c in cases]  # fmt: skip
+
+
+def sequences_of(item: dict) -> tuple[list[str], list[str]]:
+    """(acquired, missing) sequence names (:data:`~scripts.conventions.MODALITY_NAMES`) of a preprocessed item,
+    from the ``missing_modalities`` entry that :class:`~scripts.transforms.LoadImageSharedGridd` puts in it."""
+    missing = {m for m in str(item.get(MISSING_KEY) or "").split(",") if m}
+    names = dict(zip(MODALITIES, MODALITY_NAMES))
+    return [names[m] for m in MODALITIES if m not in missing], [names[m] for m in MODALITIES if m in missing]
 
 
 def file_sha256(path) -> str:
@@ -157,7 +168,9 @@ class ReportWorkflow(CaseWorkflow):
     ``inferer``; Grad-CAM runs on ``network`` itself (it needs gradients). ``labels``: the output label values
     for items without their own ``labels``; ``review_calibration``: the review flag's calibration file
     (``None`` or missing: uncalibrated); ``uncertainty_threshold``: a threshold that replaces the calibrated
-    one; ``pdf``: also print ``report.pdf``; ``info``: model and settings shown on the page."""
+    one; ``pdf``: also print ``report.pdf``; ``info``: model and settings shown on the page;
+    ``allow_missing_modalities``: report a case that lacks some of its sequence files (the page says which
+    sequences were acquired and which were imputed)."""
 
     def __init__(
         self,
@@ -176,8 +189,10 @@ class ReportWorkflow(CaseWorkflow):
         review_calibration: str | None = None,
         pdf: bool = True,
         info: dict | None = None,
+        allow_missing_modalities: bool = False,
     ) -> None:
         super().__init__(datalist, network, inference_network, inferer, ckpt_path, output_dir, device)
+        self.allow_missing_modalities = bool(allow_missing_modalities)
         self.preprocessing = preprocessing
         self.labels, self.tta_axes = tuple(int(v) for v in labels), tuple(int(a) for a in tta_axes)
         self.gradcam_layer, self.user_threshold = gradcam_layer, uncertainty_threshold
@@ -186,6 +201,8 @@ class ReportWorkflow(CaseWorkflow):
         self.entries = {case_id_of(e): e for e in self.datalist}
         native = (LoadImageSharedGridd, CheckImageDatad, SelectChannelsd)
         self.native = Compose([t for t in preprocessing.transforms if isinstance(t, native)])
+        imputers = [t for t in preprocessing.transforms if isinstance(t, ImputeMissingSequencesd)]
+        self.imputer = imputers[0].weights if imputers else None
 
     desc = "report"
 
@@ -228,6 +245,9 @@ class ReportWorkflow(CaseWorkflow):
     def report_case(self, item: dict) -> str:
         """All outputs of one preprocessed item; returns the case folder."""
         case_id, timings, start = case_id_of(item), {}, time.perf_counter()
+        acquired, missing = sequences_of(item)
+        if missing:
+            logger.warning("case %s: %s missing: imputed from %s", case_id, ", ".join(missing), " + ".join(acquired))
         image = item["image"]
         x = image[None].to(self.device)
         logger.info("%s: TTA (%s), Grad-CAM, volumes, figures", case_id, tta_in_words(self.tta_axes))
@@ -300,10 +320,11 @@ class _CasePage:
         if native.shape[1:] != self.seg.shape:
             raise ValueError(f"native images {native.shape[1:]} are not on the prediction's grid {self.seg.shape}")
         self.view = lambda v: canonical(v, self.affine)[0]
+        self.acquired, self.missing = sequences_of(item)
         self.images = {n: self.view(native[MODALITY_NAMES.index(n)]) for n in ("FLAIR", "T1ce", "T1", "T2")}
         self.view_spacing = canonical(self.seg, self.affine)[1]
         self.brain = self.view(native.any(0))
-        self.windows = {n: window(v, self.brain) for n, v in self.images.items()}
+        self.windows = {n: window(v, self.brain) for n, v in self.images.items() if n in self.acquired}
         self.cams = [self.view(c) for c in volumes["cams"]]
         self.entropy = [self.view(e) for e in volumes["entropy"]]
         self.centre = centre_of(self.view(self.seg > 0), self.brain)
@@ -333,17 +354,13 @@ class _CasePage:
         parts = [
             f"<h1>Case {_e(self.case_id)}</h1>",
             f"<p class='{'flag' if flagged else 'ok'}'>{_e(flag_text(self.workflow.calibration, self.scores))}</p>",
+            self._sequences_html(),
             "<h2>Volumes</h2>" + _table(["compartment", "volume (mL)"], self._volumes()),
-            "<h2>Segmentation</h2>" + _legend_html() + _orientation_html(self.centre),
+            "<h2>Segmentation</h2>" + _legend_html() + _orientation_html(self.centre, self.shown(("FLAIR", "T1ce"), 2)),
             _figure_html("segmentation", self._segmentation_figure()),
             "<h2>Lesions</h2>" + self._lesion_section(),
             self._reference_section(),
-            "<h2>Images</h2><p>The four input sequences as acquired (after reorientation only: no resampling, no "
-            "intensity normalisation), each windowed from its 1st to its 99th intensity percentile inside the "
-            "brain.</p>"
-            + _figure_html(
-                "images", images_figure(self.images, self.centre, self.view_spacing, self.windows)
-            ),  # fmt: skip
+            self._images_section(),
             self._gradcam_section(),
             self._uncertainty_section(),
         ]
@@ -359,8 +376,35 @@ class _CasePage:
         return rows + [(f"{d} (label {v})", f"{count[c] * voxel_ml:.2f}")
                        for c, d, v in zip(TUMOUR_CLASSES, CLASS_DESCRIPTIONS, self.labels)]  # fmt: skip
 
+    def shown(self, preferred: Sequence[str], count: int = 1) -> list[str]:
+        """The first ``count`` acquired sequences of ``preferred``, then of the others: the backgrounds of the
+        figures (a sequence that was not acquired is never drawn as if it were)."""
+        return list(dict.fromkeys(n for n in (*preferred, *MODALITY_NAMES) if n in self.acquired))[:count]
+
+    def _sequences_html(self) -> str:
+        """The banner of a case with sequences missing ("" when all four were acquired)."""
+        if not self.missing:
+            return ""
+        weights = f" ({self.workflow.imputer})" if self.workflow.imputer else ""
+        return (f"<p class='missing'>Sequences acquired: {_e(', '.join(self.acquired))}. Not acquired: "
+                f"{_e(', '.join(self.missing))}, imputed from {_e(' + '.join(self.acquired))} by the imputation "
+                f"network{_e(weights)} before segmentation. The segmentation, Grad-CAM and uncertainty rest on the "
+                "imputed sequences; the figures show acquired images only.</p>")  # fmt: skip
+
+    def _images_section(self) -> str:
+        images = {n: (v if n in self.acquired else None) for n, v in self.images.items()}
+        if self.missing:
+            text = (f"The acquired sequences ({_e(', '.join(self.acquired))}) as acquired; "
+                    f"{_e(', '.join(self.missing))}: not acquired (imputed for the segmentation, not shown). ")  # fmt: skip
+        else:
+            text = "The four input sequences as acquired "
+        text += ("(after reorientation only: no resampling, no intensity normalisation), each windowed from its 1st "
+                 "to its 99th intensity percentile inside the brain.")  # fmt: skip
+        fig = images_figure(images, self.centre, self.view_spacing, self.windows)
+        return f"<h2>Images</h2><p>{text}</p>" + _figure_html("images", fig)
+
     def _segmentation_figure(self):
-        backgrounds = {n: self.images[n] for n in ("FLAIR", "T1ce")}
+        backgrounds = {n: self.images[n] for n in self.shown(("FLAIR", "T1ce"), 2)}
         classes = self.view(self.classes)
         return segmentation_figure(backgrounds, classes, self.centre, self.view_spacing, self.windows)
 
@@ -386,13 +430,13 @@ class _CasePage:
         if self.reference is None:
             return "<h2>Reference</h2><p>No reference segmentation for this case.</p>"
         ref_classes = self._classes(self.reference)
-        fig = reference_figure(self.images["FLAIR"], self.view(self.classes), self.view(ref_classes), self.centre,
-                               self.view_spacing, self.windows["FLAIR"])  # fmt: skip
-        name = _e(Path(str(path)).name)
+        (name,) = self.shown(("FLAIR", "T2"))
+        fig = reference_figure(self.images[name], self.view(self.classes), self.view(ref_classes), self.centre,
+                               self.view_spacing, self.windows[name], name)  # fmt: skip
         swatch = _swatch(REFERENCE_COLOUR)
-        text = (f"<h2>Reference: {name}</h2><p>Top: the reference's compartments outlined in the label colours. "
-                f"Bottom: the prediction (filled) with the reference's whole tumour outlined {swatch} "
-                "(cyan, dashed).</p>")  # fmt: skip
+        text = (f"<h2>Reference: {_e(Path(str(path)).name)}</h2><p>Top: the reference's compartments outlined in the "
+                f"label colours. Bottom: the prediction (filled) with the reference's whole tumour outlined {swatch} "
+                f"(cyan, dashed).{_background_note([name])}</p>")  # fmt: skip
         table = _table(["compartment", "Dice", "predicted (mL)", "reference (mL)", "difference (mL)"],
                        compare_rows(self.classes, ref_classes, self.spacing))  # fmt: skip
         return text + _figure_html("reference", fig) + table + self._metrics_table(path)
@@ -408,21 +452,24 @@ class _CasePage:
 
     def _gradcam_section(self) -> str:
         masks = [self.view(m) for m in self._region_masks()]
-        fig = heatmap_figure(self.images["T1ce"], np.stack(self.cams), np.stack(masks), self.centre,
-                             self.view_spacing, self.windows["T1ce"], "Grad-CAM", "T1ce")  # fmt: skip
+        (name,) = self.shown(("T1ce",))
+        fig = heatmap_figure(self.images[name], np.stack(self.cams), np.stack(masks), self.centre,
+                             self.view_spacing, self.windows[name], "Grad-CAM", name)  # fmt: skip
         return ("<h2>Grad-CAM</h2><p>Where the evidence for each predicted region comes from (Seg-Grad-CAM at the "
                 f"layer <code>{_e(self.workflow.gradcam.target_layer)}</code>, scaled to 0-1 per region; nothing "
-                "drawn below 0.1; white outline: the predicted region).</p>" + _figure_html("gradcam", fig))  # fmt: skip
+                f"drawn below 0.1; white outline: the predicted region).{_background_note([name])}</p>"
+                + _figure_html("gradcam", fig))  # fmt: skip
 
     def _uncertainty_section(self) -> str:
         masks = [self.view(m) for m in self._region_masks()]
-        fig = heatmap_figure(self.images["FLAIR"], np.stack(self.entropy), np.stack(masks), self.centre,
-                             self.view_spacing, self.windows["FLAIR"], "entropy", "FLAIR")  # fmt: skip
+        (name,) = self.shown(("FLAIR", "T2"))
+        fig = heatmap_figure(self.images[name], np.stack(self.entropy), np.stack(masks), self.centre,
+                             self.view_spacing, self.windows[name], "entropy", name)  # fmt: skip
         rows = [(r, f"{v:.3f}") for r, v in self.tta.region_scores.items()]
         rows += [(f"{k}: {REVIEW_SCORES[k]}", f"{v:.3f}") for k, v in self.scores.items()]
         return (f"<h2>Uncertainty (flip TTA: {_e(tta_in_words(self.workflow.tta_axes))})</h2><p>Binary entropy "
                 "of the mean probability over the passes (0 = the passes agree and are sure, 1 bit = 50/50); "
-                "nothing drawn below 0.05 bit.</p>" + _figure_html("uncertainty", fig)
+                f"nothing drawn below 0.05 bit.{_background_note([name])}</p>" + _figure_html("uncertainty", fig)
                 + _table(["score", "value"], rows))  # fmt: skip
 
     def _region_masks(self) -> list[np.ndarray]:
@@ -434,10 +481,15 @@ class _CasePage:
         rows += [("test-time augmentation", tta_in_words(self.workflow.tta_axes)),
                  ("review flag", f"{cal.score} > {cal.threshold:.3g} ("
                   + (f"calibration {cal.source}" if cal.measured else "not calibrated") + ")"),
+                 ("sequences acquired", ", ".join(self.acquired)),
+                 ("sequences not acquired (imputed)", ", ".join(self.missing) or "none"),
                  ("input files (md5)", "<br>".join(_e(line) for line in input_files(self.entry, self.item))),
                  ("input voxel spacing (mm)", ", ".join(f"{s:.3g}" for s in self.spacing)),
                  ("label values (necrotic, oedema, enhancing)", str(list(self.labels))),
                  ("generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))]  # fmt: skip
+        if self.missing and self.workflow.imputer:
+            imputer = self.workflow.imputer
+            rows.append(("imputation weights (md5)", f"{imputer}  md5 {file_md5(imputer)}"))
         rows += [(f"time: {k}", f"{v:.1f} s") for k, v in timings.items()] + [("time: total", f"{total:.1f} s")]
         return rows
 
@@ -453,7 +505,7 @@ def input_files(entry: dict, item: dict) -> list[str]:
         if os.path.isdir(p):
             lines.append(f"{p}  (folder of {sum(len(f) for _, _, f in os.walk(p))} files)")
         else:
-            lines.append(f"{p}  md5 {file_md5(p)}" if os.path.isfile(p) else f"{p}  (not found)")
+            lines.append(f"{p}  md5 {file_md5(p)}" if os.path.isfile(p) else f"{p}  (no such file: not acquired)")
     return lines
 
 
@@ -529,12 +581,17 @@ def _legend_html() -> str:
     return f"<p class='legend'>{items}</p>"
 
 
-def _orientation_html(centre) -> str:
+def _background_note(names: Sequence[str]) -> str:
+    """`` Drawn over FLAIR.``: the acquired sequence(s) a figure is drawn over."""
+    return f" Drawn over {_e(' and '.join(names))}."
+
+
+def _orientation_html(centre, backgrounds: Sequence[str]) -> str:
     return (f"<p class='caption'>Radiological convention: the patient's right is on the image's left. Marks "
             f"{_swatch(MARK_COLOUR)} on every panel: R/L right/left, A/P anterior/posterior, S/I superior/inferior. "
             "Axial slices are seen from the feet, coronal slices from the front, sagittal slices with anterior on "
             f"the left. Slices through the centre of the predicted tumour (voxel {', '.join(map(str, centre))} "
-            "of the reoriented input).</p>")  # fmt: skip
+            f"of the reoriented input).{_background_note(backgrounds)}</p>")  # fmt: skip
 
 
 def _figure_html(kind: str, fig) -> str:
@@ -557,6 +614,7 @@ td, th {{ border: 1px solid #bbb; padding: 3px 8px; text-align: left; font-size:
 img {{ max-width: 100%; }}
 .flag {{ background: #fdd; padding: 6px; font-weight: bold; }}
 .ok {{ background: #dfd; padding: 6px; }}
+.missing {{ background: #fec; padding: 6px; border-left: 4px solid #e80; }}
 .swatch {{ display: inline-block; width: 28px; height: 16px; vertical-align: middle; border: 1px solid #555; }}
 .key {{ margin-right: 1.5em; }}
 .caption {{ font-size: 0.9em; }}

@@ -1,9 +1,13 @@
-"""Missing sequences and post-processing: modality dropout in training, inference with any non-empty subset of
-T1, T1ce, T2 and FLAIR (``--allow_missing_modalities true``) on real NIfTI files through ``python -m monai.bundle
-run``, and the removal of scattered pieces (``KeepMainTumourd``)."""
+"""Missing sequences and post-processing: modality dropout in training, inference, the report and evaluation with
+any non-empty subset of T1, T1ce, T2 and FLAIR (``--allow_missing_modalities true``) on real NIfTI files through
+``python -m monai.bundle run``, and the removal of scattered pieces (``KeepMainTumourd``)."""
 
+import base64
+import csv
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -40,10 +44,10 @@ def arrays():
     return {k: (v.astype(np.uint8) if k == "seg" else v.astype(np.int16)) for k, v in case.items()}
 
 
-def write_case(root: Path, case_id: str, arrays: dict, modalities=MODALITIES) -> list[Path]:
+def write_case(root: Path, case_id: str, arrays: dict, modalities=MODALITIES, seg: bool = False) -> list[Path]:
     folder = root / case_id
     folder.mkdir(parents=True, exist_ok=True)
-    for k in modalities:
+    for k in (*modalities, *(["seg"] if seg else [])):
         nib.save(nib.Nifti1Image(arrays[k], np.eye(4)), str(folder / f"{case_id}_{k}.nii.gz"))
     return [folder / f"{case_id}_{m}.nii.gz" for m in MODALITIES]
 
@@ -144,16 +148,27 @@ def test_keep_main_tumour_removes_scattered_pieces():
     assert kept[2].sum() == 0 and kept[0].sum() == 6**3 and kept[1].sum() == 15**3 + 8**3
 
 
-def _bundle(*args):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(ROOT / "configs" / "inference.json")]
+def _bundle(*args, run_id: str = "run", configs=("inference.json",)):
+    files = str([str(ROOT / "configs" / c) for c in configs])
+    meta = ["--meta_file", str(ROOT / "configs" / "metadata.json")]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, *meta, "--config_file", files]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([*cmd, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([*cmd, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """Untrained weights of the configs' network with the TINY channels (the runs below pass the same)."""
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="module")
+def imputer(tmp_path_factory):
+    """Untrained weights of a small imputer (seeded), passed as ``--imputer_path``."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("imputer") / "imputer.pt"
+    torch.save(SequenceImputer(3, 4, channels=8, num_layers=2).state_dict(), path)
+    return path
 
 
 def test_inference_segments_any_subset_only_when_allowed(arrays, checkpoint, tmp_path):
@@ -182,3 +197,82 @@ def test_inference_segments_any_subset_only_when_allowed(arrays, checkpoint, tmp
     assert "3 case(s) found, 1 segmented, 2 skipped" in log
     assert "missing modality file (T1)" in log
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["full.nii.gz"]
+
+
+def _figure_pixels(page: str, alt: str) -> np.ndarray:
+    """The RGB pixels of the figure ``alt`` embedded in a report page."""
+    from PIL import Image
+
+    data = re.search(rf"<img alt='{alt}' src='data:image/png;base64,([^']+)'>", page).group(1)
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"), dtype=int)
+
+
+@pytest.mark.slow
+def test_report_names_acquired_and_imputed_sequences(arrays, checkpoint, imputer, tmp_path):
+    """``report`` on cases without some sequence files: the page says which were acquired and which imputed
+    (banner, provenance, input files), the Images panel's rows of the missing sequences say "not acquired"
+    (no blank image), and every figure is drawn on an acquired sequence."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    write_case(data, "flair_t1ce", arrays, modalities=("t1ce", "flair"), seg=True)
+    write_case(data, "t1ce_t2", arrays, modalities=("t1ce", "t2"), seg=True)  # no FLAIR: figures fall back
+    proc = _bundle("--dataset_dir", str(data), "--output_dir", str(out), "--ckpt_path", str(checkpoint),
+                   "--imputer_path", str(imputer), "--allow_missing_modalities", "true", "--report_pdf", "false",
+                   *TINY, run_id="report", configs=("inference.json", "report.json"))  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "case flair_t1ce: T1, T2 missing: imputed from T1ce + FLAIR" in log
+    assert "case t1ce_t2: T1, FLAIR missing: imputed from T1ce + T2" in log
+    for case, acquired, missing in (("flair_t1ce", "T1ce, FLAIR", "T1, T2"), ("t1ce_t2", "T1ce, T2", "T1, FLAIR")):
+        assert nib.load(out / case / f"{case}_seg.nii.gz").shape == SHAPE
+        page = (out / case / "report.html").read_text()
+        assert f"Sequences acquired: {acquired}. Not acquired: {missing}, imputed from" in page
+        assert f"<td>sequences acquired</td><td>{acquired}</td>" in page
+        assert f"<td>sequences not acquired (imputed)</td><td>{missing}</td>" in page
+        assert f"<td>imputation weights (md5)</td><td>{imputer}  md5 " in page
+        assert page.count("(no such file: not acquired)") == 2 and page.count("  md5 ") == 2 + 1 + 1  # + ref
+        assert f"{missing}: not acquired (imputed for the segmentation, not shown)" in page
+        assert page.count("src='data:image/png;base64,") == 5  # segmentation, reference, images, Grad-CAM, TTA
+        # the Images panel: rows FLAIR, T1ce, T1, T2; a missing sequence's row is the grey "not acquired" fill
+        pixels = _figure_pixels(page, "images")
+        grey = (np.abs(pixels - 235) <= 1).all(-1)
+        rows = np.array_split(np.arange(pixels.shape[0]), 4)
+        fill = [float(grey[r].mean()) for r in rows]
+        absent = [n in missing.split(", ") for n in ("FLAIR", "T1ce", "T1", "T2")]
+        assert all((f > 0.3) == a for f, a in zip(fill, absent)), fill
+        # every figure is drawn over acquired sequences: FLAIR (then T1ce) where there is one, else another
+        over = re.findall(r"Drawn over ([^.]+)\.", page)
+        flair = "FLAIR" if "FLAIR" in acquired else "T2"  # FLAIR's stand-in: T2, then the others
+        assert over == ["FLAIR and T1ce" if "FLAIR" in acquired else "T1ce and T2", flair, "T1ce", flair], over
+
+
+@pytest.mark.slow
+def test_evaluation_records_the_missing_sequences_per_case(arrays, checkpoint, imputer, tmp_path):
+    """``evaluating`` with ``--allow_missing_modalities true`` evaluates cases without some sequence files and
+    its per-case CSV, summary JSON and markdown say which sequences each case lacked, with the counts."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    items = []
+    for case, modalities in (("full", MODALITIES), ("flair_t1ce", ("t1ce", "flair")), ("flair_only", ("flair",))):
+        files = write_case(data, case, arrays, modalities=modalities, seg=True)
+        items.append({"image": [str(f) for f in files], "label": str(data / case / f"{case}_seg.nii.gz")})
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": items[:1], "validation": items}))
+    proc = _bundle("--dataset_dir", str(tmp_path / "datalist.json"), "--output_dir", str(out), "--ckpt_path",
+                   str(checkpoint), "--imputer_path", str(imputer), "--allow_missing_modalities", "true",
+                   "--plot", "false", *TINY, run_id="evaluating", configs=("inference.json", "evaluate.json"))  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "3 case(s) found, 3 evaluated, 0 skipped" in log
+    expected = {"flair_only": ["t1", "t1ce", "t2"], "flair_t1ce": ["t1", "t2"], "full": []}
+    assert json.loads((out / "predictions" / "missing_sequences.json").read_text()) == expected
+    with open(out / "metrics_per_case.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:2] == ["case_id", "missing_sequences"]
+    assert {r["case_id"]: r["missing_sequences"] for r in rows} == {c: ",".join(m) for c, m in expected.items()}
+    summary = json.loads((out / "metrics_summary.json").read_text())
+    assert summary["missing_sequences"] == expected and summary["n_cases_missing_sequences"] == 2
+    by_missing = summary["dice_by_missing_sequences"]
+    assert {k: v["n_cases"] for k, v in by_missing.items()} == {"none": 1, "t1,t2": 1, "t1,t1ce,t2": 1}
+    dice = {r["case_id"]: float(r["dice_WT"]) for r in rows}
+    assert by_missing["t1,t2"]["WT"] == pytest.approx(dice["flair_t1ce"])
+    md = (out / "metrics_summary.md").read_text()
+    assert "2 of 3 case(s) evaluated without some sequences (imputed): flair_only (T1, T1ce, T2), flair_t1ce" in md
+    assert re.search(r"\| T1, T2 \| 1 \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|", md), md
