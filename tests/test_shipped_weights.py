@@ -22,7 +22,7 @@ def _listed():
     return (yaml.safe_load((ROOT / "large_files.yml").read_text()) or {}).get("large_files") or []
 
 
-@pytest.mark.parametrize("name", ["models/model.pt", "models/model.ts", "models/student.pt"])
+@pytest.mark.parametrize("name", ["models/model.pt", "models/model.ts", "models/student.pt", "models/imputer.pt"])
 def test_weights_are_listed_with_their_hash_and_small(name):
     entries = {e["path"]: e for e in _listed()}
     assert name in entries, f"{name} is not listed in large_files.yml"
@@ -55,6 +55,29 @@ def test_student_pt_loads_safely_into_the_student_overlay_network():
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(state)
     assert sum(p.numel() for p in network.parameters()) < 150_000
+
+
+def test_imputer_pt_fills_in_a_missing_sequence_through_the_inference_step():
+    """``models/imputer.pt`` is what inference.json's ``ImputeMissingSequencesd`` loads; it changes only the missing
+    sequence, inside the brain."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(ROOT / "configs/inference.json")
+    parser["bundle_root"] = str(ROOT)
+    steps = [
+        t
+        for t in parser.get_parsed_content("preprocessing_transforms")
+        if type(t).__name__ == "ImputeMissingSequencesd"
+    ]
+    assert len(steps) == 1 and steps[0].weights == f"{ROOT}/models/imputer.pt"
+    image = torch.zeros(4, 24, 24, 24)
+    image[:, 4:20, 4:20, 4:20] = torch.rand(4, 16, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.1
+    image[2] = 0  # T2 missing
+    out = steps[0]({"image": image})["image"]
+    assert torch.equal(out[[0, 1, 3]], image[[0, 1, 3]])
+    brain = image[0] != 0
+    assert (out[2][brain] > 0).all() and (out[2][~brain] == 0).all()
 
 
 def test_training_refuses_to_overwrite_shipped_weights(tmp_path):
