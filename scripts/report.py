@@ -95,6 +95,13 @@ MIN_LESION_ML = 0.1
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 
 
+def peak_rss_gb() -> float:
+    """The peak resident memory of this process so far, in GB (Linux: ``ru_maxrss`` is in kB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
 def find_report_cases(source, layout: str = "auto", exclude: Sequence = ()) -> list[dict]:
     """Cases of a folder in any layout, each with its reference segmentation's path as ``reference`` when
     there is one (a datalist JSON or a single file: :func:`scripts.data.layouts.find_inference_cases`); the
@@ -240,7 +247,8 @@ class ReportWorkflow(CaseWorkflow):
 
     def _stage(self, case_id: str, timings: dict, name: str, start: float) -> None:
         timings[name] = time.perf_counter() - start - sum(timings.values())
-        logger.info("%s: %s done in %.1f s (%.1f s so far)", case_id, name, timings[name], sum(timings.values()))
+        logger.info("%s: %s done in %.1f s (%.1f s so far; peak memory %.1f GB)", case_id, name, timings[name],
+                    sum(timings.values()), peak_rss_gb())  # fmt: skip
 
     def report_case(self, item: dict) -> str:
         """All outputs of one preprocessed item; returns the case folder."""
