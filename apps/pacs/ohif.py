@@ -59,8 +59,11 @@ VIEWPORT_STATE = """(() => {
 
 
 def find_chromium() -> str:
-    """The Chromium executable; ``FileNotFoundError`` naming the package to install."""
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    """The Chromium executable (:func:`scripts.report.find_chromium`); ``FileNotFoundError`` naming the package to
+    install."""
+    from scripts.report import find_chromium as on_path
+
+    exe = on_path()
     if exe is None:
         raise FileNotFoundError(f"chromium not found: install the Debian package ({INSTALL_HINT})")
     return exe
