@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -232,3 +233,12 @@ def case_name_formatter(metadict: dict, saver) -> dict:
     if isinstance(source, (list, tuple)):
         source = source[0]
     return {"subject": case_id_from_path(source), "idx": None}
+
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+"""Executable names of a headless Chromium (or Chrome): the report's PDF and the OHIF viewer check use it."""
+
+
+def find_chromium() -> str | None:
+    """The headless Chromium (or Chrome) executable on the PATH, ``None`` when there is none."""
+    return next((exe for exe in map(shutil.which, CHROMIUM_NAMES) if exe), None)

@@ -29,7 +29,6 @@ import hashlib
 import html
 import logging
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -71,7 +70,7 @@ from scripts.figures import (
     window,
 )
 from scripts.inferers import FlipTTAInferer
-from scripts.io import atomic_path, file_md5, write_nifti, write_text
+from scripts.io import CHROMIUM_NAMES, atomic_path, file_md5, find_chromium, write_nifti, write_text
 from scripts.metrics import lesions
 from scripts.transforms import (
     MISSING_KEY,
@@ -92,7 +91,6 @@ AXIS_NAMES = ("left-right", "front-back", "up-down")
 """The preprocessed (RAS) grid's axes in words, for the TTA flips."""
 MIN_LESION_ML = 0.1
 """Lesions (connected pieces of the whole tumour) smaller than this are summed in one row of the lesion table."""
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 
 
 def peak_rss_gb() -> float:
@@ -146,11 +144,6 @@ def tta_in_words(axes: Sequence[int]) -> str:
     if not axes:
         return "off (1 pass)"
     return f"on: {2 ** len(axes)} passes, mirrored {', '.join(AXIS_NAMES[a] for a in axes)}"
-
-
-def find_chromium() -> str | None:
-    """The headless Chromium (or Chrome) executable on the PATH, ``None`` when there is none."""
-    return next((exe for exe in map(shutil.which, CHROMIUM_NAMES) if exe), None)
 
 
 def write_pdf(page: Path, pdf: Path, chromium: str, timeout: float = 120.0) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from scripts.conventions import CLASS_DESCRIPTIONS
+from scripts.io import find_chromium as on_path
 
 INSTALL_HINT = "apt-get install -y chromium"
 WIDTH, HEIGHT = 1600, 900
@@ -59,10 +60,8 @@ VIEWPORT_STATE = """(() => {
 
 
 def find_chromium() -> str:
-    """The Chromium executable (:func:`scripts.report.find_chromium`); ``FileNotFoundError`` naming the package to
+    """The Chromium executable (:func:`scripts.io.find_chromium`); ``FileNotFoundError`` naming the package to
     install."""
-    from scripts.report import find_chromium as on_path
-
     exe = on_path()
     if exe is None:
         raise FileNotFoundError(f"chromium not found: install the Debian package ({INSTALL_HINT})")
