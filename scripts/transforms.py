@@ -425,8 +425,10 @@ class ImputeMissingSequencesd(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
+            from scripts.networks.imputer import presence
+
             img = torch.as_tensor(d[key]).float()
-            present = (img != 0).flatten(1).any(dim=1)
+            present = presence(img[None])[0].bool()
             if bool(present.all()) or not bool(present.any()):
                 continue
             with torch.no_grad():
