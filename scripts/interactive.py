@@ -42,6 +42,7 @@ import json
 import logging
 from collections.abc import Hashable, Mapping, Sequence
 from enum import Enum
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,9 +59,13 @@ from monai.utils import convert_to_dst_type
 from scipy import ndimage as ndi
 
 from scripts.conventions import BRATS2020_LABELS, LABEL_NAMES, MODALITIES
+from scripts.handlers import CheckpointError, read_checkpoint
 from scripts.transforms import LabelConversiond, LabelToRegionsd, non_integer_labels, source_name
 
 logger = logging.getLogger(__name__)
+# MONAI's deepedit transforms log "Not slice IDs for label: ..." for every label of every 3D patch: nothing a user
+# can act on, and thousands of lines per training run
+logging.getLogger("monai.apps.deepedit.transforms").setLevel(logging.WARNING)
 
 NUMBER_INTENSITY_CH = len(MODALITIES)
 """T1, T1ce, T2, FLAIR."""
@@ -456,3 +461,76 @@ __all__ = [
     "largest_error_click",
     "with_click_transforms",
 ]
+
+
+def region_head_to_classes(weight: torch.Tensor, bias: torch.Tensor, label_names: Mapping[str, int] | None = None):
+    """The automatic model's head (one sigmoid logit per region, ``REGIONS`` order TC, WT, ET) as a softmax head
+    over the classes of ``label_names``: background 0, oedema ``w``, necrotic core ``w + t``, enhancing tumour
+    ``w + t + e`` (``t``, ``w``, ``e``: the region logits). The class with the largest logit is then the one the
+    thresholded regions give wherever the regions nest (ET inside TC inside WT), so a model started from these
+    weights segments like the automatic model before it has seen a click.
+
+    Args:
+        weight: ``(3, C, 1, 1, 1)`` head weights of the automatic model.
+        bias: ``(3,)`` head bias.
+        label_names: class name -> output channel (default ``LABEL_NAMES``).
+
+    Returns:
+        ``(len(label_names), C, 1, 1, 1)`` weights and ``(len(label_names),)`` bias.
+    """
+    names = dict(LABEL_NAMES if label_names is None else label_names)
+    tc, wt, et = 0, 1, 2
+    rows = {
+        "background": [],
+        "edema": [wt],
+        "necrotic_core": [wt, tc],
+        "enhancing_tumor": [wt, tc, et],
+    }
+    if set(names) != set(rows):
+        raise ValueError(f"label_names {sorted(names)}: a region head maps only to {sorted(rows)}")
+    new_w = weight.new_zeros((len(names), *weight.shape[1:]))
+    new_b = bias.new_zeros(len(names))
+    for name, members in rows.items():
+        for m in members:
+            new_w[names[name]] += weight[m]
+            new_b[names[name]] += bias[m]
+    return new_w, new_b
+
+
+def warm_start(network: torch.nn.Module, path, label_names: Mapping[str, int] | None = None) -> torch.nn.Module:
+    """Start the interactive ``network`` from the automatic model's weights ``path`` (``models/model.pt``): every
+    layer is copied; the first layer's guidance input channels start at 0 (no click changes anything yet) and
+    the region head becomes a class head (:func:`region_head_to_classes`). Training then only has to learn what
+    clicks mean. Returns ``network``.
+
+    Raises:
+        CheckpointError: the file does not exist or cannot be read (:func:`scripts.handlers.read_checkpoint`).
+        ValueError: the weights are not those of an automatic model of this shape (names the first misfit).
+    """
+    if not Path(path).is_file():
+        raise CheckpointError(
+            f"{path}: the interactive model starts from the automatic model's weights, and this file does not exist "
+            "(pass --warm_start_ckpt PATH, or --warm_start_ckpt None to start from random weights)"
+        )
+    state = read_checkpoint(str(path), map_location="cpu", exit_on_error=False)
+    state = state.get("model", state) if isinstance(state.get("model"), dict) else state
+    own = network.state_dict()
+    new = {}
+    for key, target in own.items():
+        if key not in state:
+            raise ValueError(f"{path}: no {key}; not the automatic model's weights for this network")
+        source = state[key]
+        if key == "head.weight":
+            source, new["head.bias"] = region_head_to_classes(state["head.weight"], state["head.bias"], label_names)
+        elif key == "head.bias":
+            continue
+        elif source.ndim == 5 and source.shape[1] < target.shape[1] and source.shape[0] == target.shape[0]:
+            source = torch.cat(
+                [source, source.new_zeros((source.shape[0], target.shape[1] - source.shape[1], *source.shape[2:]))], 1
+            )
+        if source.shape != target.shape:
+            raise ValueError(f"{path}: {key} has shape {list(source.shape)}, the network {list(target.shape)}")
+        new[key] = source
+    network.load_state_dict(new)
+    logger.info("interactive model started from the automatic model %s (guidance inputs at 0)", path)
+    return network

@@ -22,6 +22,8 @@ from monai.inferers import SimpleInferer
 from monai.transforms import LoadImaged, SpatialCrop
 from monai.utils import set_determinism
 
+from scripts.casework import load_weights
+from scripts.handlers import CheckpointError
 from scripts.interactive import (
     LABEL_NAMES,
     AddGuidanceSignald,
@@ -33,6 +35,7 @@ from scripts.interactive import (
     classes_to_brats,
     classes_to_regions,
     largest_error_click,
+    warm_start,
 )
 from scripts.transforms import label_to_regions
 from tests._bundle import EXAMPLE_CASE, ROOT, TINY, TINY_NETWORK
@@ -249,6 +252,30 @@ def test_interaction_never_zeroes_intensity_channels(probability):
         assert image[:, 4:].amax(dim=(2, 3, 4)).count_nonzero() >= 2  # ... and corrective ones added
 
 
+def test_interactive_training_starts_from_the_automatic_model():
+    """deepedit_train.json's network starts from models/model.pt: the guidance inputs at 0 and the region head
+    turned into a class head, so without clicks it labels as the thresholded regions of the automatic model."""
+    interactive = _parser(TRAIN).get_parsed_content("network").eval()
+    automatic = _parser(["train.json"]).get_parsed_content("network")
+    load_weights(automatic, ROOT / "models" / "model.pt", "cpu")
+    assert interactive.encoder[0].conv1.weight[:, 4:].abs().sum() == 0
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 32, 32, 32)
+    with torch.no_grad():
+        tc, wt, et = automatic(x)[0] > 0
+        classes = interactive(torch.cat([x, torch.zeros_like(x)], 1))[0].argmax(0)
+    expected = torch.zeros_like(classes)
+    expected[wt] = LABEL_NAMES["edema"]
+    expected[wt & tc] = LABEL_NAMES["necrotic_core"]
+    expected[wt & tc & et] = LABEL_NAMES["enhancing_tumor"]
+    assert (classes == expected).float().mean() > 0.95  # exact wherever the regions nest
+
+
+def test_warm_start_names_a_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="warm_start_ckpt"):
+        warm_start(torch.nn.Linear(1, 1), tmp_path / "model.pt")
+
+
 def test_largest_error_click_picks_the_interior_of_the_largest_miss():
     label = np.zeros((20, 20, 20), int)
     label[2:12, 2:12, 2:12] = 2
@@ -325,7 +352,8 @@ def test_interactive_training_and_click_inference_end_to_end(tmp_path):
     from scripts.synthetic.phantom import write_dataset
 
     write_dataset(tmp_path / "data", num_cases=4, seed=3, shape=(48, 56, 40), progress=False)
-    common = ["--bundle_root", str(tmp_path), *TINY, "--num_folds", "2"]
+    # TINY widths do not fit the shipped automatic model, so no warm start
+    common = ["--bundle_root", str(tmp_path), *TINY, "--num_folds", "2", "--warm_start_ckpt", "None"]
     # MONAI Label's BundleTrainTask calls the run id "run" without "initialize"
     log = _run(
         _bundle(
