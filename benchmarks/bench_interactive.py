@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.quality import load_cases
 from scripts.conventions import CLASS_NAMES, REGIONS
 from scripts.metrics import dice
 
@@ -58,7 +59,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_folds", type=int, default=5)
     parser.add_argument("--channels", default="[16,32,64,128]", help="network_def#channels of the trained model")
     parser.add_argument("--roi_size", default="[48,48,48]")
-    parser.add_argument("--max_clicks", type=int, default=5)
+    parser.add_argument("--max_clicks", type=int, default=5, help="clicks (or rounds, with --per_label)")
+    parser.add_argument(
+        "--per_label",
+        action="store_true",
+        help="each round clicks once for every label (background included) the prediction gets wrong: the curve "
+        "is then Dice against clicks per label",
+    )
+    parser.add_argument(
+        "--real",
+        type=Path,
+        action="append",
+        default=[],
+        help="a real case folder with its reference <id>_seg*.nii.gz (repeatable): scored instead of the fold",
+    )
     parser.add_argument("--max_cases", type=int, default=None)
     parser.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "results" / "interactive"))
     return parser.parse_args(argv)
@@ -69,14 +83,16 @@ def main(argv=None) -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     model = _load_model(args)
     t0 = time.time()
-    per_case = [_click_curve(item, model, args.max_clicks) for item in model["cases"]]
+    per_case = [_click_curve(item, model, args.max_clicks, args.per_label) for item in model["cases"]]
     keys = (*CLASSES, *REGIONS, "mean_classes", "mean_regions")
     mean = [{k: float(np.mean([c["curve"][n][k] for c in per_case])) for k in keys} for n in range(args.max_clicks + 1)]
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = {
         "checkpoint": str(model["ckpt"]),
-        "dataset_dir": args.dataset_dir,
+        "dataset_dir": args.dataset_dir if not args.real else None,
+        "real": [str(p) for p in args.real],
+        "clicks_per_round": "one per label in error" if args.per_label else "one",
         "fold": args.fold,
         "num_cases": len(per_case),
         "seconds": round(time.time() - t0, 1),
@@ -88,8 +104,8 @@ def main(argv=None) -> None:
     rows = "".join(f"| {n} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |\n" for n, m in enumerate(mean))
     table = header + rows
     (out / "click_curve.md").write_text(table)
-    print(f"\n{len(per_case)} validation case(s), {time.time() - t0:.0f} s\n\n{table}")
-    _plot(mean, len(per_case), args.max_clicks, out / "click_curve.png")
+    print(f"\n{len(per_case)} case(s), {time.time() - t0:.0f} s\n\n{table}")
+    _plot(mean, len(per_case), args.max_clicks, out / "click_curve.png", args.per_label, bool(args.real))
     print(f"wrote {out / 'click_curve.json'}, click_curve.md, click_curve.png")
 
 
@@ -107,7 +123,9 @@ def _load_model(args) -> dict:
         {
             "bundle_root": args.bundle_root,
             "device": "cpu",
-            "dataset_dir": args.dataset_dir,
+            "dataset_dir": args.dataset_dir if not args.real else None,
+            "real": [str(p) for p in args.real],
+            "clicks_per_round": "one per label in error" if args.per_label else "one",
             "fold": args.fold,
             "num_folds": args.num_folds,
             "network_def#channels": json.loads(args.channels),
@@ -118,7 +136,7 @@ def _load_model(args) -> dict:
     cfg.parse()
     label_names = cfg.get_parsed_content("label_names")
     network = cfg.get_parsed_content("network_def")
-    ckpt = args.ckpt_path or cfg.get_parsed_content("ckpt_path")
+    ckpt = args.ckpt_path or str(Path(args.bundle_root) / "models" / "deepedit" / "model.pt")
     load_weights(network, ckpt, "cpu")
     guidance_signal = AddGuidanceSignald(
         sigma=cfg.get_parsed_content("guidance_sigma"),
@@ -132,12 +150,15 @@ def _load_model(args) -> dict:
         "inferer": cfg.get_parsed_content("sw_inferer"),
         "preprocessing": Compose(cfg.get_parsed_content("interactive_preprocessing_transforms")),
         "guidance_signal": guidance_signal,
-        "cases": cfg.get_parsed_content("val_datalist")[: args.max_cases],
+        "cases": (load_cases(args.real, None, 1) if args.real else cfg.get_parsed_content("val_datalist"))[
+            : args.max_cases
+        ],
     }
 
 
-def _click_curve(item: dict, model: dict, max_clicks: int) -> dict:
-    """Scores of one case with 0..``max_clicks`` simulated clicks, each at the centre of the largest error."""
+def _click_curve(item: dict, model: dict, max_clicks: int, per_label: bool = False) -> dict:
+    """Scores of one case with 0..``max_clicks`` simulated clicks, each at the centre of the largest error (with
+    ``per_label``: 0..``max_clicks`` rounds, each clicking the largest error of every label that has one)."""
     from scripts.interactive import largest_error_click
 
     label_names = model["label_names"]
@@ -152,18 +173,20 @@ def _click_curve(item: dict, model: dict, max_clicks: int) -> dict:
         curve.append(scores(pred, ref, label_names))
         if n == max_clicks:
             break
-        click = largest_error_click(pred, ref, label_names)
-        if click is None:  # perfect: further clicks change nothing
+        targets = list(label_names) if per_label else [None]
+        new = [c for c in (largest_error_click(pred, ref, label_names, only=t) for t in targets) if c is not None]
+        if not new:  # perfect: further clicks change nothing
             curve += [curve[-1]] * (max_clicks - n)
             break
-        clicks[click[0]].append(click[1])
-        placed.append(click)
+        for name, point in new:
+            clicks[name].append(point)
+        placed.append(new)
     case_id = item.get("case_id") or Path(item["image"][0]).parent.name
     print(f"{case_id}: mean region Dice " + " -> ".join(f"{c['mean_regions']:.3f}" for c in curve), flush=True)
     return {"case_id": case_id, "curve": curve, "clicks": placed}
 
 
-def _plot(mean: list[dict], num_cases: int, max_clicks: int, path: Path) -> None:
+def _plot(mean: list[dict], num_cases: int, max_clicks: int, path: Path, per_label: bool, real: bool) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,12 +196,12 @@ def _plot(mean: list[dict], num_cases: int, max_clicks: int, path: Path) -> None
     xs = np.arange(max_clicks + 1)
     for k, style in zip((*REGIONS, "mean_regions"), ("-o", "-s", "-^", "--k")):
         ax.plot(xs, [m[k] for m in mean], style, label=k.replace("mean_regions", "mean (TC, WT, ET)"))
-    ax.set_xlabel("simulated corrective clicks")
+    ax.set_xlabel("simulated corrective clicks" + (" per label" if per_label else ""))
     ax.set_ylabel("validation Dice")
     ax.set_xticks(xs)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"Interactive ResUNet, {num_cases} validation cases", fontsize=10)
+    ax.set_title(f"Interactive ResUNet, {num_cases} {'real' if real else 'validation'} cases", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

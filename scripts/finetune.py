@@ -1,10 +1,10 @@
 """The fine-tuning recipe (``configs/finetune.json``): learn a few corrected real cases from trained weights
 without forgetting what the weights know.
 
-* :func:`finetune_datalist` trains on every labelled case of the given data, each repeated so that about half
-  of every epoch's cases are real, the rest replayed from the synthetic training cases; it validates on the
-  synthetic cases the weights were never trained on (the held-out fold of the shipped recipe) plus any
-  validation cases given.
+* :func:`finetune_datalist` trains on every labelled case of the given data and on synthetic training cases
+  replayed beside them, each listed once (preprocessed and cached once) with sampling weights that make the
+  real cases half of the draws; it validates on the synthetic cases the weights were never trained on (the
+  held-out fold of the shipped recipe) plus any validation cases given.
 * :func:`freeze_norm_statistics` keeps the BatchNorm statistics of the trained weights: a handful of cases
   would otherwise pull the running means towards themselves, and every other scan would be normalised wrongly.
 """
@@ -46,15 +46,20 @@ def finetune_datalist(
     val_dir: str | os.PathLike | None = None,
     num_replay: int = 32,
     seed: int = 0,
+    real_fraction: float = 0.5,
 ) -> dict:
-    """``{"training": ..., "validation": ...}`` of a fine-tuning run.
+    """``{"training": ..., "validation": ..., "sampling_weights": ...}`` of a fine-tuning run.
 
-    Training: the labelled cases of ``dataset_dir``, repeated to match ``num_replay`` cases drawn (with
-    ``seed``) from the training folds of ``replay_dir`` (the synthetic data of the shipped recipe, split into
-    ``replay_folds`` folds as that recipe splits it). Validation: the held-out fold of ``replay_dir`` and the
-    labelled cases of ``val_dir``. Without ``replay_dir`` the real cases alone are trained and validated on
-    ``val_dir`` only (which must then be given).
+    Training: the labelled cases of ``dataset_dir`` and ``num_replay`` cases drawn (with ``seed``) from the
+    training folds of ``replay_dir`` (the synthetic data of the shipped recipe, split into ``replay_folds`` folds
+    as that recipe splits it), each listed once (so each is preprocessed and cached once).
+    ``sampling_weights`` (one per training item) make the real cases ``real_fraction`` of the draws of a
+    ``WeightedRandomSampler``. Validation: the held-out fold of ``replay_dir`` and the labelled cases of
+    ``val_dir``. Without ``replay_dir`` the real cases alone are trained and validated on ``val_dir`` only
+    (which must then be given).
     """
+    if not 0 < real_fraction <= 1:
+        raise ValueError(f"real_fraction {real_fraction}: must be in (0, 1]")
     real = labelled_cases(dataset_dir)
     validation = labelled_cases(val_dir) if val_dir else []
     replay = []
@@ -66,18 +71,20 @@ def finetune_datalist(
         validation = split["validation"] + validation
     if not validation:
         raise ValueError("fine-tuning needs held-out cases to validate on: give --replay_dir or --val_dir")
-    repeats = max(1, -(-len(replay) // len(real)))
-    training = _shared_keys([dict(case) for case in real * repeats] + replay)
+    fraction = real_fraction if replay else 1.0
+    weights = [fraction / len(real)] * len(real) + [(1 - fraction) / max(1, len(replay))] * len(replay)
     names = ", ".join(sorted({c["case_id"] for c in real}))
     logger.info(
-        "fine-tuning on %d real case(s) (%s) x %d and %d replayed synthetic case(s); %d validation case(s)",
+        "fine-tuning on %d real case(s) (%s, %.0f%% of the patches) and %d replayed synthetic case(s); "
+        "%d validation case(s)",
         len(real),
         names,
-        repeats,
+        100 * fraction,
         len(replay),
         len(validation),
     )
-    return {"training": training, "validation": validation}
+    training = _shared_keys([dict(case) for case in real] + replay)
+    return {"training": training, "validation": validation, "sampling_weights": weights}
 
 
 def _shared_keys(items: list[dict]) -> list[dict]:
@@ -98,4 +105,26 @@ def freeze_norm_statistics(network: torch.nn.Module) -> torch.nn.Module:
     for module in network.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.register_forward_pre_hook(_keep_eval)
+    return network
+
+
+def freeze_parameters(network: torch.nn.Module, prefixes: list[str] | tuple[str, ...] = ()) -> torch.nn.Module:
+    """Stop the parameters whose names start with one of ``prefixes`` (e.g. ``["encoder"]``) from learning
+    (``requires_grad`` False; the optimiser then leaves them as they are). Returns ``network``.
+
+    Raises:
+        ValueError: a prefix names no parameter of ``network`` (a typo would otherwise freeze nothing).
+    """
+    names = [name for name, _ in network.named_parameters()]
+    for prefix in prefixes:
+        hits = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+        if not hits:
+            raise ValueError(f"frozen_modules: {prefix!r} names no parameter of the network (e.g. {names[0]!r})")
+        for name, p in network.named_parameters():
+            if name in hits:
+                p.requires_grad_(False)
+    if prefixes:
+        trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in network.parameters())
+        logger.info("fine-tuning %d of %d parameters (frozen: %s)", trainable, total, ", ".join(prefixes))
     return network

@@ -413,14 +413,19 @@ class Interaction(_MonaiInteraction):
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def largest_error_click(pred: np.ndarray, label: np.ndarray, label_names: Mapping[str, int] | None = None):
+def largest_error_click(
+    pred: np.ndarray, label: np.ndarray, label_names: Mapping[str, int] | None = None, only: str | None = None
+):
     """One simulated corrective click: in the largest connected error region, where the reference is class
     ``c`` but the prediction is not, at its most interior voxel (largest distance to the region's border).
 
     ``pred``, ``label``: class-index arrays of the same spatial shape (an extra leading channel of 1 is
-    ignored). Returns ``(name, [i, j, k])`` with the label name of ``c``, or ``None`` when there is no error.
+    ignored); ``only``: a label name to click for (default: whichever class has the largest error region).
+    Returns ``(name, [i, j, k])`` with the label name of ``c``, or ``None`` when there is no error.
     """
     names = dict(label_names or LABEL_NAMES)
+    if only is not None:
+        names = {only: names[only]}
     pred, label = np.asarray(pred), np.asarray(label)
     if pred.ndim == 4:
         pred = pred[0]

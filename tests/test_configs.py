@@ -50,8 +50,7 @@ SHARED = {
         "sw_inferer",
     ),
     ("train.json", "evaluate.json"): ("fold", "num_folds", "seed", "num_synthetic_cases"),
-    ("deepedit_train.json", "deepedit_inference.json"): (
-        "ckpt_dir",
+    ("deepedit_train.json", "deepedit_inference.json"): (  # not ckpt_dir, as for train.json and inference.json
         "label_names",
         "number_intensity_ch",
         "number_guidance_ch",

@@ -12,7 +12,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from scripts.averaging import average_checkpoints
-from scripts.finetune import finetune_datalist, freeze_norm_statistics
+from scripts.finetune import finetune_datalist, freeze_norm_statistics, freeze_parameters
 from scripts.networks import ResUNet
 from scripts.synthetic.phantom import write_dataset
 from tests._bundle import ROOT, TINY_NETWORK
@@ -30,14 +30,16 @@ def test_datalist_mixes_real_and_replayed_cases_and_validates_on_held_out(folder
     lists = finetune_datalist(folders / "real", folders / "replay", replay_folds=4, num_replay=4, seed=0)
     real = [c for c in lists["training"] if "replay" not in c["image"][0]]
     replay = [c for c in lists["training"] if "replay" in c["image"][0]]
-    assert len(real) == 4 and len({c["case_id"] for c in real}) == 1 and len(replay) == 4
+    assert len(real) == 1 and len(replay) == 4  # each case once: preprocessed and cached once
+    weights = lists["sampling_weights"]
+    assert len(weights) == 5 and weights[0] == pytest.approx(0.5) and sum(weights[1:]) == pytest.approx(0.5)
     assert len({tuple(sorted(c)) for c in lists["training"]}) == 1  # one batch collates real and replayed items
     held_out = {c["case_id"] for c in lists["validation"]}
     assert held_out and not held_out & {c["case_id"] for c in lists["training"]}
     with pytest.raises(ValueError, match="needs held-out cases"):
         finetune_datalist(folders / "real", None)
     with_val = finetune_datalist(folders / "real", None, val_dir=folders / "replay")
-    assert len(with_val["validation"]) == 8
+    assert len(with_val["validation"]) == 8 and with_val["sampling_weights"] == [1.0]
 
 
 def test_frozen_norm_statistics_do_not_move_while_weights_learn():
@@ -50,6 +52,20 @@ def test_frozen_norm_statistics_do_not_move_while_weights_learn():
     loss.backward()
     optimiser.step()
     assert torch.equal(bn.running_mean, mean) and not torch.equal(bn.weight, weight)
+
+
+def test_frozen_modules_do_not_learn_and_a_typo_is_an_error():
+    torch.manual_seed(0)
+    net = freeze_parameters(ResUNet(3, 4, 3, channels=(4, 8), strides=(1, 2), norm="batch"), ["encoder"])
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    optimiser = torch.optim.Adam(net.parameters(), lr=0.1)
+    net(torch.randn(2, 4, 16, 16, 16)).mean().backward()
+    optimiser.step()
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder.") and "running" not in k)
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    with pytest.raises(ValueError, match="names no parameter"):
+        freeze_parameters(net, ["encoderr"])
 
 
 def test_average_of_checkpoints(tmp_path):

@@ -365,6 +365,8 @@ def test_interactive_training_and_click_inference_end_to_end(tmp_path):
             "2",
             "--val_interval",
             "2",
+            "--ckpt_path",  # where MONAI Label's train task puts it; the default is runs/deepedit/model.pt
+            str(tmp_path / "models" / "deepedit" / "model.pt"),
             config=TRAIN,
         )
     )

@@ -22,7 +22,9 @@ def _listed():
     return (yaml.safe_load((ROOT / "large_files.yml").read_text()) or {}).get("large_files") or []
 
 
-@pytest.mark.parametrize("name", ["models/model.pt", "models/model.ts", "models/student.pt", "models/imputer.pt"])
+@pytest.mark.parametrize(
+    "name", ["models/model.pt", "models/model.ts", "models/student.pt", "models/imputer.pt", "models/deepedit/model.pt"]
+)
 def test_weights_are_listed_with_their_hash_and_small(name):
     entries = {e["path"]: e for e in _listed()}
     assert name in entries, f"{name} is not listed in large_files.yml"
@@ -55,6 +57,17 @@ def test_student_pt_loads_safely_into_the_student_overlay_network():
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(state)
     assert sum(p.numel() for p in network.parameters()) < 150_000
+
+
+def test_deepedit_model_pt_loads_safely_into_the_interactive_overlay_network():
+    from monai.bundle import ConfigParser
+
+    state = torch.load(ROOT / "models/deepedit/model.pt", map_location="cpu", weights_only=True)
+    parser = ConfigParser()
+    parser.read_config([ROOT / "configs/inference.json", ROOT / "configs/deepedit_inference.json"])
+    parser.update({"bundle_root": str(ROOT)})
+    assert parser.get_parsed_content("ckpt_path") == f"{ROOT}/models/deepedit/model.pt"
+    parser.get_parsed_content("network_def").load_state_dict(state)  # 4 sequences + 4 guidance in, 4 classes out
 
 
 def test_imputer_pt_fills_in_a_missing_sequence_through_the_inference_step():
