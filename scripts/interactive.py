@@ -506,16 +506,18 @@ def warm_start(network: torch.nn.Module, path, label_names: Mapping[str, int] | 
     """Start the interactive ``network`` from the automatic model's weights ``path`` (``models/model.pt``): every
     layer is copied; the first layer's guidance input channels start at 0 (no click changes anything yet) and
     the region head becomes a class head (:func:`region_head_to_classes`). Training then only has to learn what
-    clicks mean. Returns ``network``.
+    clicks mean. ``path`` ``None``: ``network`` as it is (random weights). Returns ``network``.
 
     Raises:
         CheckpointError: the file does not exist or cannot be read (:func:`scripts.handlers.read_checkpoint`).
         ValueError: the weights are not those of an automatic model of this shape (names the first misfit).
     """
+    if path is None:
+        return network
     if not Path(path).is_file():
         raise CheckpointError(
             f"{path}: the interactive model starts from the automatic model's weights, and this file does not exist "
-            "(pass --warm_start_ckpt PATH, or --warm_start_ckpt None to start from random weights)"
+            "(pass --warm_start_ckpt PATH, or --warm_start_ckpt none to start from random weights)"
         )
     state = read_checkpoint(str(path), map_location="cpu", exit_on_error=False)
     state = state.get("model", state) if isinstance(state.get("model"), dict) else state

@@ -55,6 +55,16 @@ def as_bool(value: Any, name: str) -> bool:
     raise fail(f"--{name} {value!r}: not a boolean (use true/false, yes/no or 1/0)")
 
 
+def optional_path(value: Any, name: str) -> str | None:
+    """``value`` of the path id ``name``, or ``None`` for "no file": ``null``, ``""`` or ``none`` in any case (the
+    command line cannot pass ``None``: ``monai.bundle run`` drops overrides whose value is ``None``)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise fail(f"--{name} {value!r}: not a path (or none)")
+    return str(value)
+
+
 def label_triple(value: Any, name: str = "brats_labels") -> list[int]:
     """``value`` as the label values ``[necrotic, oedema, enhancing]``: three distinct positive integers (two
     classes written with one value could never be told apart again); anything else is :func:`fail`."""

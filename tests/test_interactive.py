@@ -37,6 +37,7 @@ from scripts.interactive import (
     largest_error_click,
     warm_start,
 )
+from scripts.metrics import dice
 from scripts.transforms import label_to_regions
 from tests._bundle import EXAMPLE_CASE, ROOT, TINY, TINY_NETWORK
 from tests._inputs import label_map
@@ -271,6 +272,43 @@ def test_interactive_training_starts_from_the_automatic_model():
     assert (classes == expected).float().mean() > 0.95  # exact wherever the regions nest
 
 
+def test_shipped_interactive_model_follows_clicks_on_the_bundled_real_case():
+    """models/deepedit/model.pt on TCGA-DU-7294: one round of clicks (one per label the prediction gets wrong, in
+    its largest missed piece) changes the segmentation around each click and raises the oedema, TC and WT Dice
+    (docs/interactive.md: the click curve)."""
+    from monai.transforms import Compose
+
+    parser = _parser(TRAIN)
+    network = load_weights(parser.get_parsed_content("network_def"), ROOT / "models/deepedit/model.pt", "cpu")
+    inferer = parser.get_parsed_content("sw_inferer")
+    files = [str(EXAMPLE_CASE / f"TCGA-DU-7294_{m}.nii.gz") for m in ("t1", "t1ce", "t2", "flair")]
+    d = Compose(parser.get_parsed_content("interactive_preprocessing_transforms"))(
+        {"image": files, "label": str(EXAMPLE_CASE / "TCGA-DU-7294_seg.nii.gz")}
+    )
+    ref = np.asarray(d["label"][0]).round().astype(int)
+    signal = AddGuidanceSignald(sigma=parser.get_parsed_content("guidance_sigma"), label_names=LABEL_NAMES)
+
+    def predict(clicks):
+        x = signal({"image": d["image"], "guidance": {k: clicks.get(k, []) for k in LABEL_NAMES}})["image"]
+        with torch.no_grad():
+            return inferer(torch.as_tensor(x)[None].float(), network)[0].argmax(0).numpy()
+
+    def scores(pred):
+        nc, ed, et = (LABEL_NAMES[k] for k in ("necrotic_core", "edema", "enhancing_tumor"))
+        tc = (nc, et)
+        return (dice(pred == ed, ref == ed), dice(np.isin(pred, tc), np.isin(ref, tc)), dice(pred > 0, ref > 0))
+
+    before = predict({})
+    clicks = [largest_error_click(before, ref, LABEL_NAMES, only=name) for name in LABEL_NAMES]
+    clicks = {c[0]: [c[1]] for c in clicks if c is not None}
+    assert "edema" in clicks  # the automatic result misses most of this case's oedema
+    after = predict(clicks)
+    for (point,) in clicks.values():
+        around = tuple(slice(max(0, v - 5), v + 6) for v in point)
+        assert (before[around] != after[around]).any(), point
+    assert all(a > b for a, b in zip(scores(after), scores(before))), (scores(before), scores(after))
+
+
 def test_warm_start_names_a_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="warm_start_ckpt"):
         warm_start(torch.nn.Linear(1, 1), tmp_path / "model.pt")
@@ -353,7 +391,7 @@ def test_interactive_training_and_click_inference_end_to_end(tmp_path):
 
     write_dataset(tmp_path / "data", num_cases=4, seed=3, shape=(48, 56, 40), progress=False)
     # TINY widths do not fit the shipped automatic model, so no warm start
-    common = ["--bundle_root", str(tmp_path), *TINY, "--num_folds", "2", "--warm_start_ckpt", "None"]
+    common = ["--bundle_root", str(tmp_path), *TINY, "--num_folds", "2", "--warm_start_ckpt", "none"]
     # MONAI Label's BundleTrainTask calls the run id "run" without "initialize"
     log = _run(
         _bundle(
