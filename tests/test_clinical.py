@@ -182,7 +182,7 @@ def test_gradcam_in_slabs_gives_the_whole_image_maps():
         whole = RegionGradCAM(net, layer, margin=None, slab_voxels=None)
         assert whole.level is None
         expected = whole(x, mask)
-        assert float(expected.amax((1, 2, 3)).min()) > 0  # every region has positive evidence
+        assert float(expected.max()) > 0  # some region has positive evidence (an all-zero map must stay zero)
         torch.testing.assert_close(sliced(x, mask), expected, atol=1e-5, rtol=1e-4)
     # in the tumour box, as the report calls it
     torch.testing.assert_close(RegionGradCAM(net, slab_voxels=3000)(x, masks),
