@@ -100,6 +100,30 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
+def rss_gb() -> float:
+    """The resident memory of this process now, in GB (``VmRSS`` of ``/proc/self/status``; NaN elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1e6
+    except (OSError, StopIteration, ValueError):
+        return float("nan")
+
+
+def release_memory() -> None:
+    """Give the freed heap back to the operating system (``malloc_trim(0)`` of glibc, after a garbage collection):
+    the memory a stage freed stops counting in the resident size, so the next stage's peak starts lower. Nothing
+    happens where glibc is not the C library."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def find_report_cases(source, layout: str = "auto", exclude: Sequence = ()) -> list[dict]:
     """Cases of a folder in any layout, each with its reference segmentation's path as ``reference`` when
     there is one (a datalist JSON or a single file: :func:`scripts.data.layouts.find_inference_cases`); the
@@ -240,8 +264,9 @@ class ReportWorkflow(CaseWorkflow):
 
     def _stage(self, case_id: str, timings: dict, name: str, start: float) -> None:
         timings[name] = time.perf_counter() - start - sum(timings.values())
-        logger.info("%s: %s done in %.1f s (%.1f s so far; peak memory %.1f GB)", case_id, name, timings[name],
-                    sum(timings.values()), peak_rss_gb())  # fmt: skip
+        release_memory()
+        logger.info("%s: %s done in %.1f s (%.1f s so far; memory %.2f GB now, peak %.2f GB)", case_id, name,
+                    timings[name], sum(timings.values()), rss_gb(), peak_rss_gb())  # fmt: skip
 
     def report_case(self, item: dict) -> str:
         """All outputs of one preprocessed item; returns the case folder."""
@@ -269,7 +294,8 @@ class ReportWorkflow(CaseWorkflow):
         self._stage(case_id, timings, "writing volumes", start)
         page = _CasePage(case_id, item, self.entries.get(case_id, {}), volumes, tta, scores, labels, self)
         text = page.html(timings, start)  # adds the time of the figures and tables to timings
-        logger.info("%s: figures and tables done in %.1f s", case_id, timings["figures and tables"])
+        logger.info("%s: figures and tables done in %.1f s (memory %.2f GB now, peak %.2f GB)", case_id,
+                    timings["figures and tables"], rss_gb(), peak_rss_gb())  # fmt: skip
         write_text(text, files["page"])
         if self.chromium:
             write_pdf(files["page"], files["pdf"], self.chromium)

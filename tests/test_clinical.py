@@ -149,6 +149,50 @@ def test_gradcam_in_the_tumour_box_is_zero_outside_it_and_whole_when_the_box_is(
     torch.testing.assert_close(RegionGradCAM(net, margin=40)(x, masks), RegionGradCAM(net, margin=None)(x, masks))
 
 
+def _batchnorm_resunet():
+    """A ResUNet with batch norm (as inference.json builds it) and non-trivial running statistics, in eval mode."""
+    from scripts.networks import ResUNet
+
+    torch.manual_seed(0)
+    net = ResUNet(spatial_dims=3, in_channels=4, out_channels=3, channels=CHANNELS, strides=[1, 2, 2, 2], norm="batch")
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def test_gradcam_in_slabs_gives_the_whole_image_maps():
+    """The full-resolution decoder stage run in slabs with a halo (memory of one slab) gives monai's GradCAM maps
+    on the whole input, with and without masks (one region empty: scored over the whole image), and at another
+    encoder layer; a network with instance norm (statistics over the whole image) is not sliced."""
+    from scripts.explain import slab_halo, slab_target, slabs
+    from scripts.networks import ResUNet
+
+    net = _batchnorm_resunet()
+    x = torch.rand(1, 4, 40, 24, 32, generator=torch.Generator().manual_seed(1))
+    masks = torch.zeros(1, 3, 40, 24, 32, dtype=torch.bool)
+    masks[0, :2, 5:30, 4:20, 6:25] = True
+    masks[0, 1, 30:36, 2:9, 1:8] = True
+    assert slab_target(net, "encoder.3") == 3 and slab_halo(net) == 2
+    assert len(slabs(40, 24 * 32 * 6 // (24 * 32) - 4, 2)) == 20  # the slabs the first call below uses
+    for layer, mask in (("encoder.3", masks), ("encoder.3", None), ("encoder.2", masks)):
+        sliced = RegionGradCAM(net, layer, margin=None, slab_voxels=24 * 32 * 6)
+        assert sliced.level == int(layer[-1])
+        whole = RegionGradCAM(net, layer, margin=None, slab_voxels=None)
+        assert whole.level is None
+        expected = whole(x, mask)
+        assert float(expected.max()) > 0  # some region has positive evidence (an all-zero map must stay zero)
+        torch.testing.assert_close(sliced(x, mask), expected, atol=1e-5, rtol=1e-4)
+    # in the tumour box, as the report calls it
+    torch.testing.assert_close(RegionGradCAM(net, slab_voxels=3000)(x, masks),
+                               RegionGradCAM(net, slab_voxels=None)(x, masks), atol=1e-5, rtol=1e-4)  # fmt: skip
+    instance = ResUNet(spatial_dims=3, in_channels=4, out_channels=3, channels=CHANNELS, strides=[1, 2, 2, 2]).eval()
+    assert slab_target(instance, "encoder.3") is None and RegionGradCAM(instance).level is None
+    assert slab_target(net, "encoder.0") is None and slab_target(net, "decoder.0") is None
+    assert slabs(10, 4, 2) == [(0, 4), (4, 8), (8, 10)] and slabs(10, 3, 2) == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+
+
 # ----------------------------------------------------------------------------------------------- uncertainty
 def test_tta_uncertainty_agrees_for_a_flip_equivariant_network_and_not_otherwise():
     x = torch.rand(1, 4, 8, 10, 6, generator=torch.Generator().manual_seed(0))
