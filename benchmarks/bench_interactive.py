@@ -123,9 +123,7 @@ def _load_model(args) -> dict:
         {
             "bundle_root": args.bundle_root,
             "device": "cpu",
-            "dataset_dir": args.dataset_dir if not args.real else None,
-            "real": [str(p) for p in args.real],
-            "clicks_per_round": "one per label in error" if args.per_label else "one",
+            "dataset_dir": args.dataset_dir,
             "fold": args.fold,
             "num_folds": args.num_folds,
             "network_def#channels": json.loads(args.channels),
