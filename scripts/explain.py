@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from scripts.conventions import REGIONS
+from scripts.networks import plain
 
 
 class RegionScore(nn.Module):
@@ -177,7 +178,7 @@ def slabs(length: int, size: int, step: int) -> list[tuple[int, int]]:
 
 
 def slab_region_gradients(
-    network: nn.Module, level: int, x: torch.Tensor, weights: torch.Tensor, max_voxels: int = 2**18
+    network: nn.Module, level: int, x: torch.Tensor, weights: torch.Tensor, max_voxels: int = 2**19
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The activations of ``network.encoder[level]`` (1, C, *s) and the gradient of each region's score with
     respect to them (R, C, *s), for an input ``x`` (1, C_in, *S) and the score weights (1, R, *S)
@@ -185,9 +186,9 @@ def slab_region_gradients(
 
     The forward pass keeps no graph below the target layer. The last decoder stage and the head (the
     full-resolution part, which holds most of the memory of a backward pass) run in slabs of at most
-    ``max_voxels`` voxels across the longest axis, each widened by :func:`slab_halo` on both sides (the halo's
-    outputs are not scored): each slab's scores are differentiated with respect to the slab of the stage's
-    input, and the sum of these gradients is passed back through the lower-resolution decoder to the target
+    ``max_voxels`` voxels across the axis outermost in memory (a slab is then one block of memory: no strided
+    copies), each widened by :func:`slab_halo` on both sides (the halo's outputs are not scored): each slab's
+    scores are differentiated with respect to the slab of the stage's input, and the sum of these gradients is passed back through the lower-resolution decoder to the target
     layer. The chain rule makes this the gradient of the whole-image scores, up to the order of the float sums;
     the memory of the backward pass is that of one slab. Needs :func:`slab_target`."""
     encoder = network.encoder
@@ -215,7 +216,7 @@ def _slab_gradients(
     """Per region, the gradient (1, C, *s) of its score with respect to the last decoder stage's deeper input
     ``deeper`` (1, C, *s), the stage and the head run slab by slab (:func:`slab_region_gradients`)."""
     stage, spatial = network.decoder[-1], skip.shape[2:]
-    axis = int(np.argmax(spatial))
+    axis = int(np.argmax(skip.stride()[2:]))  # outermost in memory: a slab is one block, not strided copies
     step = int(stage.upsample.stride[axis])
     halo = -(-slab_halo(network) // step) * step
     plane = int(np.prod(spatial)) // spatial[axis]
@@ -257,7 +258,7 @@ class RegionGradCAM:
         divisor: int | Sequence[int] = 8,
         recompute: bool = True,
         margin: int | None = 32,
-        slab_voxels: int | None = 2**18,
+        slab_voxels: int | None = 2**19,
     ):
         self.scorer = RegionScore(copy.deepcopy(network).eval())
         self.target_layer = target_layer or default_target_layer(network)
@@ -286,11 +287,11 @@ class RegionGradCAM:
 
     def _maps(self, image: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
         spatial = image.shape[2:]
-        x = self.pad(image[0].as_tensor() if hasattr(image, "as_tensor") else image[0])[None]
+        x = plain(self.pad(plain(image[0])))[None]
         crop = (slice(None), *(slice(0, s) for s in spatial))
         if self.level is not None:
-            return self._slab_maps(x, None if masks is None else self.pad(torch.as_tensor(masks)[0])[None])[crop]
-        self.scorer.masks = None if masks is None else self.pad(torch.as_tensor(masks)[0])[None]
+            return self._slab_maps(x, None if masks is None else plain(self.pad(plain(masks[0])))[None])[crop]
+        self.scorer.masks = None if masks is None else plain(self.pad(plain(masks[0])))[None]
         maps, last = [], len(REGIONS) - 1
         self.scorer.reuse = True
         try:

@@ -20,9 +20,11 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar, Timer
+from monai.engines.utils import default_prepare_batch
 from monai.handlers import ValidationHandler
 
 from scripts.io import file_md5, remove_stale_temporaries, save_torch
+from scripts.networks import plain
 
 
 class LossProgressBar(ProgressBar):
@@ -44,6 +46,13 @@ class LossProgressBar(ProgressBar):
 def _loss_of_first_sample(output) -> dict:
     first = output[0] if isinstance(output, (list, tuple)) else output
     return {"loss": float(first["loss"])}
+
+
+def plain_batch(batchdata, device=None, non_blocking: bool = False, **kwargs):
+    """MONAI's ``default_prepare_batch`` (the trainer's ``prepare_batch``) with the image and label as plain
+    tensors (:func:`scripts.networks.plain`): a training step then copies no activation in its backward pass."""
+    image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+    return plain(image), None if label is None else plain(label)
 
 
 class DataLoadTimer:

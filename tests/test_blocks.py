@@ -161,3 +161,36 @@ def test_skip_adapter(spatial_dims):
     assert adapter.conv.kernel_size == (1,) * spatial_dims and adapter.conv.bias is None
     no_norm = SkipAdapter(spatial_dims, 6, 4, norm=None)
     assert isinstance(no_norm.norm, nn.Identity) and no_norm.conv.bias is not None
+
+
+# ---------------------------------------------------------------------------------------------- placement
+
+
+def _graph_nodes(tensor: torch.Tensor) -> set[str]:
+    seen, names, todo = set(), set(), [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo += [n for n, _ in node.next_functions]
+    return names
+
+
+def test_plain_batch_feeds_the_network_plain_tensors():
+    """The trainer's ``prepare_batch``: MetaTensors in the batch become plain tensors sharing their data, so the
+    backward pass copies no activation (with a MetaTensor input every in-place activation is a CopySlices)."""
+    from monai.data import MetaTensor
+
+    from scripts.handlers import plain_batch
+    from scripts.networks import ResUNet, place
+
+    image, label = MetaTensor(_x(3, 4, 16)), MetaTensor(torch.ones(2, 3, 16, 16, 16))
+    x, y = plain_batch({"image": image, "label": label}, torch.device("cpu"))
+    assert type(x) is torch.Tensor and type(y) is torch.Tensor
+    assert x.data_ptr() == image.data_ptr() and torch.equal(y, label.as_tensor())
+    assert plain_batch({"image": image})[1] is None
+    net = place(ResUNet(3, 4, 3, channels=(4, 8), strides=(1, 2), norm="batch"), "cpu").train()  # as the configs
+    assert "CopySlices" in _graph_nodes(net(image))
+    assert "CopySlices" not in _graph_nodes(net(x))

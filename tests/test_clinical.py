@@ -166,8 +166,12 @@ def test_gradcam_in_slabs_gives_the_whole_image_maps():
     """The full-resolution decoder stage run in slabs with a halo (memory of one slab) gives monai's GradCAM maps
     on the whole input, with and without masks (one region empty: scored over the whole image), and at another
     encoder layer; a network with instance norm (statistics over the whole image) is not sliced."""
+    import copy
+
+    from monai.data import MetaTensor
+
     from scripts.explain import slab_halo, slab_target, slabs
-    from scripts.networks import ResUNet
+    from scripts.networks import ResUNet, place
 
     net = _batchnorm_resunet()
     x = torch.rand(1, 4, 40, 24, 32, generator=torch.Generator().manual_seed(1))
@@ -186,6 +190,12 @@ def test_gradcam_in_slabs_gives_the_whole_image_maps():
         torch.testing.assert_close(sliced(x, mask), expected, atol=1e-5, rtol=1e-4)
     # in the tumour box, as the report calls it
     torch.testing.assert_close(RegionGradCAM(net, slab_voxels=3000)(x, masks),
+                               RegionGradCAM(net, slab_voxels=None)(x, masks), atol=1e-5, rtol=1e-4)  # fmt: skip
+    # as the report runs it: the network placed channels-last (slabs across the axis outermost in memory), the
+    # preprocessed image a MetaTensor
+    placed = place(copy.deepcopy(net), "cpu")
+    assert placed.head.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(RegionGradCAM(placed, slab_voxels=3000)(MetaTensor(x), MetaTensor(masks)),
                                RegionGradCAM(net, slab_voxels=None)(x, masks), atol=1e-5, rtol=1e-4)  # fmt: skip
     instance = ResUNet(spatial_dims=3, in_channels=4, out_channels=3, channels=CHANNELS, strides=[1, 2, 2, 2]).eval()
     assert slab_target(instance, "encoder.3") is None and RegionGradCAM(instance).level is None

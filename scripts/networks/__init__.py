@@ -1,7 +1,7 @@
 """Network definitions of the bundle (importable as ``scripts.networks``)."""
 
 from .blocks import InvertedResidual, ResidualBlock, SeparableConv, SkipAdapter, conv_layer, conv_norm_act
-from .placement import place
+from .placement import place, plain
 from .resunet import ResUNet
 from .student import StudentUNet
 from .swin import SwinResUNet, SwinStage
@@ -18,4 +18,5 @@ __all__ = [
     "conv_layer",
     "conv_norm_act",
     "place",
+    "plain",
 ]
