@@ -188,8 +188,8 @@ def slab_region_gradients(
     full-resolution part, which holds most of the memory of a backward pass) run in slabs of at most
     ``max_voxels`` voxels across the axis outermost in memory (a slab is then one block of memory: no strided
     copies), each widened by :func:`slab_halo` on both sides (the halo's outputs are not scored): each slab's
-    scores are differentiated with respect to the slab of the stage's input, and the sum of these gradients is passed back through the lower-resolution decoder to the target
-    layer. The chain rule makes this the gradient of the whole-image scores, up to the order of the float sums;
+    scores are differentiated with respect to the slab of the stage's input, and the sum of these gradients is
+    passed back through the lower-resolution decoder to the target layer. The chain rule makes this the gradient of the whole-image scores, up to the order of the float sums;
     the memory of the backward pass is that of one slab. Needs :func:`slab_target`."""
     encoder = network.encoder
     with torch.no_grad():
