@@ -26,7 +26,7 @@ from scripts.data.checks import (
     failure,
     format_failure,
 )
-from scripts.handlers import CaseProgress, CheckpointError, checkpoint_errors, read_checkpoint
+from scripts.handlers import CaseProgress, CheckpointError, checkpoint_errors, read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +72,7 @@ def load_weights(network: torch.nn.Module, path, device, exit_on_error: bool = T
             (:func:`scripts.handlers.read_checkpoint`) or holds the weights of another network (:func:`misfit`).
     """
     with checkpoint_errors(exit_on_error):
-        if not Path(path).is_file():
-            raise CheckpointError(f"checkpoint {path} not found (train first, or pass --ckpt_path)")
-        state = read_checkpoint(path, map_location=device, exit_on_error=False)
-        if isinstance(state.get("model"), dict):
-            state = state["model"]
+        state = read_weights(path, map_location=device)
         problem = misfit(network, state)
         if problem:
             raise CheckpointError(f"checkpoint {path} does not fit the configured {type(network).__name__}: {problem}")

@@ -170,6 +170,20 @@ def read_checkpoint(path: str, map_location=None, exit_on_error: bool = True) ->
         return state
 
 
+def read_weights(path, map_location=None, missing: str = "train first, or pass --ckpt_path") -> dict:
+    """The weights (a state dict) in ``path``: the file's dict itself, or its ``"model"`` entry when it is a full
+    training checkpoint.
+
+    Raises:
+        CheckpointError: one line naming the file: it does not exist (``missing`` says what to do instead), or it
+            cannot be read (:func:`read_checkpoint`).
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} not found ({missing})")
+    state = read_checkpoint(str(path), map_location=map_location, exit_on_error=False)
+    return state["model"] if isinstance(state.get("model"), dict) else state
+
+
 # --- random states as weights_only-loadable values --------------------------------------------------------
 
 

@@ -42,7 +42,6 @@ import json
 import logging
 from collections.abc import Hashable, Mapping, Sequence
 from enum import Enum
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,7 +58,7 @@ from monai.utils import convert_to_dst_type
 from scipy import ndimage as ndi
 
 from scripts.conventions import BRATS2020_LABELS, LABEL_NAMES, MODALITIES
-from scripts.handlers import CheckpointError, read_checkpoint
+from scripts.handlers import read_weights
 from scripts.transforms import LabelConversiond, LabelToRegionsd, non_integer_labels, source_name
 
 logger = logging.getLogger(__name__)
@@ -514,13 +513,8 @@ def warm_start(network: torch.nn.Module, path, label_names: Mapping[str, int] | 
     """
     if path is None:
         return network
-    if not Path(path).is_file():
-        raise CheckpointError(
-            f"{path}: the interactive model starts from the automatic model's weights, and this file does not exist "
-            "(pass --warm_start_ckpt PATH, or --warm_start_ckpt none to start from random weights)"
-        )
-    state = read_checkpoint(str(path), map_location="cpu", exit_on_error=False)
-    state = state.get("model", state) if isinstance(state.get("model"), dict) else state
+    hint = "the interactive model starts from the automatic model's weights: pass --warm_start_ckpt PATH"
+    state = read_weights(path, "cpu", hint + ", or --warm_start_ckpt none to start from random weights")
     own = network.state_dict()
     new = {}
     for key, target in own.items():
