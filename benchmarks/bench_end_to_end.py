@@ -6,8 +6,9 @@ bundled real case (``examples/TCGA-DU-7294``; the batch is 20 symlinked copies o
 temporary folder). The ONNX cache goes to a temporary ``XDG_CACHE_HOME``: each network's first run exports
 (``cold``), the next ones read the cache (``warm``). The stages come from:
 
-- imports: ``python -X importtime -c "import monai"`` (and with mlflow hidden, as when the optional
-  ``requirements-tracking.txt`` is not installed), against ``import torch``;
+- imports: ``python -X importtime -c "import monai"`` (and with mlflow, nilearn, scikit-learn and pandas hidden, as
+  when the optional ``requirements-tracking.txt`` and ``requirements-synthetic.txt`` are not installed), against
+  ``import torch``;
 - the command's own log: start -> input summary (imports, argument parsing), -> engine start (config parsing,
   building the components, loading the weights), the per-case progress line (data wait, network,
   post-processing with writing), -> exit;
@@ -104,7 +105,8 @@ def imports() -> dict:
     return {
         "torch": import_seconds("import torch"),
         "monai": import_seconds("import monai"),
-        "monai_without_mlflow": import_seconds("import monai", hide=("mlflow",)),
+        # the optional extras (requirements-tracking.txt, requirements-synthetic.txt) and what only they bring
+        "monai_without_extras": import_seconds("import monai", hide=("mlflow", "nilearn", "sklearn", "pandas")),
         "monai_bundle_and_scripts": import_seconds("import monai.bundle, scripts"),
     }
 
@@ -342,9 +344,10 @@ NOTES = [
     "- **ONNX export**: cached in `$XDG_CACHE_HOME/resunet-brats/onnx/` by the weights' md5 and the opset; only "
     "the first run of a network exports (the cold rows), every later run reads the file.",
     "- **Imports**: `import monai` imports every optional package that is installed (mlflow, ignite, itk, "
-    "matplotlib, scipy, ...). mlflow is now the optional `requirements-tracking.txt` (only `--tracking mlflow` "
-    "needs it); the line above without mlflow is what a plain `requirements.txt` install pays. ignite runs the "
-    "engine, itk reads DICOM series, so both stay.",
+    "matplotlib, scipy, scikit-learn, pandas, ...). mlflow is the optional `requirements-tracking.txt` (only "
+    "`--tracking mlflow` needs it) and nilearn, which brings scikit-learn and pandas, the optional "
+    "`requirements-synthetic.txt` (only the MNI152 generator needs it); the line above without them is what a plain "
+    "`requirements.txt` install pays. ignite runs the engine, itk reads DICOM series, so both stay.",
     "- **Exit**: a Python process that imported monai spends 1-2 s freeing it at exit (its `atexit` handlers take "
     "milliseconds); a successful inference command now ends right after its last line "
     "(`scripts.options.skip_teardown`: logs flushed, exit code 0, outputs already complete).",

@@ -73,3 +73,23 @@ def test_tumour_volumes_follow_the_drawn_distribution():
         assert spec.kind in tumour.KINDS
         volumes.append(spec.wt_ml)
     assert min(volumes) < 15 and max(volumes) > 80  # log-uniform over 3-250 mL
+
+
+def test_without_nilearn_the_generator_is_one_error_line_and_writes_nothing(monkeypatch, tmp_path):
+    """nilearn is an optional extra (requirements-synthetic.txt): without it the command says how to install it
+    before writing anything, and the template loader raises the same message."""
+    import sys
+
+    real = generator.importlib.util.find_spec
+    monkeypatch.setattr(generator.importlib.util, "find_spec", lambda m: None if m == "nilearn" else real(m))
+    out = tmp_path / "gen"
+    with pytest.raises(SystemExit, match=r"^error: .*pip install -c constraints.txt -r requirements-synthetic.txt$"):
+        generator.main(["--output_dir", str(out), "--num_cases", "1"])
+    assert not out.exists()
+    monkeypatch.setitem(sys.modules, "nilearn", None)  # import nilearn now fails
+    anatomy.load_template.cache_clear()
+    try:
+        with pytest.raises(ImportError, match="requirements-synthetic.txt"):
+            anatomy.load_template()
+    finally:
+        anatomy.load_template.cache_clear()

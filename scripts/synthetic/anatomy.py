@@ -38,10 +38,23 @@ class Template:
     depth: np.ndarray  # distance (mm) to the brain's surface, 0 outside
 
 
+NILEARN_MISSING = (
+    "the synthetic generator needs nilearn, an optional extra (its wheel ships the MNI152 tissue maps the generator "
+    "deforms): pip install -c constraints.txt -r requirements-synthetic.txt"
+)
+
+
 @functools.lru_cache(maxsize=1)
 def load_template() -> Template:
-    """Load nilearn's MNI152 2009 grey/white-matter maps (shipped in its wheel) and derive the brain mask."""
-    from nilearn import datasets
+    """Load nilearn's MNI152 2009 grey/white-matter maps (shipped in its wheel) and derive the brain mask.
+
+    Raises:
+        ImportError: nilearn is not installed (:data:`NILEARN_MISSING` says how to install it).
+    """
+    try:
+        from nilearn import datasets
+    except ImportError:
+        raise ImportError(NILEARN_MISSING) from None
 
     gm = datasets.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32)
     wm = datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32)

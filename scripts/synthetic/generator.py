@@ -14,6 +14,7 @@ Every case is a pure function of ``(seed, index, options)``. Command line::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -127,6 +128,8 @@ def main(argv=None) -> None:
     parser.add_argument("--fixed_contrast", action="store_true", help="ablation: fixed tissue intensities")
     parser.add_argument("--no_distractors", action="store_true", help="ablation: no vessels, WMH or cavities")
     a = parser.parse_args(argv)
+    if importlib.util.find_spec("nilearn") is None:  # before anything is written
+        raise SystemExit(f"error: {anatomy.NILEARN_MISSING}")
     options = Options(deform=not a.no_deform, random_contrast=not a.fixed_contrast, distractors=not a.no_distractors)
     write_dataset(a.output_dir, a.num_cases, a.seed, options, a.workers, a.first)
 
