@@ -189,8 +189,9 @@ def slab_region_gradients(
     ``max_voxels`` voxels across the axis outermost in memory (a slab is then one block of memory: no strided
     copies), each widened by :func:`slab_halo` on both sides (the halo's outputs are not scored): each slab's
     scores are differentiated with respect to the slab of the stage's input, and the sum of these gradients is
-    passed back through the lower-resolution decoder to the target layer. The chain rule makes this the gradient of the whole-image scores, up to the order of the float sums;
-    the memory of the backward pass is that of one slab. Needs :func:`slab_target`."""
+    passed back through the lower-resolution decoder to the target layer. The chain rule makes this the gradient of
+    the whole-image scores, up to the order of the float sums; the memory of the backward pass is that of one slab.
+    Needs :func:`slab_target`."""
     encoder = network.encoder
     with torch.no_grad():
         features = []
@@ -288,10 +289,11 @@ class RegionGradCAM:
     def _maps(self, image: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
         spatial = image.shape[2:]
         x = plain(self.pad(plain(image[0])))[None]
+        masks = None if masks is None else plain(self.pad(plain(masks[0])))[None]
         crop = (slice(None), *(slice(0, s) for s in spatial))
         if self.level is not None:
-            return self._slab_maps(x, None if masks is None else plain(self.pad(plain(masks[0])))[None])[crop]
-        self.scorer.masks = None if masks is None else plain(self.pad(plain(masks[0])))[None]
+            return self._slab_maps(x, masks)[crop]
+        self.scorer.masks = masks
         maps, last = [], len(REGIONS) - 1
         self.scorer.reuse = True
         try:

@@ -508,7 +508,7 @@ def warm_start(network: torch.nn.Module, path, label_names: Mapping[str, int] | 
     clicks mean. ``path`` ``None``: ``network`` as it is (random weights). Returns ``network``.
 
     Raises:
-        CheckpointError: the file does not exist or cannot be read (:func:`scripts.handlers.read_checkpoint`).
+        CheckpointError: the file does not exist or cannot be read (:func:`scripts.handlers.read_weights`).
         ValueError: the weights are not those of an automatic model of this shape (names the first misfit).
     """
     if path is None:
