@@ -13,23 +13,40 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from scripts.data.layouts import find_cases, prepare_datalist
+from scripts.data.checks import format_failure
+from scripts.data.layouts import find_cases, load_datalist, prepare_datalist, valid_entries
 
 logger = logging.getLogger(__name__)
 
 
-def labelled_cases(dataset_dir: str | os.PathLike) -> list[dict]:
-    """Every labelled case of ``dataset_dir``: a datalist JSON (its ``training`` and ``validation`` lists) or a
-    folder in any layout the bundle reads. One case is enough; none is a ``FileNotFoundError``."""
+def labelled_cases(dataset_dir: str | os.PathLike | Sequence[dict]) -> list[dict]:
+    """Every labelled case of ``dataset_dir``: a datalist JSON (every entry of its ``training`` and ``validation``
+    lists, folds or not; a bad entry is skipped with a warning), a folder in any layout the bundle reads, or the
+    entries themselves (``image``, ``label``, ``case_id``; e.g. a MONAI Label datastore's labelled studies). One
+    case is enough; none is a ``FileNotFoundError``."""
+    if isinstance(dataset_dir, Sequence) and not isinstance(dataset_dir, str):
+        good, skipped = valid_entries({"training": list(dataset_dir)}, "training", "the given cases")
+        for record in skipped:
+            logger.warning("case skipped: %s", format_failure(record))
+        if not good:
+            raise FileNotFoundError("no labelled case to fine-tune on among the given cases")
+        return [dict(c) for c in good]
     path = Path(dataset_dir)
     if path.suffix == ".json":
-        found = prepare_datalist(path, 0, 2, 0)
-        cases = found["training"] + found["validation"]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: datalist file does not exist (check --dataset_dir)")
+        datalist, cases = load_datalist(path), []
+        for key in ("training", "validation"):
+            good, skipped = valid_entries(datalist, key, path) if key in datalist else ([], [])
+            for record in skipped:
+                logger.warning("case skipped: %s", format_failure(record))
+            cases += [c for c in good if "label" in c]
     else:
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: dataset folder does not exist (check --dataset_dir)")
@@ -40,19 +57,20 @@ def labelled_cases(dataset_dir: str | os.PathLike) -> list[dict]:
 
 
 def finetune_datalist(
-    dataset_dir: str | os.PathLike,
+    dataset_dir: str | os.PathLike | Sequence[dict],
     replay_dir: str | os.PathLike | None,
     replay_folds: int = 48,
-    val_dir: str | os.PathLike | None = None,
+    val_dir: str | os.PathLike | Sequence[dict] | None = None,
     num_replay: int = 32,
     seed: int = 0,
     real_fraction: float = 0.5,
 ) -> dict:
     """``{"training": ..., "validation": ..., "sampling_weights": ...}`` of a fine-tuning run.
 
-    Training: the labelled cases of ``dataset_dir`` and ``num_replay`` cases drawn (with ``seed``) from the
-    training folds of ``replay_dir`` (the synthetic data of the shipped recipe, split into ``replay_folds`` folds
-    as that recipe splits it), each listed once (so each is preprocessed and cached once).
+    Training: the labelled cases of ``dataset_dir`` (:func:`labelled_cases`) and ``num_replay`` cases drawn
+    (with ``seed``) from the training folds of ``replay_dir`` (the synthetic data of the shipped recipe, split
+    into ``replay_folds`` folds as that recipe splits it), each listed once (so each is preprocessed and cached
+    once).
     ``sampling_weights`` (one per training item) make the real cases ``real_fraction`` of the draws of a
     ``WeightedRandomSampler``. Validation: the held-out fold of ``replay_dir`` and the labelled cases of
     ``val_dir``. Without ``replay_dir`` the real cases alone are trained and validated on ``val_dir`` only

@@ -3,6 +3,7 @@ with replayed synthetic ones and validates on held-out cases only, the BatchNorm
 starting weights, and a real ``python -m monai.bundle run training`` with the overlay starts from given weights,
 validates before and after, and writes ``<ckpt_dir>/model.pt``."""
 
+import json
 import os
 import subprocess
 import sys
@@ -40,6 +41,26 @@ def test_datalist_mixes_real_and_replayed_cases_and_validates_on_held_out(folder
         finetune_datalist(folders / "real", None)
     with_val = finetune_datalist(folders / "real", None, val_dir=folders / "replay")
     assert len(with_val["validation"]) == 8 and with_val["sampling_weights"] == [1.0]
+
+
+def test_cases_come_from_a_folder_a_plain_datalist_or_the_entries_themselves(folders, tmp_path):
+    """A datalist JSON without folds (e.g. one corrected case) and a list of entries (a MONAI Label datastore's
+    labelled studies) give the same cases as the folder; an entry that is not a case is skipped, none left is an
+    error."""
+    lists = finetune_datalist(folders / "real", None, val_dir=folders / "replay")
+    real = lists["training"]
+    datalist = tmp_path / "corrections.json"
+    datalist.write_text(json.dumps({"training": real}))
+    from_json = finetune_datalist(datalist, None, val_dir=folders / "replay")
+    from_entries = finetune_datalist(real, None, val_dir=lists["validation"][:2])
+    assert from_json["training"] == from_entries["training"] == real
+    assert [c["case_id"] for c in from_entries["validation"]] == [c["case_id"] for c in lists["validation"][:2]]
+    bad = {"case_id": "no_image", "label": real[0]["label"]}
+    assert finetune_datalist([*real, bad], None, val_dir=real)["training"] == real
+    with pytest.raises(FileNotFoundError, match="no labelled case to fine-tune on"):
+        finetune_datalist([bad], None, val_dir=real)
+    with pytest.raises(FileNotFoundError, match="datalist file does not exist"):
+        finetune_datalist(tmp_path / "none.json", None, val_dir=real)
 
 
 def test_frozen_norm_statistics_do_not_move_while_weights_learn():
