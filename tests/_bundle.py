@@ -7,6 +7,9 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CASE = ROOT / "examples" / "TCGA-DU-7294"
 """The bundled real case (BraTS layout; ``TCGA-DU-7294_seg.nii.gz`` is the five-algorithm consensus). Only its
 algorithm outputs and the other real case exist only in ``../shared/data``."""
+UPENN_CASE = ROOT.parent / "shared" / "data" / "UPENN-GBM-00003_11"
+"""The second shared real case (BraTS layout, expert-revised ``UPENN-GBM-00003_11_seg.nii.gz``), outside the
+repository."""
 TINY_NETWORK = [
     "--network_def#channels",
     "[8,16,32,64]",

@@ -1,5 +1,5 @@
 """Shared by the MONAI Label tests (test_monailabel_server, test_pacs, test_ohif_browser): a server on a free
-loopback port, HTTP requests and multipart bodies, the regions of a label map."""
+loopback port, HTTP requests and multipart bodies, the regions of a label map, a short fine-tuning recipe."""
 
 import contextlib
 import json
@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,3 +92,12 @@ def label_regions(label):
     """The regions (``"tc"``, ``"wt"``, ``"et"``, as the validation metrics name them) a label map has voxels of."""
     masks = label_to_regions(torch.as_tensor(np.asarray(label))[None])
     return {region.lower() for region, mask in zip(REGIONS, masks) if mask.any()}
+
+
+def short_finetune(root):
+    """The bundle copy's fine-tuning recipe (what the app's retraining runs) made short for 2 CPU cores: 32³
+    patches, one patch per case, 2 steps per epoch. Everything else is the shipped recipe."""
+    path = Path(root) / "configs" / "finetune.json"
+    recipe = json.loads(path.read_text())
+    recipe.update({"roi_size": [32, 32, 32], "num_samples": 1, "train#trainer#epoch_length": 2})
+    path.write_text(json.dumps(recipe, indent=4))

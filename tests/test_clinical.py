@@ -35,9 +35,8 @@ from scripts.uncertainty import (
     review_scores,
     tta_uncertainty,
 )
-from tests._bundle import EXAMPLE_CASE, ROOT, TINY
+from tests._bundle import EXAMPLE_CASE, ROOT, TINY, UPENN_CASE
 
-UPENN_CASE = ROOT.parent / "shared" / "data" / "UPENN-GBM-00003_11"
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # voxel i grows towards the patient's left, j posterior (BraTS files)
 CHANNELS = [8, 16, 32, 64]
 

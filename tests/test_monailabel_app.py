@@ -6,12 +6,13 @@ import subprocess
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from monai.bundle import ConfigParser
 
 from apps import render_overlay, server
 from apps.resunet_brats.lib import versions
 from apps.resunet_brats.lib.models import MODELS, missing_files
-from apps.resunet_brats.lib.retraining import evaluate
+from apps.resunet_brats.lib.retraining import TrainingRequestError, case_id, evaluate, split_validation
 from scripts.casework import CheckpointError, parse_configs
 from scripts.synthetic.phantom import generate_case, write_monailabel_datastore
 from tests._bundle import ROOT
@@ -124,6 +125,36 @@ def test_retraining_validation_of_another_networks_weights_is_a_checkpoint_error
         CheckpointError, match=r"^checkpoint .* does not fit the configured ResUNet: .* of another shape"
     ):
         evaluate(parser, checkpoint, [], "cpu")
+
+
+def test_retraining_gate_holds_out_only_studies_neither_weights_were_trained_on(tmp_path):
+    """The gate compares the served and the new weights on studies neither was trained on: a study the served
+    weights' line of descent trained on (recorded with the version) is never held out; with nothing left to hold
+    out, the recipe's synthetic held-out cases validate, and without them the request is refused (409) with the
+    remedies; val_split 0 asks for a fit on the training studies."""
+    studies = [{"image": f"/d/s{i}.nii.gz", "label": f"/d/labels/final/s{i}.nii.gz"} for i in range(1, 5)]
+    train, val, info = split_validation(studies, 0.2, "m", seen={"s4"})
+    assert [case_id(c) for c in val] == ["s3"] and info["training_cases"] == ["s1", "s2", "s4"]
+    assert info["mode"] == "held_out" and "trained on by the served weights" in info["note"]
+    train, val, info = split_validation(studies[:1], 0.2, "m", synthetic="/b/data/synthetic_mni")
+    assert val == [] and info["training_cases"] == ["s1"] and "synthetic_mni" in info["note"]
+    for subset, seen, why in ((studies[:1], (), "one labelled study"), (studies[:2], {"s1", "s2"}, "all 2")):
+        with pytest.raises(TrainingRequestError, match=why) as e:
+            split_validation(subset, 0.2, "m", seen=seen)
+        assert e.value.status == 409 and "val_split 0" in str(e.value) and "Label another study" in str(e.value)
+    train, val, info = split_validation(studies[:1], 0.0, "m", seen={"s1"})
+    assert train == val == studies[:1] and info["mode"] == "training_studies"
+
+    served = tmp_path / "models" / "model.pt"
+    served.parent.mkdir()
+    torch.save({"w": torch.zeros(1)}, served)
+    assert versions.trained_on(str(served)) == []  # weights no retraining made (e.g. the shipped ones)
+    candidate = tmp_path / "candidate.pt"
+    torch.save({"w": torch.ones(1)}, candidate)
+    versions.keep(str(candidate), str(served), 0.5, {"trained_on": ["s1", "s2"]})
+    assert versions.trained_on(str(served)) == []  # kept, not served
+    versions.serve(str(candidate), str(served))
+    assert versions.trained_on(str(served)) == ["s1", "s2"]
 
 
 def test_overlay_png_of_a_study_and_its_label(tmp_path):

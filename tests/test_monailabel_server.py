@@ -24,10 +24,12 @@ import torch
 
 from apps import server
 from apps.resunet_brats.lib.models import MODELS, missing_files
-from scripts.conventions import MODALITIES
+from scripts.conventions import MODALITIES, REGIONS
+from scripts.metrics import dice
 from scripts.synthetic.phantom import write_dataset, write_monailabel_datastore
-from tests._bundle import ROOT
-from tests._monailabel import REAL_CASE, label_regions, multipart, request, serving
+from scripts.transforms import label_to_regions
+from tests._bundle import ROOT, UPENN_CASE
+from tests._monailabel import REAL_CASE, label_regions, multipart, request, serving, short_finetune
 
 pytestmark = pytest.mark.slow
 
@@ -86,6 +88,7 @@ def bundle_copy(tmp_path_factory):
         )
         assert (root / "models" / MODELS[name].weights).is_file()
     shutil.copytree(root / "models", root / "models.trained")  # as trained, for servers started later
+    short_finetune(root)
     return root, served
 
 
@@ -245,9 +248,10 @@ def test_uploads_stay_in_the_datastore_and_a_label_is_a_nifti_label_map(live_ser
 
 def test_saved_correction_is_trained_on_and_better_weights_are_served(live_server):
     """Three labelled studies with MONAI Label's default val_split: one is held out. The served weights are made
-    to predict nothing (Dice 0 on the held-out study), so the new weights (one epoch from scratch on the other two)
-    validate at least as well and are served; the replaced weights are kept as a version and can be served again; the CLI run's resumable
-    checkpoint stays; GET /train/ shows the synchronous run."""
+    to predict nothing (Dice 0 on the held-out study), so the new weights (one epoch of the fine-tuning recipe from
+    scratch on the other two) validate at least as well and are served, with the studies they were trained on;
+    the replaced weights are kept as a version and can be served again; the CLI run's resumable checkpoint stays;
+    GET /train/ shows the synchronous run."""
     srv, image = live_server, "BraTS20_Training_003"
     pred = _infer(srv, "resunet_brats", image)
     corrected = np.asarray(pred.dataobj).copy()
@@ -271,8 +275,9 @@ def test_saved_correction_is_trained_on_and_better_weights_are_served(live_serve
 
     validation = result["validation"]
     assert validation["mode"] == "held_out", result
-    assert validation["validation_cases"] == [image]
+    assert validation["validation_cases"] == validation["held_out_studies"] == [image]
     assert validation["training_cases"] == ["BraTS20_Training_001", "BraTS20_Training_002"]
+    assert "no synthetic replay data" in validation["note"]  # the copy has no data/synthetic_mni
     key = result["metric"]
     assert result["served_before"][key] == 0.0, result  # the silenced weights predict no tumour
     assert result["decision"] == "replaced" and result["new"][key] >= 0.0, result
@@ -282,6 +287,8 @@ def test_saved_correction_is_trained_on_and_better_weights_are_served(live_serve
     assert set(by_name) == {result["version"], result["previous_version"]}
     assert by_name[result["previous_version"]]["md5"] == silenced_md5
     assert by_name[result["version"]]["served"] and by_name[result["version"]]["md5"] == _md5(weights)
+    # the served weights' line of descent: the next retraining never holds these studies out
+    assert by_name[result["version"]]["trained_on"] == ["BraTS20_Training_001", "BraTS20_Training_002"]
     assert (models / "versions" / f"{result['previous_version']}.pt").is_file()
     assert {p: _md5(p) for p in cli_checkpoints} == cli_checkpoints, "a CLI checkpoint was deleted or changed"
 
@@ -346,10 +353,11 @@ def test_training_that_cannot_train_is_an_http_error(sparse_server):
 
 
 def test_one_label_is_validated_on_and_worse_weights_are_not_served(sparse_server):
-    """One labelled study, default val_split: it is trained and validated on (and the result says so). Its label
-    is the served model's own prediction (/infer), so the served (shipped) weights score Dice 1 on every region
-    it holds (the validation scores the regions of the served label map); new weights
-    trained from scratch for one epoch (one patch batch) score less and are not served. Then an asynchronous
+    """One labelled study and no synthetic replay data: with the default val_split nothing can be held out, so the
+    request is refused (409) with the remedies. With val_split 0 it is trained and validated on (and the result
+    says so). Its label is the served model's own prediction (/infer), so the served (shipped) weights score Dice 1
+    on every region it holds (the validation scores the regions of the served label map); new weights
+    trained from scratch for one epoch score less and are not served. Then an asynchronous
     run: its status and its result line are visible at GET /train/."""
     srv, image = sparse_server, REAL_CASE
     pred = _infer(srv, "resunet_brats", image)
@@ -359,6 +367,10 @@ def test_one_label_is_validated_on_and_worse_weights_are_not_served(sparse_serve
     weights = srv["root"] / "models" / "model.pt"
     before = _md5(weights)
     params = {"max_epochs": 1, "device": "cpu", "multi_gpu": False, "pretrained": False}
+    status, detail = _http_error("POST", f"{srv['url']}/train/resunet_brats?run_sync=true", params)
+    assert status == 409 and "one labelled study cannot be both trained on and held out" in detail, detail
+    assert "Label another study" in detail and "val_split 0" in detail and _md5(weights) == before
+    params["val_split"] = 0
     result = json.loads(_post_json(f"{srv['url']}/train/resunet_brats?run_sync=true", params))
 
     validation = result["validation"]
@@ -382,6 +394,69 @@ def test_one_label_is_validated_on_and_worse_weights_are_not_served(sparse_serve
         time.sleep(5)
     assert status["id"] == task["id"] and status["status"] == "DONE", status
     assert any("Retraining result: kept" in line for line in status["details"]), status
+
+
+@pytest.fixture(scope="module")
+def real_server(venv_dir, bundle_copy, tmp_path_factory):
+    """A server on a copy of the bundle serving the shipped weights, over the two shared real cases imported with
+    their references (``import_studies``)."""
+    if not UPENN_CASE.is_dir():
+        pytest.skip(f"{UPENN_CASE} is not here (the second shared real case lives outside the repository)")
+    source, _ = bundle_copy
+    root = tmp_path_factory.mktemp("bundle_real")
+    for part in ("configs", "scripts"):
+        shutil.copytree(source / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "models").mkdir()
+    shutil.copyfile(ROOT / "models" / "model.pt", root / "models" / "model.pt")
+    studies = tmp_path_factory.mktemp("studies_real")
+    upenn = tmp_path_factory.mktemp("upenn_source")
+    (upenn / UPENN_CASE.name).symlink_to(UPENN_CASE)
+    for folder in (ROOT / "examples", upenn):
+        proc = _import(folder, studies)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    log_path = tmp_path_factory.mktemp("server_real") / "server.log"
+    conf = [("bundle_path", str(root)), ("preload", "false"), ("models", "resunet_brats")]
+    with serving(venv_dir, studies, conf, log_path) as (url, info):
+        yield {"url": url, "info": info, "root": root, "studies": studies, "log": log_path}
+
+
+def _region_dice(pred, ref):
+    """Dice per region (TC, WT, ET) of two BraTS label maps; a region absent from both scores 1."""
+    masks = [label_to_regions(torch.as_tensor(np.asarray(x.dataobj))[None]).numpy() for x in (pred, ref)]
+    return {region: dice(p, r) for region, p, r in zip(REGIONS, *masks)}
+
+
+def test_a_corrected_real_case_is_learned_and_the_other_real_case_is_not_made_worse(real_server):
+    """Both shared real cases are studies; case A's reference is saved as the clinician's correction and the
+    served (shipped) weights are fine-tuned on it with the bundle's recipe. The gate scores both weights on case B,
+    which neither was trained on, and B's segmentation served afterwards is not worse than before."""
+    srv = real_server
+    a, b = REAL_CASE, UPENN_CASE.name
+    labels = srv["studies"] / "labels" / "final"
+    ref_a, ref_b = nib.load(labels / f"{a}.nii.gz"), nib.load(labels / f"{b}.nii.gz")
+    before = _region_dice(_infer(srv, "resunet_brats", b), ref_b)
+    _save_label(srv, a, np.asarray(ref_a.dataobj), ref_a.affine)  # the correction of case A
+    weights = srv["root"] / "models" / "model.pt"
+    served_md5 = _md5(weights)
+    params = {"device": "cpu", "multi_gpu": False, "max_epochs": 1}
+    result = json.loads(_post_json(f"{srv['url']}/train/resunet_brats?run_sync=true", params))
+
+    validation, key = result["validation"], result["metric"]
+    assert validation["training_cases"] == [a] and validation["validation_cases"] == [b], result
+    candidate = srv["root"] / "models" / "monailabel_runs" / os.path.basename(result["run_dir"]) / "model.pt"
+    candidate_md5 = _md5(candidate)
+    state, start = (
+        torch.load(p, map_location="cpu", weights_only=True) for p in (candidate, ROOT / "models" / "model.pt")
+    )
+    assert state.keys() == start.keys() and any(not torch.equal(state[k], start[k]) for k in state)  # fine-tuned
+    after = _region_dice(_infer(srv, "resunet_brats", b), ref_b)
+    if result["decision"] == "replaced":
+        assert result["new"][key] >= result["served_before"][key] and _md5(weights) == candidate_md5, result
+    else:
+        assert result["new"][key] < result["served_before"][key] and _md5(weights) == served_md5, result
+        assert after == before  # the same weights segment B as before
+    print(f"B ({b}) Dice before {before}, after {after}; decision {result['decision']}: {result['reason']}")
+    assert np.mean(list(after.values())) >= np.mean(list(before.values())), (before, after, result)
 
 
 def _import(source, datastore, *args):

@@ -29,7 +29,7 @@ from scripts.conventions import BRATS2020_LABELS, MODALITIES
 from scripts.data.dicom import dicom_seg_to_label, is_dicom_file, nifti_to_dicom_series
 from scripts.synthetic.phantom import write_case
 from tests._bundle import ROOT
-from tests._monailabel import free_port, label_regions, multipart, request, serving
+from tests._monailabel import free_port, label_regions, multipart, request, serving, short_finetune
 
 pytestmark = pytest.mark.slow
 
@@ -103,6 +103,7 @@ def server(venv_dir, pacs, studies, tmp_path_factory):  # noqa: F811
         shutil.copytree(ROOT / part, bundle / part, ignore=shutil.ignore_patterns("__pycache__"))
     (bundle / "models").mkdir()
     shutil.copyfile(ROOT / "models" / "model.pt", bundle / "models" / "model.pt")
+    short_finetune(bundle)
     os.environ["MONAI_LABEL_DICOMWEB_CACHE_PATH"] = str(cache)
     conf = [("bundle_path", str(bundle)), ("models", "resunet_brats"), ("preload", "false")]
     try:
@@ -220,7 +221,7 @@ def _healthy_block(brain, tumour, size=6):
 def test_saved_correction_is_the_label_of_a_one_epoch_training(pacs, studies, server, tmp_path):
     """The automatic segmentation of the PACS study, corrected (oedema painted in a tumour-free cube of the brain)
     and saved as OHIF saves it (``PUT /datastore/label`` against the FLAIR series), is the label of a one-epoch
-    training over the DICOMweb datastore: the study is trained and validated on; the served weights are scored
+    fine-tuning over the DICOMweb datastore: the study is trained and validated on (val_split 0); the served weights are scored
     against the corrected label (the painted oedema lowers WT by exactly its voxels, the other regions of the
     prediction score 1); the run folder holds the new weights and the result; ``GET /train/`` shows the run."""
     study = studies["good"]
@@ -241,7 +242,8 @@ def test_saved_correction_is_the_label_of_a_one_epoch_training(pacs, studies, se
     body, headers = multipart({"params": "{}"}, {"label": (path.name, path.read_bytes())})
     request("PUT", f"{server['url']}/datastore/label?image={studies['series']['flair']}&tag=final", body, headers)
 
-    params = json.dumps({"max_epochs": 1, "device": "cpu", "multi_gpu": False}).encode()
+    # one study: it cannot be held out, so the request asks to validate on it (val_split 0: a fit, not a test)
+    params = json.dumps({"max_epochs": 1, "device": "cpu", "multi_gpu": False, "val_split": 0}).encode()
     url = f"{server['url']}/train/resunet_brats?run_sync=true"
     result = json.loads(request("POST", url, params, {"Content-Type": "application/json"}, timeout=1800))
     validation = result["validation"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import copy
 import datetime
 import glob
 import logging
@@ -27,11 +26,21 @@ from monailabel.tasks.train import bundle as train_bundle
 from monailabel.utils.others.generic import name_to_device
 
 from scripts.casework import parse_configs
+from scripts.data.default_data import is_empty_dataset
+from scripts.finetune import finetune_datalist
 from scripts.io import write_json
 
 from . import versions
 from .models import BundleModel
-from .retraining import DEFAULT_VAL_SPLIT, TrainingRequestError, check_options, decide, evaluate, split_validation
+from .retraining import (
+    DEFAULT_VAL_SPLIT,
+    TrainingRequestError,
+    case_id,
+    check_options,
+    decide,
+    evaluate,
+    split_validation,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -126,16 +135,21 @@ class ResUNetInferTask(infer_bundle.BundleInferTask):
 
 
 class ResUNetTrainTask(train_bundle.BundleTrainTask):
-    """Retraining with the merged ``model.train_configs`` on the datastore's final labels (lib/retraining.py):
+    """Retraining on the datastore's final labels with the bundle's fine-tuning recipe (``model.retrain_configs``:
+    the model's train configs with ``finetune.json`` merged last; lib/retraining.py):
 
     1. the request and the labelled studies are checked (:meth:`plan`): a request that cannot train raises
        :class:`TrainingRequestError` (HTTP 400/409 from the app's train endpoint), never an empty result;
-    2. the validation set is never empty (:func:`split_validation`), and the served weights are scored on it;
-    3. the run trains from the served weights into its own folder ``<weights dir>/monailabel_runs/<time>/``
-       (best model, resumable checkpoints, TensorBoard), so no other run's files are touched;
-    4. its best model is scored on the same validation studies and replaces the served weights only if it
-       scores at least as well; every served weights file is kept in ``<weights dir>/versions/``
-       (lib/versions.py) and can be served again (``POST /versions/<model>/restore``).
+    2. the gate's validation cases are ones that neither the served weights nor the new ones were trained on:
+       held-out labelled studies the served weights never saw, and the recipe's held-out synthetic cases (when the
+       bundle holds its synthetic data, ``replay_dir``, which is also replayed in training); the served weights
+       are scored on them;
+    3. the run fine-tunes the served weights (``init_ckpt``; the recipe's learning rate, epochs, frozen BatchNorm
+       statistics) into its own folder ``<weights dir>/monailabel_runs/<time>/`` (best model, resumable
+       checkpoints, TensorBoard), so no other run's files are touched;
+    4. its best model is scored on the same cases and replaces the served weights only if it scores at least as
+       well; every served weights file is kept in ``<weights dir>/versions/`` (lib/versions.py) with the studies
+       its line of descent was trained on, and can be served again (``POST /versions/<model>/restore``).
 
     The result (JSON, also ``result.json`` in the run folder) says what was decided and why.
     """
@@ -153,7 +167,7 @@ class ResUNetTrainTask(train_bundle.BundleTrainTask):
         self.progress.append(f"[{stamp}] {message}")
 
     def _load_bundle_config(self, path, config):
-        return read_configs(path, self.model.train_configs)
+        return read_configs(path, self.model.retrain_configs)
 
     @property
     def served_weights(self) -> str:
@@ -162,20 +176,41 @@ class ResUNetTrainTask(train_bundle.BundleTrainTask):
     def config(self):
         options = super().config()
         options["model_filename"] = os.path.basename(self.model.weights)
-        options["max_epochs"] = int(self.conf.get("max_epochs", options["max_epochs"]))
+        options["max_epochs"] = int(self.conf.get("max_epochs", self.bundle_config.get_parsed_content("epochs")))
         options["val_split"] = DEFAULT_VAL_SPLIT
         return options
 
     def plan(self, request: dict, datastore) -> dict:
-        """The checked options and the training/validation split of the labelled studies; trains nothing.
+        """The checked options, the split of the labelled studies and the fine-tuning datalist (training: the
+        training studies and replayed synthetic cases; validation: the gate's cases); trains nothing.
 
         Raises:
-            TrainingRequestError: a bad option (400) or no labelled study (409), with a message for the client.
+            TrainingRequestError: a bad option (400), no labelled study or nothing to validate on (409), with a
+                message for the client.
         """
         options = check_options(request)
-        datalist = self._fetch_datalist(request, datastore)
-        train, val, validation = split_validation(datalist, options["val_split"], request.get("model", "model"))
-        return {**options, "train": train, "val": val, "validation": validation}
+        if options["max_epochs"] is None:
+            options["max_epochs"] = int(self.conf.get("max_epochs", self.bundle_config.get_parsed_content("epochs")))
+        studies = [{**c, "case_id": case_id(c)} for c in self._fetch_datalist(request, datastore)]
+        recipe = read_configs(self.bundle_path, self.model.retrain_configs)
+        replay_dir = recipe.get_parsed_content("replay_dir") or ""
+        replay = replay_dir if replay_dir and not is_empty_dataset(replay_dir) else ""
+        seen = versions.trained_on(self.served_weights)
+        model = request.get("model", "model")
+        train, val, validation = split_validation(studies, options["val_split"], model, seen, replay)
+        datalist = finetune_datalist(
+            train,
+            replay,
+            recipe.get_parsed_content("replay_folds"),
+            val,
+            recipe.get_parsed_content("num_replay"),
+            recipe.get_parsed_content("seed"),
+            recipe.get_parsed_content("real_fraction"),
+        )
+        validation["validation_cases"] = [c["case_id"] for c in datalist["validation"]]
+        if not replay:
+            validation["note"] += f"; no synthetic replay data at {replay_dir}: trained on the labelled studies alone"
+        return {**options, "seen": seen, "datalist": datalist, "validation": validation}
 
     def __call__(self, request, datastore):
         logger.info(f"Train Request: {request}")
@@ -186,15 +221,16 @@ class ResUNetTrainTask(train_bundle.BundleTrainTask):
             self._note(f"Training refused (HTTP {e.status}): {e}", logging.ERROR)
             raise
         validation = plan["validation"]
-        self._note(f"Validation: {validation['note']}; validation studies {validation['validation_cases']}")
+        self._note(f"Validation: {validation['note']}; validation cases {validation['validation_cases']}")
         device = name_to_device(request.get("device", "cuda"))
         run_dir = os.path.join(os.path.dirname(self.served_weights), "monailabel_runs", _stamp())
-        served = self._score(self.served_weights, plan["val"], device, "served weights")
+        val = plan["datalist"]["validation"]
+        served = self._score(self.served_weights, val, device, "served weights")
         self._run_training(request, plan, device, run_dir)
         candidate_file = os.path.join(run_dir, "model.pt")
         if not os.path.isfile(candidate_file):
             raise RuntimeError(f"{request.get('model')}: the training run wrote no model ({candidate_file})")
-        candidate = self._score(candidate_file, plan["val"], device, "new weights")
+        candidate = self._score(candidate_file, val, device, "new weights")
         result = self._publish(request, plan, served, candidate, candidate_file, run_dir)
         write_json(result, os.path.join(run_dir, "result.json"))
         self._note(f"Retraining result: {result['decision']}; {result['reason']}")
@@ -204,36 +240,37 @@ class ResUNetTrainTask(train_bundle.BundleTrainTask):
         if not os.path.isfile(weights):
             self._note(f"No {what} at {weights}: nothing to compare with")
             return None
-        metrics = evaluate(read_configs(self.bundle_path, self.model.train_configs), weights, val, device)
+        metrics = evaluate(read_configs(self.bundle_path, self.model.retrain_configs), weights, val, device)
         self._note(f"Validation of the {what} ({weights}): {metrics}")
         return metrics
 
     def _run_training(self, request: dict, plan: dict, device, run_dir: str) -> None:
-        handlers = copy.deepcopy(self.bundle_config.get(self.const.key_train_handlers(), []))
-        if request.get("pretrained", True) and os.path.isfile(self.served_weights):
-            self._load_checkpoint(self.served_weights, True, handlers)
+        pretrained = request.get("pretrained", True) and os.path.isfile(self.served_weights)
         epochs = plan["max_epochs"]
         overrides = {
             "bundle_root": self.bundle_path,
+            "dataset_dir": run_dir,  # not the default data folder: nothing is generated; the datalist is given
+            "datalist": plan["datalist"],
+            "init_ckpt": self.served_weights if pretrained else "",
             "ckpt_dir": run_dir,
             "ckpt_path": os.path.join(run_dir, "model.pt"),
             "output_dir": os.path.join(run_dir, "eval"),
             "resume": False,
             "device": device,
-            "train#trainer#max_epochs": epochs,
-            "train#dataset#data": plan["train"],
-            "validate#dataset#data": plan["val"],
-            "train#handlers": handlers,
+            "epochs": epochs,
+            # the candidate is the best fine-tuned epoch: the recipe's validation of the starting weights would
+            # make them the run's best model whenever no epoch beats them (this task scores the served ones itself)
+            "validate_at_start": False,
             # validate at least once however short the run, so that the run's best model is written
-            "val_interval": max(1, min(int(self.bundle_config.get("val_interval", 1)), epochs)),
+            "val_interval": max(1, min(int(self.bundle_config.get_parsed_content("val_interval")), epochs)),
         }
-        self._note(f"Training run folder: {run_dir}")
+        self._note(f"Training run folder: {run_dir} ({'from the served weights' if pretrained else 'from scratch'})")
         monai.bundle.run(
             run_id=request.get("run_id") or "run",
             init_id=None,
             final_id=None,
             meta_file=self.bundle_metadata_path,
-            config_file=[os.path.join(self.bundle_path, "configs", f) for f in self.model.train_configs],
+            config_file=[os.path.join(self.bundle_path, "configs", f) for f in self.model.retrain_configs],
             **overrides,
         )
 
@@ -241,13 +278,15 @@ class ResUNetTrainTask(train_bundle.BundleTrainTask):
         """Serve the candidate if it validates at least as well as the served weights; keep versions."""
         key = next(iter(candidate))
         replace, reason = decide(served[key] if served else None, candidate[key])
-        info = {"metric": key, "validation_cases": plan["validation"]["validation_cases"], "run_dir": run_dir}
+        validation = plan["validation"]
+        info = {"metric": key, "validation_cases": validation["validation_cases"], "run_dir": run_dir}
+        trained_on = sorted(set(plan["seen"]) | set(validation["training_cases"]))
         result = {
             "model": request.get("model"),
             "decision": "replaced" if replace else "kept",
             "reason": reason,
             "metric": key,
-            "validation": plan["validation"],
+            "validation": validation,
             "served_before": served,
             "new": candidate,
             "epochs": plan["max_epochs"],
@@ -255,9 +294,16 @@ class ResUNetTrainTask(train_bundle.BundleTrainTask):
         }
         if replace:
             if served is not None:
-                previous = versions.keep(self.served_weights, self.served_weights, served[key], info)
+                previous = versions.keep(
+                    self.served_weights, self.served_weights, served[key], {**info, "trained_on": plan["seen"]}
+                )
                 result["previous_version"] = previous["name"]
-            new = versions.keep(candidate_file, self.served_weights, candidate[key], {**info, "trained_by": run_dir})
+            new = versions.keep(
+                candidate_file,
+                self.served_weights,
+                candidate[key],
+                {**info, "trained_by": run_dir, "trained_on": trained_on},
+            )
             versions.serve(candidate_file, self.served_weights)
             result["version"] = new["name"]
         return result

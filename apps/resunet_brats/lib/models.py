@@ -12,7 +12,9 @@ class BundleModel:
 
     Attributes:
         infer_configs: config files (under ``<bundle>/configs``) merged in this order for inference.
-        train_configs: the same for training.
+        train_configs: the same for training from scratch (``python -m monai.bundle run training``).
+        retrain_configs: the same for retraining on clinicians' corrections from the served weights: the
+            bundle's fine-tuning recipe, ``finetune.json``, merged last.
         weights: the weights file under ``<bundle>/models`` that inference loads (a retraining run writes its
             own run folder, ``ckpt_path`` overridden, and the app serves its result there).
         type: MONAI Label infer type (``segmentation`` or ``deepedit``).
@@ -22,6 +24,10 @@ class BundleModel:
     train_configs: tuple[str, ...]
     weights: str
     type: str
+
+    @property
+    def retrain_configs(self) -> tuple[str, ...]:
+        return (*self.train_configs, "finetune.json")
 
 
 MODELS = {
@@ -40,5 +46,5 @@ MODELS = {
 
 def missing_files(bundle_path: str, model: BundleModel) -> list[str]:
     """Config files of ``model`` that the bundle lacks."""
-    files = {*model.infer_configs, *model.train_configs}
+    files = {*model.infer_configs, *model.retrain_configs}
     return sorted(f for f in files if not os.path.isfile(os.path.join(bundle_path, "configs", f)))

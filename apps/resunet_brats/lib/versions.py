@@ -68,6 +68,15 @@ def list_versions(weights: str) -> list[dict]:
     return out
 
 
+def trained_on(weights: str) -> list[str]:
+    """The labelled studies the served ``weights`` were trained on, as its version records them (``trained_on``,
+    every retraining in its line of descent); [] for weights no retraining made (e.g. the shipped ones)."""
+    for v in list_versions(weights):
+        if v["served"]:
+            return list(v.get("trained_on", []))
+    return []
+
+
 def _new_name(folder: str, dice: float | None) -> str:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     score = "unscored" if dice is None or not math.isfinite(dice) else f"{dice:.4f}"
