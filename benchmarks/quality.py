@@ -1,6 +1,6 @@
 """Quality of weights per case, per set of available sequences and per post-processing, in one pass.
 
-    python -m benchmarks.quality --ckpt NAME=runs/x/model.pt [--ckpt ...] \\
+    python -m benchmarks.quality --ckpt NAME=runs/x/model.pt [--ckpt ...] [--overlay NAME=student.json] \\
         --real ../shared/data/TCGA-DU-7294 --real ../shared/data/UPENN-GBM-00003_11 \\
         --synthetic data/synthetic_mni --num_folds 48 --subsets all --output benchmarks/results/quality.json
 
@@ -150,7 +150,11 @@ def run(args) -> list[dict]:
     transform = Compose(parser.get_parsed_content("preprocessing_transforms"))
     inferer = parser.get_parsed_content("sw_inferer")
     cases = load_cases(args.real, args.synthetic, args.num_folds)
-    networks = {name: load_network(CONFIG, str(path)) for name, path in args.ckpt}
+    overlays = {name: [f"configs/{file}"] for name, file in args.overlay}
+    unknown = sorted(set(overlays) - {name for name, _ in args.ckpt})
+    if unknown:
+        raise SystemExit(f"error: --overlay names no --ckpt: {', '.join(unknown)}")
+    networks = {name: load_network([CONFIG, *overlays.get(name, [])], str(path)) for name, path in args.ckpt}
     fills = {
         "imputed": ImputeMissingSequencesd("image", str(args.imputer)),
         "t1ce_for_t1": ImputeMissingSequencesd("image", str(args.imputer), stand_ins={"t1": "t1ce"}),
@@ -219,6 +223,13 @@ def table(rows: list[dict], kind: str, keys=("dice_WT", "dice_TC", "dice_ET", "h
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=name_equals_path, action="append", required=True, help="NAME=weights.pt")
+    parser.add_argument(
+        "--overlay",
+        type=name_equals_path,
+        action="append",
+        default=[],
+        help="NAME=student.json: a config under configs/ merged over inference.json for --ckpt NAME (its network)",
+    )
     parser.add_argument("--real", type=Path, action="append", default=[], help="a real case folder with a reference")
     parser.add_argument("--synthetic", type=Path, help="the generated data folder of the training run")
     parser.add_argument("--num_folds", type=int, default=48)
