@@ -545,8 +545,11 @@ class LoadImageSharedGridd(LoadImaged):
 
     With ``allow_missing_modalities``, a case given as one file per sequence (T1, T1ce, T2, FLAIR) may lack any of
     them but one: the present files are loaded and every missing sequence becomes an all-zero channel, as the
-    network was trained to see it (``RandModalityDropoutd``). The item then names the missing sequences under
-    :data:`MISSING_KEY`. A case without any of the four files raises :class:`CaseError`.
+    network was trained to see it (``RandModalityDropoutd``). A case given as one 4D file (a MONAI Label study,
+    MSD Task01) may have all-zero channels: those sequences are missing (the channel's sequence read through the
+    item's ``channel_order`` when it has one). The item then names the missing sequences under
+    :data:`MISSING_KEY`. A case without any of the four files, or whose every channel is zero, raises
+    :class:`CaseError`.
     """
 
     def __init__(self, *args, allow_missing_modalities: bool = False, **kwargs):
@@ -568,12 +571,42 @@ class LoadImageSharedGridd(LoadImaged):
         d = super().__call__(d, reader)
         for key, absent in missing.items():
             d[MISSING_KEY] = ",".join(MODALITIES[i] for i in absent)
+            if len(np.atleast_1d(data[key])) == 1:  # one 4D file: its all-zero channels are the missing sequences
+                d[MISSING_KEY] = ",".join(_empty_channels(d, key))
             if absent:
                 img = d[key]
                 full = img.new_zeros((len(MODALITIES), *img.shape[1:]))
                 full[[i for i in range(len(MODALITIES)) if i not in absent]] = img
                 d[key] = full
         return d
+
+
+def channel_modality(d: Mapping, c: int, order_key: str | None = "channel_order") -> str:
+    """The sequence name (:data:`~scripts.conventions.MODALITY_NAMES`) of channel ``c`` of the image of item ``d``
+    as loaded: through the item's ``order_key`` (MSD Task01's file order) when it has one, else T1, T1ce, T2,
+    FLAIR; ``channel c`` beyond them."""
+    order = d.get(order_key) if order_key else None
+    try:
+        order = None if order is None else _int_list(order, order_key)
+    except (TypeError, ValueError):
+        order = None
+    i = order.index(c) if order is not None and c in order else c
+    return MODALITY_NAMES[i] if 0 <= i < len(MODALITY_NAMES) else f"channel {c}"
+
+
+def _empty_channels(d: Mapping, key: str) -> list[str]:
+    """:data:`~scripts.conventions.MODALITIES` names of the all-zero channels of ``d[key]``.
+
+    Raises:
+        CaseError: every channel is zero.
+    """
+    t = torch.as_tensor(d[key])
+    flat = t.reshape(t.shape[0], -1)
+    zero = [c for c in range(t.shape[0]) if not flat[c].any()]
+    if zero and len(zero) == t.shape[0]:
+        raise CaseError(source_name(d[key]), "every channel is zero: no sequence to segment")
+    names = [channel_modality(d, c) for c in zero]
+    return [m for m, name in zip(MODALITIES, MODALITY_NAMES) if name in names]
 
 
 def _subsample(values: torch.Tensor, max_items: int = 200_000) -> torch.Tensor:
@@ -733,13 +766,7 @@ class CheckImageDatad(MapTransform):
         self.order_key = order_key
 
     def _modality(self, d: Mapping, c: int) -> str:
-        order = d.get(self.order_key) if self.order_key else None
-        try:
-            order = None if order is None else _int_list(order, self.order_key)
-        except (TypeError, ValueError):
-            order = None
-        i = order.index(c) if order is not None and c in order else c
-        return MODALITY_NAMES[i] if 0 <= i < len(MODALITY_NAMES) else f"channel {c}"
+        return channel_modality(d, c, self.order_key)
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
@@ -756,10 +783,10 @@ class CheckImageDatad(MapTransform):
                 for c in (~torch.isfinite(flat).all(1)).nonzero().flatten().tolist()[:1]:
                     nan, inf = int(torch.isnan(flat[c]).sum()), int(torch.isinf(flat[c]).sum())
                     raise CaseError(name, f"{self._modality(d, c)}: {nan} NaN and {inf} Inf voxel(s)", channel=c)
-            absent = {MODALITIES.index(m) for m in str(d.get(MISSING_KEY) or "").split(",") if m}
+            absent = {MODALITY_NAMES[MODALITIES.index(m)] for m in str(d.get(MISSING_KEY) or "").split(",") if m}
             low, high = flat.amin(1), flat.amax(1)
             for c in range(t.shape[0]):
-                if c in absent:
+                if self._modality(d, c) in absent:
                     continue
                 if high[c] == low[c] == 0:
                     raise CaseError(name, f"{self._modality(d, c)}: all voxels are zero (empty image)", channel=c)

@@ -121,6 +121,36 @@ def test_loader_zero_fills_missing_sequences_and_check_accepts_them(arrays, tmp_
         strict({"image": [str(f) for f in files]})
 
 
+def write_study(path: Path, arrays: dict, missing=()) -> Path:
+    """A 4D study (X x Y x Z x 4, T1, T1ce, T2, FLAIR; a MONAI Label datastore's image) with ``missing``
+    sequences as all-zero channels."""
+    data = np.stack([np.zeros_like(arrays[m]) if m in missing else arrays[m] for m in MODALITIES], axis=-1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    return path
+
+
+def test_zero_channels_of_a_4d_study_are_its_missing_sequences(arrays, tmp_path):
+    """One 4D file (a MONAI Label study, MSD Task01): with ``allow_missing_modalities`` its all-zero channels are
+    the missing sequences, read through the item's channel order (MSD stores FLAIR, T1, T1ce, T2); without it, an
+    all-zero channel is an empty image; every channel zero is an error."""
+    load = LoadImageSharedGridd("image", ensure_channel_first=True, allow_missing_modalities=True)
+    d = load({"image": str(write_study(tmp_path / "s.nii.gz", arrays, missing=("t1", "t2")))})
+    assert d["missing_modalities"] == "t1,t2" and tuple(d["image"].shape) == (4, *SHAPE)
+    CheckImageDatad("image")(d)
+    with pytest.raises(CaseError, match="T1: all voxels are zero"):
+        CheckImageDatad("image")(dict(d, missing_modalities=""))
+    msd = load(
+        {"image": str(write_study(tmp_path / "m.nii.gz", arrays, missing=("t1",))), "channel_order": [1, 2, 3, 0]}
+    )
+    assert msd["missing_modalities"] == "flair"  # the zeroed file channel 0 holds MSD's FLAIR
+    CheckImageDatad("image")(msd)
+    with pytest.raises(CaseError, match="every channel is zero"):
+        load({"image": str(write_study(tmp_path / "z.nii.gz", arrays, missing=MODALITIES))})
+    full = load({"image": str(write_study(tmp_path / "f.nii.gz", arrays))})
+    assert full["missing_modalities"] == ""
+
+
 def test_constant_sequence_is_refused(arrays, tmp_path):
     flat = dict(arrays, flair=np.ones_like(arrays["flair"]))
     files = write_case(tmp_path, "C2", flat)
@@ -197,6 +227,26 @@ def test_inference_segments_any_subset_only_when_allowed(arrays, checkpoint, tmp
     assert "3 case(s) found, 1 segmented, 2 skipped" in log
     assert "missing modality file (T1)" in log
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["full.nii.gz"]
+
+
+def test_inference_segments_4d_studies_with_zero_channels_only_when_allowed(arrays, checkpoint, tmp_path):
+    """4D studies (as a MONAI Label datastore holds them) whose missing sequences are zero channels: segmented and
+    recorded with ``--allow_missing_modalities true``; skipped as empty images without it."""
+    data = tmp_path / "studies"
+    write_study(data / "study_all.nii.gz", arrays)
+    write_study(data / "study_two.nii.gz", arrays, missing=("t1", "t2"))
+    common = ["--dataset_dir", str(data), "--ckpt_path", str(checkpoint), *TINY]
+    allowed = _bundle(*common, "--output_dir", str(tmp_path / "a"), "--allow_missing_modalities", "true")
+    log = allowed.stdout + allowed.stderr
+    assert allowed.returncode == 0, log[-3000:]
+    assert "case study_two: T1, T2 missing: imputed from T1ce + FLAIR" in log
+    record = json.loads((tmp_path / "a" / "missing_sequences.json").read_text())
+    assert record == {"study_all": [], "study_two": ["t1", "t2"]}
+    assert nib.load(str(tmp_path / "a" / "study_two.nii.gz")).shape == SHAPE
+    default = _bundle(*common, "--output_dir", str(tmp_path / "d"))
+    log = default.stdout + default.stderr
+    assert default.returncode == 1 and "T1: all voxels are zero (empty image)" in log, log[-3000:]
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["study_all.nii.gz"]
 
 
 def _figure_pixels(page: str, alt: str) -> np.ndarray:
