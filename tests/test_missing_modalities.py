@@ -249,6 +249,26 @@ def test_inference_segments_4d_studies_with_zero_channels_only_when_allowed(arra
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["study_all.nii.gz"]
 
 
+def test_import_studies_writes_missing_sequences_as_zero_channels_only_when_allowed(arrays, tmp_path):
+    """``python -m scripts.data.import_studies --allow_missing_modalities``: a case lacking T1 and T2 becomes a 4D
+    study whose T1 and T2 channels are zero (one line names them), which the loader then reads as missing; without
+    the option that case is one error line naming the missing file and the complete case is still imported."""
+    write_case(tmp_path / "src", "full", arrays, seg=True)
+    write_case(tmp_path / "src", "two", arrays, modalities=("t1ce", "flair"))
+    cmd = [sys.executable, "-m", "scripts.data.import_studies", str(tmp_path / "src"), "--quiet", "--output_dir"]
+    strict = subprocess.run([*cmd, str(tmp_path / "strict")], capture_output=True, text=True, timeout=300)
+    assert strict.returncode == 1 and "two_t1.nii.gz" in strict.stderr, strict.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "strict").glob("*.nii.gz")) == ["full.nii.gz"]
+    proc = subprocess.run([*cmd, str(tmp_path / "ds"), "--allow_missing_modalities"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"case two: T1, T2 missing: zero channel(s) in {tmp_path / 'ds' / 'two.nii.gz'}" in proc.stdout
+    study = np.asarray(nib.load(str(tmp_path / "ds" / "two.nii.gz")).dataobj)
+    assert study.shape == (*SHAPE, 4) and not study[..., 0].any() and not study[..., 2].any()
+    np.testing.assert_array_equal(study[..., 3], arrays["flair"])
+    load = LoadImageSharedGridd("image", ensure_channel_first=True, allow_missing_modalities=True)
+    assert load({"image": str(tmp_path / "ds" / "two.nii.gz")})["missing_modalities"] == "t1,t2"
+
+
 def _figure_pixels(page: str, alt: str) -> np.ndarray:
     """The RGB pixels of the figure ``alt`` embedded in a report page."""
     from PIL import Image

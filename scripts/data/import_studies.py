@@ -1,6 +1,7 @@
 """Import real cases into a MONAI Label datastore: one 4D NIfTI study per case, with its label where it has one.
 
-    python -m scripts.data.import_studies SOURCE --output_dir data/monailabel [--layout auto] [--overwrite]
+    python -m scripts.data.import_studies SOURCE --output_dir data/monailabel [--layout auto] [--overwrite] \
+        [--allow_missing_modalities]
 
 The sibling of ``scripts.synthetic.phantom.write_monailabel_datastore`` (synthetic studies) for real data.
 ``SOURCE`` is any layout :mod:`scripts.data.layouts` recognises (BraTS 2020 ``_t1/_t1ce/_t2/_flair[/_seg]``,
@@ -12,6 +13,11 @@ becomes what ``monailabel start_server --studies DATASTORE`` serves (docs/monail
 - ``DATASTORE/labels/final/<case_id>.nii.gz``: its segmentation as a uint8 label map in the values the served
   model uses (``--labels``, default BraTS 2020's 1, 2, 4), converted from the layout's own values (BraTS 2023's
   3 = enhancing, MSD's 1 oedema / 2 necrotic / 3 enhancing).
+
+With ``--allow_missing_modalities`` a case may lack sequence files (all but one): each missing sequence is an
+all-zero channel of its study, which the bundle's inference with ``--allow_missing_modalities true`` (and the
+MONAI Label app started with ``--conf allow_missing_modalities true``) reads as missing; one line per such case
+names them. Without it such a case is an error.
 
 A case's files are checked before anything is written (header, shapes and grids, label values); a bad case gets
 one line ``case <id>: <file>: <problem>`` and the other cases are imported; the exit status is 1 when any case
@@ -33,7 +39,7 @@ from scripts.conventions import BRATS2020_LABELS, MODALITY_NAMES, TUMOUR_CLASSES
 from scripts.data.checks import OutputDirError, check_case, check_output_dirs
 from scripts.data.layouts import LAYOUTS, check_unique_case_ids, find_cases
 from scripts.io import write_nifti
-from scripts.transforms import CaseError, affines_match, non_integer_labels, shape_str
+from scripts.transforms import CaseError, affines_match, missing_modalities, non_integer_labels, shape_str
 
 LABEL_TAG = "final"
 
@@ -65,14 +71,18 @@ def _read_dicom_series(folder: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_study(item: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(``X x Y x Z x 4`` array in the bundle's channel order, affine) of a datalist item's image."""
+    """(``X x Y x Z x 4`` array in the bundle's channel order, affine) of a datalist item's image; a sequence file
+    that does not exist is an all-zero channel (:func:`missing_sequences` says which)."""
     files = [item["image"]] if isinstance(item["image"], (str, os.PathLike)) else [str(p) for p in item["image"]]
     if len(files) == 1:
         data, affine = _read_nifti(files[0])
         order = item.get("channel_order") or range(data.shape[-1])
         return np.stack([data[..., c] for c in order], axis=-1), affine
+    absent = missing_modalities(files)
     channels, affine = [], None
     for i, path in enumerate(files):
+        if i in absent:
+            continue
         data, a = _read_dicom_series(path) if os.path.isdir(path) else _read_nifti(path)
         if data.ndim != 3:
             raise CaseError(path, f"expected a 3D image ({MODALITY_NAMES[i]}), got shape {shape_str(data.shape)}")
@@ -88,7 +98,16 @@ def read_study(item: dict) -> tuple[np.ndarray, np.ndarray]:
             )
         channels.append(data)
         affine = a if affine is None else affine
+    for i in absent:
+        channels.insert(i, np.zeros_like(channels[0]))
     return np.stack(channels, axis=-1), affine
+
+
+def missing_sequences(item: dict) -> list[str]:
+    """:data:`~scripts.conventions.MODALITY_NAMES` of the sequence files of a one-file-per-sequence case that do
+    not exist."""
+    files = [item["image"]] if isinstance(item["image"], (str, os.PathLike)) else [str(p) for p in item["image"]]
+    return [MODALITY_NAMES[i] for i in missing_modalities(files)]
 
 
 def convert_label(label: np.ndarray, path: str, source: Sequence[int], target: Sequence[int]) -> np.ndarray:
@@ -125,18 +144,21 @@ def _image_dtype(data: np.ndarray):
     return np.float32
 
 
-def import_case(item: dict, out_dir: str | os.PathLike, labels: Sequence[int], overwrite: bool) -> dict:
+def import_case(
+    item: dict, out_dir: str | os.PathLike, labels: Sequence[int], overwrite: bool, allow_missing: bool = False
+) -> dict:
     """Write one case into the datastore (see the module docstring). Returns ``{"case_id", "image", "label"
-    (when it has one), "status": "written" | "kept"}``; raises :class:`CaseError` naming the case and file."""
+    (when it has one), "missing" (the sequences written as zero channels), "status": "written" | "kept"}``;
+    raises :class:`CaseError` naming the case and file."""
     case_id = str(item["case_id"])
     files = study_files(out_dir, case_id)
     if "label" not in item:
         files.pop("label")
-    result = {"case_id": case_id, **files}
+    result = {"case_id": case_id, **files, "missing": missing_sequences(item) if allow_missing else []}
     if not overwrite and all(os.path.isfile(p) for p in files.values()):
         return {**result, "status": "kept"}
     try:
-        check_case(item)
+        check_case(item, allow_missing_modalities=allow_missing)
         study, affine = read_study(item)
         label = None
         if "label" in item:
@@ -160,22 +182,24 @@ def import_studies(
     labels: Sequence[int] = BRATS2020_LABELS,
     overwrite: bool = False,
     progress: bool = True,
+    allow_missing: bool = False,
 ) -> tuple[list[dict], list[str]]:
     """Import every case of ``source`` into the datastore ``out_dir``: (imported cases, one error line per case
     that failed). Raises ``FileNotFoundError``/``ValueError`` when ``source`` holds no case or duplicate ids,
     ``scripts.data.checks.OutputDirError`` when a study or label would overwrite an input file (importing a
     datastore into itself) or ``out_dir`` cannot be written, before anything is written. A datastore folder
-    inside ``source`` is not searched for cases."""
+    inside ``source`` is not searched for cases. ``allow_missing``: a case may lack sequence files (zero
+    channels)."""
     from tqdm.auto import tqdm
 
-    _, items = find_cases(source, layout, exclude=[out_dir])
+    _, items = find_cases(source, layout, "keep", exclude=[out_dir])  # a missing file: that case's error
     check_unique_case_ids(items, f"{source}")
     planned = [(str(c["case_id"]), f) for c in items for f in study_files(out_dir, str(c["case_id"])).values()]
     check_output_dirs(out_dir, inputs=items, outputs=planned)
     done, errors = [], []
     for item in tqdm(items, desc="MONAI Label studies", disable=not progress):
         try:
-            done.append(import_case(item, out_dir, labels, overwrite))
+            done.append(import_case(item, out_dir, labels, overwrite, allow_missing))
         except CaseError as e:
             errors.append(str(e))
     return done, errors
@@ -198,17 +222,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--overwrite", action="store_true", help="rewrite studies that exist in the datastore")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--allow_missing_modalities",
+        action="store_true",
+        help="import a case that lacks sequence files (all but one): each missing sequence is a zero channel",
+    )
     args = parser.parse_args(argv)
     if not os.path.exists(args.source):
         sys.exit(f"error: {args.source}: no such file or folder")
     try:
         done, errors = import_studies(
-            args.source, args.output_dir, args.layout, args.labels, args.overwrite, not args.quiet
+            args.source,
+            args.output_dir,
+            args.layout,
+            args.labels,
+            args.overwrite,
+            not args.quiet,
+            args.allow_missing_modalities,
         )
     except (FileNotFoundError, ValueError, OutputDirError) as e:
         sys.exit(f"error: {' '.join(str(e).split())}")
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
+    for r in done:
+        if r["missing"]:
+            print(f"case {r['case_id']}: {', '.join(r['missing'])} missing: zero channel(s) in {r['image']}")
     written = sum(r["status"] == "written" for r in done)
     labelled = sum("label" in r for r in done)
     print(
