@@ -313,7 +313,9 @@ def test_saved_correction_is_trained_on_and_better_weights_are_served(live_serve
 
 @pytest.fixture(scope="module")
 def sparse_server(venv_dir, bundle_copy, tmp_path_factory):
-    """A server on a copy of the bundle serving the shipped weights, over a datastore with no label yet."""
+    """A server on a copy of the bundle serving the shipped weights (and the imputer, ``--conf
+    allow_missing_modalities true``), over a datastore with no label yet: the bundled real case twice, complete
+    and with T1 and T2 as zero channels."""
     source, _ = bundle_copy
     root = tmp_path_factory.mktemp("bundle_sparse")
     for part in ("configs", "scripts"):
@@ -321,22 +323,45 @@ def sparse_server(venv_dir, bundle_copy, tmp_path_factory):
     shutil.copytree(source / "models.trained", root / "models")
     # served: the shipped weights (trained for epochs, not one), whose predictions are tumour-shaped
     shutil.copyfile(ROOT / "models" / "model.pt", root / "models" / "model.pt")
+    shutil.copyfile(ROOT / "models" / "imputer.pt", root / "models" / "imputer.pt")
     studies = tmp_path_factory.mktemp("studies_sparse")
     write_monailabel_datastore(studies, num_cases=3, num_labelled=0, seed=13, shape=SHAPE, progress=False)
     _real_study(studies)
+    _real_study(studies, missing=("t1", "t2"))
     log_path = tmp_path_factory.mktemp("server_sparse") / "server.log"
     conf = [("bundle_path", str(root)), ("preload", "false"), ("models", "resunet_brats")]
+    conf.append(("allow_missing_modalities", "true"))
     with serving(venv_dir, studies, conf, log_path) as (url, info):
         yield {"url": url, "info": info, "root": root, "studies": studies, "log": log_path}
 
 
-def _real_study(studies):
+def _real_study(studies, missing=()):
     """The bundled real case as a 4D study (T1, T1ce, T2, FLAIR): the shipped weights, trained on realistic
-    synthetic brains, segment its tumour (they find none in the small geometric phantoms)."""
+    synthetic brains, segment its tumour (they find none in the small geometric phantoms). ``missing`` sequences
+    are zero channels, in a study named ``<case>_without_<sequences>``."""
     case = ROOT / "examples" / REAL_CASE
     images = [nib.load(case / f"{REAL_CASE}_{m}.nii.gz") for m in MODALITIES]
     data = np.stack([np.asarray(img.dataobj, dtype=np.int16) for img in images], axis=-1)
-    nib.save(nib.Nifti1Image(data, images[0].affine), studies / f"{REAL_CASE}.nii.gz")
+    for m in missing:
+        data[..., MODALITIES.index(m)] = 0
+    name = REAL_CASE + (f"_without_{'_'.join(missing)}" if missing else "")
+    nib.save(nib.Nifti1Image(data, images[0].affine), studies / f"{name}.nii.gz")
+    return name
+
+
+def test_a_study_without_some_sequences_is_segmented_and_the_result_names_them(sparse_server):
+    """``--conf allow_missing_modalities true``: a study whose T1 and T2 are zero channels is segmented (the
+    missing sequences imputed) on its grid, and the result JSON names them; a complete study's names none."""
+    srv = sparse_server
+    for image, missing in ((f"{REAL_CASE}_without_t1_t2", ["t1", "t2"]), (REAL_CASE, [])):
+        body, headers = multipart({"params": "{}"}, {})
+        result = json.loads(
+            request("POST", f"{srv['url']}/infer/resunet_brats?image={image}&output=json", body, headers)
+        )
+        assert result["missing_sequences"] == missing, result
+    pred = _infer(srv, "resunet_brats", f"{REAL_CASE}_without_t1_t2")
+    assert pred.shape == _study(srv, REAL_CASE).shape[:3]
+    assert (np.asarray(pred.dataobj) > 0).sum() > 1000, "no tumour found without T1 and T2"
 
 
 def test_training_that_cannot_train_is_an_http_error(sparse_server):

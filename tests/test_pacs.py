@@ -78,6 +78,7 @@ def studies(pacs, tmp_path_factory):
 
     three, out["three"] = _write_study(case, root / "three")
     load.push_series_dirs(pacs.url, [three[m] for m in ("t1", "t1ce", "t2")])
+    out["three_dirs"] = three
 
     two, out["two_flair"] = _write_study(case, root / "two_flair")
     frame = str(_series_uid(two["t1"]).FrameOfReferenceUID)
@@ -294,3 +295,45 @@ def test_unreachable_orthanc_is_one_clear_error_and_the_server_recovers(pacs, st
     finally:
         pacs.start()
     assert _infer_json(server, studies["good"])["dicom_seg"]
+
+
+@pytest.fixture(scope="module")
+def server_missing(venv_dir, pacs, studies, tmp_path_factory):  # noqa: F811
+    """A second MONAI Label server on the same PACS, started with ``--conf allow_missing_modalities true``, serving
+    a copy of the bundle with the shipped weights and imputer."""
+    cache = tmp_path_factory.mktemp("dicomweb-cache-missing")
+    bundle = tmp_path_factory.mktemp("bundle_missing")
+    for part in ("configs", "scripts"):
+        shutil.copytree(ROOT / part, bundle / part, ignore=shutil.ignore_patterns("__pycache__"))
+    (bundle / "models").mkdir()
+    for name in ("model.pt", "imputer.pt"):
+        shutil.copyfile(ROOT / "models" / name, bundle / "models" / name)
+    os.environ["MONAI_LABEL_DICOMWEB_CACHE_PATH"] = str(cache)
+    conf = [("bundle_path", str(bundle)), ("models", "resunet_brats"), ("preload", "false")]
+    conf.append(("allow_missing_modalities", "true"))
+    try:
+        with serving(venv_dir, f"{pacs.url}/dicom-web", conf, cache / "server.log") as (url, info):
+            yield {"url": url, "info": info, "log": cache / "server.log"}
+    finally:
+        os.environ.pop("MONAI_LABEL_DICOMWEB_CACHE_PATH", None)
+
+
+def test_a_study_without_flair_is_segmented_when_allowed(pacs, studies, server_missing, tmp_path):
+    """With ``allow_missing_modalities`` the three-series study (no FLAIR) is one input whose FLAIR channel is
+    zero (imputed by the bundle's inference): the result names the missing sequence, the automatic segmentation
+    is a DICOM SEG in Orthanc on the T1ce series' grid, and the four-series study names none."""
+    before = _orthanc_series(pacs)
+    result = _infer_json(server_missing, studies["three"])
+    assert result["missing_sequences"] == ["flair"], result
+    new = {uid: mod for uid, mod in _orthanc_series(pacs).items() if uid not in before}
+    assert new == {result["dicom_seg"]: "SEG"}
+    seg = _fetch_series_file(pacs, result["dicom_seg"], tmp_path / "seg.dcm")
+    t1ce = studies["three_dirs"]["t1ce"]
+    assert seg.StudyInstanceUID == studies["three"]
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == _series_uid(t1ce).SeriesInstanceUID
+    label, _ = dicom_seg_to_label(tmp_path / "seg.dcm", t1ce)
+    assert label.shape == SHAPE and set(np.unique(label).tolist()) <= {0, *BRATS2020_LABELS}
+    image = request("GET", f"{server_missing['url']}/datastore/image?image={studies['three']}")
+    data = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(image)).dataobj)
+    assert data.shape == (*SHAPE, 4) and not data[..., 3].any() and data[..., 1].any()
+    assert _infer_json(server_missing, studies["good"])["missing_sequences"] == []

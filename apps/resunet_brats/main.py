@@ -8,7 +8,9 @@ Start it with ``python apps/server.py start --studies DATASTORE`` (see docs/mona
   the Python package ``scripts`` is the one installed in the server environment, this repository's);
 - ``models``: ``all`` (default) or a comma-separated list of ``resunet_brats``, ``resunet_brats_deepedit``,
   ``resunet_brats_student`` (the distilled student, ``configs/student.json``);
-- ``max_epochs``: default epochs of a training request (default 50);
+- ``max_epochs``: default epochs of a training request (default: the fine-tuning recipe's, ``finetune.json``);
+- ``allow_missing_modalities``: ``true`` segments studies that lack sequences (all-zero channels, imputed) and
+  names them in the result (``missing_sequences``); default ``false``: such a study is an error;
 - ``preload``, ``skip_trainers``: as in MONAI Label's sample apps.
 
 A model is served once its weights exist (``models/model.pt``, ``models/deepedit/model.pt``,

@@ -23,12 +23,13 @@ from monai.bundle import ConfigParser
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer import bundle as infer_bundle
 from monailabel.tasks.train import bundle as train_bundle
-from monailabel.utils.others.generic import name_to_device
+from monailabel.utils.others.generic import name_to_device, strtobool
 
 from scripts.casework import parse_configs
 from scripts.data.default_data import is_empty_dataset
 from scripts.finetune import finetune_datalist
 from scripts.io import write_json
+from scripts.transforms import MISSING_KEY
 
 from . import versions
 from .models import BundleModel
@@ -101,10 +102,15 @@ def _without_channel_labels_log():
 
 class ResUNetInferTask(infer_bundle.BundleInferTask):
     """Inference with the merged ``model.infer_configs``; the label map (uint8, BraTS values, the study's
-    geometry) comes from the bundle's own post-processing, which MONAI Label's writer saves."""
+    geometry) comes from the bundle's own post-processing, which MONAI Label's writer saves.
+
+    With ``--conf allow_missing_modalities true`` a study may lack sequences, given as all-zero channels (e.g.
+    ``import_studies --allow_missing_modalities``): they are imputed as in the bundle's inference, and the
+    response's result JSON names them (``missing_sequences``, [] for a complete study)."""
 
     def __init__(self, bundle_path: str, conf: dict, model: BundleModel, type: str | None = None, **kwargs):
         self.model = model
+        self.allow_missing = strtobool(conf.get("allow_missing_modalities", "false"))
         # extend_load_image=False keeps the bundle's LoadImaged (it allows a missing "label" key; MONAI Label's
         # LoadImageTensord wrapper does not).
         with _without_channel_labels_log():
@@ -131,7 +137,15 @@ class ResUNetInferTask(infer_bundle.BundleInferTask):
         )
 
     def _load_bundle_config(self, path, config):
-        return read_configs(path, self.model.infer_configs)
+        parser = read_configs(path, self.model.infer_configs)
+        parser["allow_missing_modalities"] = self.allow_missing
+        return parser
+
+    def writer(self, data, extension=None, dtype=None):
+        if self.allow_missing:
+            missing = [m for m in str(data.get(MISSING_KEY) or "").split(",") if m]
+            data["result"] = {**data.get("result", {}), "missing_sequences": missing}
+        return super().writer(data, extension, dtype)
 
 
 class ResUNetTrainTask(train_bundle.BundleTrainTask):

@@ -12,9 +12,12 @@ study as one four-channel input. :class:`StudyDICOMwebDatastore` serves one imag
   study;
 - a missing, unrecognised or ambiguous sequence, a series with missing slices, an unknown id and an unreachable
   PACS are each one HTTP error with a one-line ``detail`` (422, 422, 422, 404, 503); other studies are served;
+- with ``--conf allow_missing_modalities true`` a study needs any one of the four series: each missing one is an
+  all-zero channel of the combined image, which the bundle's inference imputes (the result names them);
 - an automatic segmentation and a saved final label are stored back in the PACS as DICOM SEG objects
-  (:mod:`.dicom_seg`) referencing the series the client showed (the T1ce series for a study id); nothing else is
-  written to the PACS. A saved final label is kept in the cache as the training label of its study.
+  (:mod:`.dicom_seg`) referencing the series the client showed (for a study id its T1ce series, or without one
+  its FLAIR, T2 or T1 series); nothing else is written to the PACS. A saved final label is kept in the cache as
+  the training label of its study.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from monailabel.datastore.local import LocalDatastore
 from monailabel.datastore.utils.dicom import dicom_web_download_series
 from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.utils.others.generic import strtobool
 from pydicom.dataset import Dataset
 
 from scripts.conventions import BRATS2020_LABELS, MODALITIES, MODALITY_NAMES, modality_of
@@ -45,8 +49,9 @@ from .dicom_seg import on_series_grid, series_grid, write_label_seg
 
 logger = logging.getLogger(__name__)
 
-REFERENCE = "t1ce"
-"""The series a SEG references when the client names the study rather than one of its series."""
+REFERENCE = ("t1ce", "flair", "t2", "t1")
+"""The series a SEG references when the client names the study rather than one of its series: the first of these
+the study has (T1ce; a study without T1ce, served with ``allow_missing_modalities``, the next)."""
 SERIES_FIELDS = ["SeriesDescription", "SeriesNumber", "Modality", "NumberOfSeriesRelatedInstances"]
 _CONTRAST = {"post", "gd", "gad", "gado", "ce", "c+", "contrast", "postcontrast", "enhanced", "+c"}
 _NAME = dict(zip(MODALITIES, MODALITY_NAMES))
@@ -81,9 +86,10 @@ def _series_label(row: dict) -> str:
     return f"#{row.get('SeriesNumber', '?')} '{row.get('SeriesDescription', '')}' ({row['SeriesInstanceUID']})"
 
 
-def pick_series(study: str, rows: list[dict]) -> dict[str, dict]:
+def pick_series(study: str, rows: list[dict], allow_missing: bool = False) -> dict[str, dict]:
     """``{modality: series row}`` for the four MR series of ``study`` (rows: QIDO series attributes), or
-    :class:`StudyError` (422) naming what is missing, ambiguous or unrecognised."""
+    :class:`StudyError` (422) naming what is missing, ambiguous or unrecognised. ``allow_missing``: any
+    non-empty subset of the four is enough (the others are imputed)."""
     found: dict[str, list[dict]] = {}
     other = []
     for row in rows:
@@ -100,15 +106,21 @@ def pick_series(study: str, rows: list[dict]) -> dict[str, dict]:
             f"ambiguous; keep one {_NAME[m]} series in the study or rename the others",
         )
     missing = [_NAME[m] for m in MODALITIES if m not in found]
-    if missing:
+    if missing and not (allow_missing and found):
         have = [f"{_NAME[m]} {_series_label(found[m][0])}" for m in MODALITIES if m in found]
         unknown = f"; unrecognised: {', '.join(_series_label(r) for r in other)}" if other else ""
+        need = (
+            "the model needs at least one of T1, T1ce, T2 and FLAIR"
+            if allow_missing
+            else "the model needs T1, T1ce, T2 and FLAIR (or the server started with --conf "
+            "allow_missing_modalities true)"
+        )
         raise StudyError(
             422,
             f"study {study}: no {', '.join(missing)} series (found {', '.join(have) or 'no MR series'}{unknown}); "
-            "the model needs T1, T1ce, T2 and FLAIR, recognised by series description",
+            f"{need}, recognised by series description",
         )
-    return {m: found[m][0] for m in MODALITIES}
+    return {m: found[m][0] for m in MODALITIES if m in found}
 
 
 def check_slices(datasets, what: str) -> None:
@@ -162,7 +174,7 @@ def _row(dataset_json: dict) -> dict:
 class StudyDICOMwebDatastore(DICOMWebDatastore):
     """One image per study of a DICOMweb server: the four MR series combined (module docstring)."""
 
-    def __init__(self, url: str, cache_path: str | None = None):
+    def __init__(self, url: str, cache_path: str | None = None, allow_missing: bool = False):
         client = DICOMwebClientX(
             url=url,
             qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
@@ -171,6 +183,7 @@ class StudyDICOMwebDatastore(DICOMWebDatastore):
         )
         super().__init__(client, {"Modality": "MR"}, cache_path=cache_path, convert_to_nifti=True)
         self._lock = threading.RLock()
+        self.allow_missing = allow_missing
 
     @contextlib.contextmanager
     def _pacs(self, what: str):
@@ -203,7 +216,7 @@ class StudyDICOMwebDatastore(DICOMWebDatastore):
         """``{modality: series row}`` of the study (:func:`pick_series`)."""
         with self._pacs(f"listing the series of study {study}"):
             rows = [_row(s) for s in self._client.search_for_series(study, fields=SERIES_FIELDS)]
-        return pick_series(study, rows)
+        return pick_series(study, rows, self.allow_missing)
 
     def series_dir(self, study: str, series: str) -> str:
         """The series' instances in the cache (downloaded once, into a temporary folder renamed when complete)."""
@@ -221,7 +234,8 @@ class StudyDICOMwebDatastore(DICOMWebDatastore):
 
     def get_image_uri(self, image_id: str) -> str:
         """The study's four series stacked into ``<cache>/<StudyInstanceUID>.nii.gz`` (made once per set of
-        series: a study whose series change in the PACS is combined again)."""
+        series: a study whose series change in the PACS is combined again); with ``allow_missing`` a missing
+        series is an all-zero channel, which the bundle's inference imputes."""
         study, _ = self.study_of(image_id)
         with self._lock:
             series = self.study_series(study)
@@ -236,42 +250,48 @@ class StudyDICOMwebDatastore(DICOMWebDatastore):
                 for m, row in series.items()
             }
             self._check_grid(study, volumes)
-            data = np.stack([volumes[m][0] for m in MODALITIES], axis=-1)
+            first = next(iter(volumes.values()))
+            data = np.stack([volumes[m][0] if m in volumes else np.zeros_like(first[0]) for m in MODALITIES], -1)
             integral = np.array_equal(data, np.round(data)) and data.min() >= -32768 and data.max() <= 32767
             with tempfile.TemporaryDirectory(dir=self._datastore.image_path(), prefix=".combine-") as tmp:
                 path = write_nifti(
                     data,
                     os.path.join(tmp, f"{study}.nii.gz"),
                     np.int16 if integral else np.float32,
-                    volumes[MODALITIES[0]][1],
+                    first[1],
                 )
-                info = {"series": uids, "StudyInstanceUID": study, "channels": list(MODALITY_NAMES)}
+                missing = [m for m in MODALITIES if m not in uids]
+                info = {"series": uids, "StudyInstanceUID": study, "channels": list(MODALITY_NAMES), "missing": missing}
                 LocalDatastore.add_image(self, study, path, info)
-            logger.info(f"study {study}: {' '.join(f'{_NAME[m]}={uids[m]}' for m in MODALITIES)} -> {data.shape}")
+            names = " ".join(f"{_NAME[m]}={uids.get(m, 'missing (zero channel)')}" for m in MODALITIES)
+            logger.info(f"study {study}: {names} -> {data.shape}")
             return LocalDatastore.get_image_uri(self, study)
 
     @staticmethod
     def _check_grid(study: str, volumes: dict) -> None:
-        data0, affine0 = volumes[MODALITIES[0]]
-        for m in MODALITIES[1:]:
+        """:class:`StudyError` (422) unless every series is on the voxel grid of the first (in T1, T1ce, T2, FLAIR
+        order)."""
+        first, *others = [m for m in MODALITIES if m in volumes]
+        data0, affine0 = volumes[first]
+        for m in others:
             data, affine = volumes[m]
             if data.shape != data0.shape or not np.allclose(affine, affine0, atol=1e-3):
                 raise StudyError(
                     422,
                     f"study {study}: the {_NAME[m]} series ({'x'.join(map(str, data.shape))}) is not on the voxel grid of "
-                    f"the T1 series ({'x'.join(map(str, data0.shape))}); the four series must share one grid "
+                    f"the {_NAME[first]} series ({'x'.join(map(str, data0.shape))}); the series must share one grid "
                     "(resampling is not done here)",
                 )
 
     def reference_dir(self, image_id: str) -> tuple[str, str]:
         """(study, cached folder of the series a SEG references): the series ``image_id`` names if it is one of
-        the study's four, else the study's T1ce series."""
+        the study's series, else the study's first :data:`REFERENCE` series."""
         study, series = self.study_of(image_id)
         uids = LocalDatastore.get_image_info(self, study).get("series") or {}
         if not uids:
             self.get_image_uri(study)
             uids = LocalDatastore.get_image_info(self, study)["series"]
-        ref = series if series in uids.values() else uids[REFERENCE]
+        ref = series if series in uids.values() else uids[next(m for m in REFERENCE if m in uids)]
         return study, self.series_dir(study, ref)
 
     def read_label(self, label_file: str, series_dir: str) -> np.ndarray:
@@ -367,8 +387,12 @@ class DICOMwebStudiesApp:
     def init_remote_datastore(self):
         if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
             return super().init_remote_datastore()
-        logger.info(f"DICOMweb studies (four MR series per study): {self.studies}")
-        return StudyDICOMwebDatastore(self.studies, (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip() or None)
+        allow_missing = strtobool(self.conf.get("allow_missing_modalities", "false"))
+        logger.info(
+            f"DICOMweb studies ({'any of the four' if allow_missing else 'four'} MR series per study): {self.studies}"
+        )
+        cache = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip() or None
+        return StudyDICOMwebDatastore(self.studies, cache, allow_missing)
 
     def infer(self, request, datastore=None):
         result = super().infer(request, datastore)
