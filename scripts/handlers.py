@@ -521,10 +521,11 @@ class MissingModalitiesLog:
 
     def iteration_completed(self, engine: Engine) -> None:
         from scripts.conventions import MODALITIES, MODALITY_NAMES
+        from scripts.transforms import missing_of
 
         for item in engine.state.batch:  # decollated by the evaluator's post-processing: one dict per case
             case_id = item_case_id(item, f"case {len(self.cases) + 1}")
-            missing = [m for m in str(item.get("missing_modalities") or "").split(",") if m]
+            missing = missing_of(item)
             self.cases[case_id] = missing
             if missing:
                 names = ", ".join(MODALITY_NAMES[MODALITIES.index(m)] for m in missing)

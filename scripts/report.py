@@ -73,13 +73,13 @@ from scripts.inferers import FlipTTAInferer
 from scripts.io import CHROMIUM_NAMES, atomic_path, file_md5, find_chromium, write_nifti, write_text
 from scripts.metrics import lesions
 from scripts.transforms import (
-    MISSING_KEY,
     CheckImageDatad,
     ImputeMissingSequencesd,
     LoadImageSharedGridd,
     SelectChannelsd,
     affines_match,
     brain_mask,
+    missing_of,
     nested,
     regions_to_label,
 )
@@ -140,7 +140,7 @@ def find_report_cases(source, layout: str = "auto", exclude: Sequence = ()) -> l
 def sequences_of(item: dict) -> tuple[list[str], list[str]]:
     """(acquired, missing) sequence names (:data:`~scripts.conventions.MODALITY_NAMES`) of a preprocessed item,
     from the ``missing_modalities`` entry that :class:`~scripts.transforms.LoadImageSharedGridd` puts in it."""
-    missing = {m for m in str(item.get(MISSING_KEY) or "").split(",") if m}
+    missing = set(missing_of(item))
     names = dict(zip(MODALITIES, MODALITY_NAMES))
     return [names[m] for m in MODALITIES if m not in missing], [names[m] for m in MODALITIES if m in missing]
 

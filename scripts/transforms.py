@@ -534,6 +534,12 @@ MISSING_KEY = "missing_modalities"
 (:data:`~scripts.conventions.MODALITIES` names; ``""`` when none is missing)."""
 
 
+def missing_of(item: Mapping) -> list[str]:
+    """The :data:`~scripts.conventions.MODALITIES` names that the item's :data:`MISSING_KEY` entry gives (what
+    :class:`LoadImageSharedGridd` recorded; [] when it recorded none or the item never went through it)."""
+    return [m for m in str(item.get(MISSING_KEY) or "").split(",") if m]
+
+
 def missing_modalities(files: Sequence) -> list[int]:
     """Indices of the modality files of a one-file-per-sequence case that do not exist."""
     return [i for i, f in enumerate(files) if not os.path.exists(f)] if len(files) == len(MODALITIES) else []
@@ -570,9 +576,10 @@ class LoadImageSharedGridd(LoadImaged):
             d[key] = [f for i, f in enumerate(d[key]) if i not in absent] if absent else d[key]
         d = super().__call__(d, reader)
         for key, absent in missing.items():
-            d[MISSING_KEY] = ",".join(MODALITIES[i] for i in absent)
             if len(np.atleast_1d(data[key])) == 1:  # one 4D file: its all-zero channels are the missing sequences
                 d[MISSING_KEY] = ",".join(_empty_channels(d, key))
+            else:
+                d[MISSING_KEY] = ",".join(MODALITIES[i] for i in absent)
             if absent:
                 img = d[key]
                 full = img.new_zeros((len(MODALITIES), *img.shape[1:]))
@@ -783,7 +790,7 @@ class CheckImageDatad(MapTransform):
                 for c in (~torch.isfinite(flat).all(1)).nonzero().flatten().tolist()[:1]:
                     nan, inf = int(torch.isnan(flat[c]).sum()), int(torch.isinf(flat[c]).sum())
                     raise CaseError(name, f"{self._modality(d, c)}: {nan} NaN and {inf} Inf voxel(s)", channel=c)
-            absent = {MODALITY_NAMES[MODALITIES.index(m)] for m in str(d.get(MISSING_KEY) or "").split(",") if m}
+            absent = {MODALITY_NAMES[MODALITIES.index(m)] for m in missing_of(d)}
             low, high = flat.amin(1), flat.amax(1)
             for c in range(t.shape[0]):
                 if self._modality(d, c) in absent:

@@ -29,7 +29,7 @@ from scripts.casework import parse_configs
 from scripts.data.default_data import is_empty_dataset
 from scripts.finetune import finetune_datalist
 from scripts.io import write_json
-from scripts.transforms import MISSING_KEY
+from scripts.transforms import missing_of
 
 from . import versions
 from .models import BundleModel
@@ -143,8 +143,7 @@ class ResUNetInferTask(infer_bundle.BundleInferTask):
 
     def writer(self, data, extension=None, dtype=None):
         if self.allow_missing:
-            missing = [m for m in str(data.get(MISSING_KEY) or "").split(",") if m]
-            data["result"] = {**data.get("result", {}), "missing_sequences": missing}
+            data["result"] = {**data.get("result", {}), "missing_sequences": missing_of(data)}
         return super().writer(data, extension, dtype)
 
 
