@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from scripts.conventions import BRATS2020_LABELS, MODALITY_NAMES, TUMOUR_CLASSES
-from scripts.data.checks import OutputDirError, check_case, check_output_dirs
+from scripts.data.checks import OutputDirError, check_case, check_output_dirs, file_list
 from scripts.data.layouts import LAYOUTS, check_unique_case_ids, find_cases
 from scripts.io import write_nifti
 from scripts.transforms import CaseError, affines_match, missing_modalities, non_integer_labels, shape_str
@@ -73,7 +73,7 @@ def _read_dicom_series(folder: str) -> tuple[np.ndarray, np.ndarray]:
 def read_study(item: dict) -> tuple[np.ndarray, np.ndarray]:
     """(``X x Y x Z x 4`` array in the bundle's channel order, affine) of a datalist item's image; a sequence file
     that does not exist is an all-zero channel (:func:`missing_sequences` says which)."""
-    files = [item["image"]] if isinstance(item["image"], (str, os.PathLike)) else [str(p) for p in item["image"]]
+    files = file_list(item["image"])
     if len(files) == 1:
         data, affine = _read_nifti(files[0])
         order = item.get("channel_order") or range(data.shape[-1])
@@ -106,8 +106,7 @@ def read_study(item: dict) -> tuple[np.ndarray, np.ndarray]:
 def missing_sequences(item: dict) -> list[str]:
     """:data:`~scripts.conventions.MODALITY_NAMES` of the sequence files of a one-file-per-sequence case that do
     not exist."""
-    files = [item["image"]] if isinstance(item["image"], (str, os.PathLike)) else [str(p) for p in item["image"]]
-    return [MODALITY_NAMES[i] for i in missing_modalities(files)]
+    return [MODALITY_NAMES[i] for i in missing_modalities(file_list(item["image"]))]
 
 
 def convert_label(label: np.ndarray, path: str, source: Sequence[int], target: Sequence[int]) -> np.ndarray:

@@ -186,10 +186,15 @@ class ResUNetTrainTask(train_bundle.BundleTrainTask):
     def served_weights(self) -> str:
         return os.path.join(self.bundle_path, "models", self.model.weights)
 
+    @property
+    def default_epochs(self) -> int:
+        """Epochs of a request that names none: ``--conf max_epochs``, else the recipe's ``epochs``."""
+        return int(self.conf.get("max_epochs", self.bundle_config.get_parsed_content("epochs")))
+
     def config(self):
         options = super().config()
         options["model_filename"] = os.path.basename(self.model.weights)
-        options["max_epochs"] = int(self.conf.get("max_epochs", self.bundle_config.get_parsed_content("epochs")))
+        options["max_epochs"] = self.default_epochs
         options["val_split"] = DEFAULT_VAL_SPLIT
         return options
 
@@ -203,9 +208,9 @@ class ResUNetTrainTask(train_bundle.BundleTrainTask):
         """
         options = check_options(request)
         if options["max_epochs"] is None:
-            options["max_epochs"] = int(self.conf.get("max_epochs", self.bundle_config.get_parsed_content("epochs")))
+            options["max_epochs"] = self.default_epochs
         studies = [{**c, "case_id": case_id(c)} for c in self._fetch_datalist(request, datastore)]
-        recipe = read_configs(self.bundle_path, self.model.retrain_configs)
+        recipe = self.bundle_config  # the retraining configs, read once by the task
         replay_dir = recipe.get_parsed_content("replay_dir") or ""
         replay = replay_dir if replay_dir and not is_empty_dataset(replay_dir) else ""
         seen = versions.trained_on(self.served_weights)
