@@ -1,7 +1,9 @@
 """Shared by the MONAI Label tests (test_monailabel_server, test_pacs, test_ohif_browser): a server on a free
-loopback port, HTTP requests and multipart bodies, the regions of a label map, a short fine-tuning recipe."""
+loopback port, HTTP requests and multipart bodies, the regions of a label map and their Dice, file checksums, a
+short fine-tuning recipe."""
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -19,6 +21,7 @@ import torch
 
 from apps import server
 from scripts.conventions import REGIONS
+from scripts.metrics import dice
 from scripts.transforms import label_to_regions
 
 REAL_CASE = "TCGA-DU-7294"  # examples/TCGA-DU-7294, the bundled real case
@@ -92,6 +95,16 @@ def label_regions(label):
     """The regions (``"tc"``, ``"wt"``, ``"et"``, as the validation metrics name them) a label map has voxels of."""
     masks = label_to_regions(torch.as_tensor(np.asarray(label))[None])
     return {region.lower() for region, mask in zip(REGIONS, masks) if mask.any()}
+
+
+def region_dice(pred, ref):
+    """Dice per region (TC, WT, ET) of two BraTS label maps (nibabel images); a region absent from both scores 1."""
+    masks = [label_to_regions(torch.as_tensor(np.asarray(x.dataobj))[None]).numpy() for x in (pred, ref)]
+    return {region: dice(p, r) for region, p, r in zip(REGIONS, *masks)}
+
+
+def md5(path):
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
 def short_finetune(root):

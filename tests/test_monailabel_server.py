@@ -6,7 +6,6 @@ The server environment is made by ``apps/server.py setup`` (several GB on its fi
 cache while the pinned files are unchanged); the tests are skipped, with the reason, only if it cannot be made.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,12 +23,10 @@ import torch
 
 from apps import server
 from apps.resunet_brats.lib.models import MODELS, missing_files
-from scripts.conventions import MODALITIES, REGIONS
-from scripts.metrics import dice
+from scripts.conventions import MODALITIES
 from scripts.synthetic.phantom import write_dataset, write_monailabel_datastore
-from scripts.transforms import label_to_regions
 from tests._bundle import ROOT, UPENN_CASE
-from tests._monailabel import REAL_CASE, label_regions, multipart, request, serving, short_finetune
+from tests._monailabel import REAL_CASE, label_regions, md5, multipart, region_dice, request, serving, short_finetune
 
 pytestmark = pytest.mark.slow
 
@@ -182,10 +179,6 @@ def _http_error(method, url, params=None):
     return e.value.code, json.loads(e.value.read())["detail"]
 
 
-def _md5(path):
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
 def _silenced(weights, path):
     """Weights whose network predicts no tumour anywhere (every weight 0, every bias -10): Dice 0 on any label."""
     state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -222,7 +215,7 @@ def test_uploads_stay_in_the_datastore_and_a_label_is_a_nifti_label_map(live_ser
     srv, image = live_server, "BraTS20_Training_003"
     studies = srv["studies"]
     escaped = (studies / "labels" / "../../../../x/y").resolve()
-    before = {str(p): _md5(p) for p in studies.rglob("*") if p.is_file()}
+    before = {str(p): md5(p) for p in studies.rglob("*") if p.is_file()}
     nifti = studies.parent / "upload.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.uint8), np.eye(4)), nifti)
     for query in (f"image={image}&tag=../../../../x/y", "image=../../x&tag=final", f"image={image}&tag=.."):
@@ -241,7 +234,7 @@ def test_uploads_stay_in_the_datastore_and_a_label_is_a_nifti_label_map(live_ser
         detail = json.loads(e.value.read())["detail"]
         assert e.value.code == 400 and name in detail and problem in detail, detail
     assert not escaped.exists() and not escaped.parent.exists()
-    assert {str(p): _md5(p) for p in studies.rglob("*") if p.is_file() and p.name != "datastore_v2.json"} == {
+    assert {str(p): md5(p) for p in studies.rglob("*") if p.is_file() and p.name != "datastore_v2.json"} == {
         k: v for k, v in before.items() if not k.endswith("datastore_v2.json")
     }
 
@@ -265,10 +258,10 @@ def test_saved_correction_is_trained_on_and_better_weights_are_served(live_serve
 
     models = srv["root"] / "models"
     weights = models / "model.pt"
-    cli_checkpoints = {p: _md5(p) for p in models.rglob("checkpoint_epoch=*.pt")}
+    cli_checkpoints = {p: md5(p) for p in models.rglob("checkpoint_epoch=*.pt")}
     assert cli_checkpoints, "the CLI training of the fixture left no resumable checkpoint"
     _silenced(weights, weights)
-    silenced_md5 = _md5(weights)
+    silenced_md5 = md5(weights)
     params = {"max_epochs": 1, "device": "cpu", "multi_gpu": False, "pretrained": False}
     result = json.loads(_post_json(f"{srv['url']}/train/resunet_brats?run_sync=true", params))
     log = srv["log"].read_text()
@@ -281,16 +274,16 @@ def test_saved_correction_is_trained_on_and_better_weights_are_served(live_serve
     key = result["metric"]
     assert result["served_before"][key] == 0.0, result  # the silenced weights predict no tumour
     assert result["decision"] == "replaced" and result["new"][key] >= 0.0, result
-    assert _md5(weights) != silenced_md5
+    assert md5(weights) != silenced_md5
     listing = json.loads(request("GET", f"{srv['url']}/versions/resunet_brats"))["versions"]
     by_name = {v["name"]: v for v in listing}
     assert set(by_name) == {result["version"], result["previous_version"]}
     assert by_name[result["previous_version"]]["md5"] == silenced_md5
-    assert by_name[result["version"]]["served"] and by_name[result["version"]]["md5"] == _md5(weights)
+    assert by_name[result["version"]]["served"] and by_name[result["version"]]["md5"] == md5(weights)
     # the served weights' line of descent: the next retraining never holds these studies out
     assert by_name[result["version"]]["trained_on"] == ["BraTS20_Training_001", "BraTS20_Training_002"]
     assert (models / "versions" / f"{result['previous_version']}.pt").is_file()
-    assert {p: _md5(p) for p in cli_checkpoints} == cli_checkpoints, "a CLI checkpoint was deleted or changed"
+    assert {p: md5(p) for p in cli_checkpoints} == cli_checkpoints, "a CLI checkpoint was deleted or changed"
 
     status = _train_status(srv)
     assert status["status"] == "DONE" and status["result"] == result, status
@@ -305,7 +298,7 @@ def test_saved_correction_is_trained_on_and_better_weights_are_served(live_serve
         request("POST", f"{srv['url']}/versions/resunet_brats/restore?version={result['previous_version']}")
     )
     assert restored["restored"]["name"] == result["previous_version"]
-    assert _md5(weights) == silenced_md5
+    assert md5(weights) == silenced_md5
     assert _http_error("POST", f"{srv['url']}/versions/resunet_brats/restore?version=19990101T000000Z_0.5000")[0] == 404
     _infer(srv, "resunet_brats", image)
     assert srv["log"].read_text().count("Reload model from cache") > reloads
@@ -390,11 +383,11 @@ def test_one_label_is_validated_on_and_worse_weights_are_not_served(sparse_serve
     assert (label > 0).sum() > 50, "the fixture's weights predict (almost) no tumour: no label to validate on"
     _save_label(srv, image, label, pred.affine)
     weights = srv["root"] / "models" / "model.pt"
-    before = _md5(weights)
+    before = md5(weights)
     params = {"max_epochs": 1, "device": "cpu", "multi_gpu": False, "pretrained": False}
     status, detail = _http_error("POST", f"{srv['url']}/train/resunet_brats?run_sync=true", params)
     assert status == 409 and "one labelled study cannot be both trained on and held out" in detail, detail
-    assert "Label another study" in detail and "val_split 0" in detail and _md5(weights) == before
+    assert "Label another study" in detail and "val_split 0" in detail and md5(weights) == before
     params["val_split"] = 0
     result = json.loads(_post_json(f"{srv['url']}/train/resunet_brats?run_sync=true", params))
 
@@ -407,7 +400,7 @@ def test_one_label_is_validated_on_and_worse_weights_are_not_served(sparse_serve
     for region in regions:  # the served weights scored against their own prediction: the same label map
         assert result["served_before"][f"val_dice_{region}"] >= 0.99, (region, result)
     assert result["decision"] == "kept" and result["new"][key] < result["served_before"][key], result
-    assert _md5(weights) == before
+    assert md5(weights) == before
     assert (srv["root"] / "models" / "monailabel_runs").is_dir()
     assert os.path.isfile(os.path.join(result["run_dir"], "model.pt"))  # the rejected weights, for inspection
     assert _train_status(srv)["status"] == "DONE"
@@ -445,12 +438,6 @@ def real_server(venv_dir, bundle_copy, tmp_path_factory):
         yield {"url": url, "info": info, "root": root, "studies": studies, "log": log_path}
 
 
-def _region_dice(pred, ref):
-    """Dice per region (TC, WT, ET) of two BraTS label maps; a region absent from both scores 1."""
-    masks = [label_to_regions(torch.as_tensor(np.asarray(x.dataobj))[None]).numpy() for x in (pred, ref)]
-    return {region: dice(p, r) for region, p, r in zip(REGIONS, *masks)}
-
-
 def test_a_corrected_real_case_is_learned_and_the_other_real_case_is_not_made_worse(real_server):
     """Both shared real cases are studies; case A's reference is saved as the clinician's correction and the
     served (shipped) weights are fine-tuned on it with the bundle's recipe. The gate scores both weights on case B,
@@ -459,26 +446,26 @@ def test_a_corrected_real_case_is_learned_and_the_other_real_case_is_not_made_wo
     a, b = REAL_CASE, UPENN_CASE.name
     labels = srv["studies"] / "labels" / "final"
     ref_a, ref_b = nib.load(labels / f"{a}.nii.gz"), nib.load(labels / f"{b}.nii.gz")
-    before = _region_dice(_infer(srv, "resunet_brats", b), ref_b)
+    before = region_dice(_infer(srv, "resunet_brats", b), ref_b)
     _save_label(srv, a, np.asarray(ref_a.dataobj), ref_a.affine)  # the correction of case A
     weights = srv["root"] / "models" / "model.pt"
-    served_md5 = _md5(weights)
+    served_md5 = md5(weights)
     params = {"device": "cpu", "multi_gpu": False, "max_epochs": 1}
     result = json.loads(_post_json(f"{srv['url']}/train/resunet_brats?run_sync=true", params))
 
     validation, key = result["validation"], result["metric"]
     assert validation["training_cases"] == [a] and validation["validation_cases"] == [b], result
     candidate = srv["root"] / "models" / "monailabel_runs" / os.path.basename(result["run_dir"]) / "model.pt"
-    candidate_md5 = _md5(candidate)
+    candidate_md5 = md5(candidate)
     state, start = (
         torch.load(p, map_location="cpu", weights_only=True) for p in (candidate, ROOT / "models" / "model.pt")
     )
     assert state.keys() == start.keys() and any(not torch.equal(state[k], start[k]) for k in state)  # fine-tuned
-    after = _region_dice(_infer(srv, "resunet_brats", b), ref_b)
+    after = region_dice(_infer(srv, "resunet_brats", b), ref_b)
     if result["decision"] == "replaced":
-        assert result["new"][key] >= result["served_before"][key] and _md5(weights) == candidate_md5, result
+        assert result["new"][key] >= result["served_before"][key] and md5(weights) == candidate_md5, result
     else:
-        assert result["new"][key] < result["served_before"][key] and _md5(weights) == served_md5, result
+        assert result["new"][key] < result["served_before"][key] and md5(weights) == served_md5, result
         assert after == before  # the same weights segment B as before
     print(f"B ({b}) Dice before {before}, after {after}; decision {result['decision']}: {result['reason']}")
     assert np.mean(list(after.values())) >= np.mean(list(before.values())), (before, after, result)

@@ -9,6 +9,8 @@ and nothing else is written to Orthanc; a correction saved against one series (a
 DICOM SEG in Orthanc and the study's training label, and the label of a one-epoch training over the DICOMweb
 datastore; bad studies (three series, two FLAIR series, a series with a missing slice, an unknown id) and an
 unreachable Orthanc are each one HTTP error with a one-line reason while the server keeps serving the good study.
+The two shared real cases, pushed as studies, go through the clinician loop: one corrected study is learned and
+the other, held out, is not segmented worse afterwards.
 """
 
 import gzip
@@ -20,16 +22,28 @@ import urllib.error
 from pathlib import Path
 
 import nibabel as nib
+import nibabel.processing
 import numpy as np
 import pydicom
 import pytest
+import torch
 
 from apps.pacs import load, orthanc
 from scripts.conventions import BRATS2020_LABELS, MODALITIES
 from scripts.data.dicom import dicom_seg_to_label, is_dicom_file, nifti_to_dicom_series
 from scripts.synthetic.phantom import write_case
-from tests._bundle import ROOT
-from tests._monailabel import free_port, label_regions, multipart, request, serving, short_finetune
+from tests._bundle import ROOT, UPENN_CASE
+from tests._monailabel import (
+    REAL_CASE,
+    free_port,
+    label_regions,
+    md5,
+    multipart,
+    region_dice,
+    request,
+    serving,
+    short_finetune,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -337,3 +351,91 @@ def test_a_study_without_flair_is_segmented_when_allowed(pacs, studies, server_m
     data = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(image)).dataobj)
     assert data.shape == (*SHAPE, 4) and not data[..., 3].any() and data[..., 1].any()
     assert _infer_json(server_missing, studies["good"])["missing_sequences"] == []
+
+
+@pytest.fixture(scope="module")
+def real_studies(venv_dir, pacs, tmp_path_factory):  # noqa: F811
+    """The two shared real cases pushed into Orthanc as studies of four DICOM series each, and a MONAI Label server
+    on the PACS serving a copy of the bundle with the shipped weights and the short recipe. Yields the server and,
+    per case, its StudyInstanceUID, the FLAIR series and the reference label."""
+    if not UPENN_CASE.is_dir():
+        pytest.skip(f"{UPENN_CASE} is not here (the second shared real case lives outside the repository)")
+    root = tmp_path_factory.mktemp("real_studies")
+    cases = {}
+    for folder in (ROOT / "examples" / REAL_CASE, UPENN_CASE):
+        name = folder.name
+        item = {"case_id": name, "image": [str(folder / f"{name}_{m}.nii.gz") for m in MODALITIES]}
+        series, study = _write_study(item, root / name)
+        load.push_series_dirs(pacs.url, [series[m] for m in MODALITIES])
+        flair = str(_series_uid(series["flair"]).SeriesInstanceUID)
+        cases[name] = {"study": study, "flair": flair, "reference": nib.load(folder / f"{name}_seg.nii.gz")}
+    cache = tmp_path_factory.mktemp("dicomweb-cache-real")
+    bundle = tmp_path_factory.mktemp("bundle_real_pacs")
+    for part in ("configs", "scripts"):
+        shutil.copytree(ROOT / part, bundle / part, ignore=shutil.ignore_patterns("__pycache__"))
+    (bundle / "models").mkdir()
+    shutil.copyfile(ROOT / "models" / "model.pt", bundle / "models" / "model.pt")
+    short_finetune(bundle)
+    os.environ["MONAI_LABEL_DICOMWEB_CACHE_PATH"] = str(cache)
+    conf = [("bundle_path", str(bundle)), ("models", "resunet_brats"), ("preload", "false")]
+    try:
+        with serving(venv_dir, f"{pacs.url}/dicom-web", conf, cache / "server.log") as (url, info):
+            yield {"url": url, "bundle": bundle, "tmp": root, "cases": cases}
+    finally:
+        os.environ.pop("MONAI_LABEL_DICOMWEB_CACHE_PATH", None)
+
+
+def _on_study_grid(srv, study, label):
+    """``label`` (a NIfTI label map of the case) resampled, nearest neighbour, onto the grid the server gives the
+    DICOM study: the grid its predictions and saved labels have."""
+    image = request("GET", f"{srv['url']}/datastore/image?image={study}")
+    grid = nib.Nifti1Image.from_bytes(gzip.decompress(image))
+    return nibabel.processing.resample_from_to(label, (grid.shape[:3], grid.affine), order=0)
+
+
+def _predict(srv, study, path):
+    body, headers = multipart({"params": "{}"}, {})
+    path.write_bytes(request("POST", f"{srv['url']}/infer/resunet_brats?image={study}&output=image", body, headers))
+    return nib.load(path)
+
+
+def test_a_corrected_pacs_study_is_learned_and_the_held_out_study_is_not_made_worse(pacs, real_studies, tmp_path):
+    """Both shared real cases are PACS studies whose references are saved as OHIF saves a correction (``PUT
+    /datastore/label`` against the FLAIR series: a DICOM SEG in Orthanc). The retraining trains on the first study
+    in id order and holds out the other (B), which neither the served nor the new weights were trained on; the gate
+    keeps or replaces the served weights by B's scores, and B's segmentation served afterwards is not worse."""
+    srv = real_studies
+    ordered = sorted(srv["cases"].values(), key=lambda c: c["study"])
+    a, b = ordered
+    before = region_dice(
+        _predict(srv, b["study"], tmp_path / "b_before.nii.gz"), _on_study_grid(srv, b["study"], b["reference"])
+    )
+    for case in ordered:
+        label = _on_study_grid(srv, case["study"], case["reference"])
+        path = tmp_path / f"label_{case['study']}.nii.gz"
+        nib.save(nib.Nifti1Image(np.asarray(label.dataobj).astype(np.uint8), label.affine), path)
+        body, headers = multipart({"params": "{}"}, {"label": (path.name, path.read_bytes())})
+        request("PUT", f"{srv['url']}/datastore/label?image={case['flair']}&tag=final", body, headers)
+    weights = srv["bundle"] / "models" / "model.pt"
+    served_md5 = md5(weights)
+    params = json.dumps({"device": "cpu", "multi_gpu": False, "max_epochs": 1}).encode()
+    url = f"{srv['url']}/train/resunet_brats?run_sync=true"
+    result = json.loads(request("POST", url, params, {"Content-Type": "application/json"}, timeout=1800))
+
+    validation, key = result["validation"], result["metric"]
+    assert validation["training_cases"] == [a["study"]] and validation["validation_cases"] == [b["study"]], result
+    candidate = Path(result["run_dir"]) / "model.pt"
+    state, start = (
+        torch.load(p, map_location="cpu", weights_only=True) for p in (candidate, ROOT / "models" / "model.pt")
+    )
+    assert state.keys() == start.keys() and any(not torch.equal(state[k], start[k]) for k in state)  # fine-tuned
+    after = region_dice(
+        _predict(srv, b["study"], tmp_path / "b_after.nii.gz"), _on_study_grid(srv, b["study"], b["reference"])
+    )
+    if result["decision"] == "replaced":
+        assert result["new"][key] >= result["served_before"][key] and md5(weights) == md5(candidate), result
+    else:
+        assert result["new"][key] < result["served_before"][key] and md5(weights) == served_md5, result
+        assert after == before
+    print(f"B Dice before {before}, after {after}; decision {result['decision']}: {result['reason']}")
+    assert np.mean(list(after.values())) >= np.mean(list(before.values())), (before, after, result)
