@@ -56,6 +56,12 @@ def test_contrasts_respect_mri_physics(seed):
     assert c["t1ce"]["enhancing"] > c["t1ce"]["wm"] and c["t1ce"]["vessel"] > c["t1ce"]["wm"]
     assert c["t2"]["csf"] > c["t2"]["gm"] > c["t2"]["wm"] and c["t2"]["oedema"] > c["t2"]["gm"]
     assert c["flair"]["csf"] < c["flair"]["wm"] and c["flair"]["oedema"] > c["flair"]["gm"]
+    # the core and the oedema differ on every sequence in a fixed direction (generator 1.1)
+    for t1 in ("t1", "t1ce"):
+        assert c[t1]["necrosis"] <= c[t1]["net"] <= c[t1]["oedema"] < c[t1]["gm"]
+    assert c["t2"]["net"] <= c["t2"]["oedema"] <= c["t2"]["necrosis"] <= c["t2"]["csf"]
+    gap = c["flair"]["oedema"] - c["flair"]["gm"]
+    assert c["flair"]["necrosis"] <= c["flair"]["gm"] + 0.5 * gap and c["flair"]["net"] <= c["flair"]["oedema"]
 
 
 def test_fixed_contrast_ablation_is_the_midpoint():
@@ -66,13 +72,26 @@ def test_tumour_volumes_follow_the_drawn_distribution():
     template = anatomy.load_template()
     rng = np.random.default_rng(0)
     volumes = []
-    for _ in range(30):
+    for _ in range(40):
         warp = anatomy.random_warp(rng, template, deform=False)
         spec = tumour.sample_tumour(rng, template, warp, warp.target_box(template))
-        assert 3.0 <= spec.wt_ml <= 250.0 and 0.15 * spec.wt_ml <= spec.core_ml <= 0.75 * spec.wt_ml
+        oedema = spec.wt_ml - spec.core_ml
+        assert 2.0 <= spec.core_ml <= 90.0 and 2.0 <= oedema <= 150.0
         assert spec.kind in tumour.KINDS
-        volumes.append(spec.wt_ml)
-    assert min(volumes) < 15 and max(volumes) > 80  # log-uniform over 3-250 mL
+        volumes.append((spec.core_ml, oedema))
+    core, oedema = np.array(volumes).T
+    assert core.min() < 6 and core.max() > 40  # log-uniform over 2-90 mL
+    assert 0.7 <= (oedema >= 20).mean() <= 0.97 and (oedema > core).mean() > 0.5  # mostly more oedema than core
+
+
+def test_tumours_grow_above_the_tentorium():
+    """Adult gliomas are supratentorial: no tumour centre in the cerebellum or the brainstem (MNI mm)."""
+    template = anatomy.load_template()
+    assert 0.8 < template.supratentorial[template.brain > 0.5].mean() < 0.95
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        centre = tumour._pick_centre(rng, template, core_radius=10.0)
+        assert template.supratentorial[tuple(centre.astype(int))]
 
 
 def test_without_nilearn_the_generator_is_one_error_line_and_writes_nothing(monkeypatch, tmp_path):

@@ -36,6 +36,18 @@ class Template:
     brain: np.ndarray
     centre: np.ndarray  # voxel index of the brain's centre of mass
     depth: np.ndarray  # distance (mm) to the brain's surface, 0 outside
+    supratentorial: np.ndarray  # bool: above the tentorium (cerebrum), where adult gliomas grow
+
+
+def _supratentorial(shape, affine: np.ndarray) -> np.ndarray:
+    """Voxels above the tentorium, in MNI mm: not the cerebellum (``z < -18`` behind ``y = -35``) and not the
+    brainstem (``|x| < 14``, ``-45 < y < -10``, ``z < -8``): an approximation of the posterior fossa that is
+    enough to keep the tumours where adult gliomas grow."""
+    ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    x, y, z = (affine[:3, :3] @ ijk + affine[:3, 3:]).reshape(3, *shape)
+    cerebellum = (z < -18) & (y < -35)
+    brainstem = (np.abs(x) < 14) & (y > -45) & (y < -10) & (z < -8)
+    return ~(cerebellum | brainstem)
 
 
 NILEARN_MISSING = (
@@ -56,14 +68,22 @@ def load_template() -> Template:
     except ImportError:
         raise ImportError(NILEARN_MISSING) from None
 
-    gm = datasets.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32)
+    gm_image = datasets.load_mni152_gm_template(resolution=1)
+    gm = gm_image.get_fdata(dtype=np.float32)
     wm = datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32)
     tissue = ndi.binary_closing(gm + wm > 0.25, structure=ndi.generate_binary_structure(3, 1), iterations=3)
     brain = ndi.binary_fill_holes(ndi.binary_dilation(tissue, iterations=1)).astype(np.float32)
     brain = ndi.gaussian_filter(brain, 0.6)
     centre = np.array(ndi.center_of_mass(brain > 0.5))
     depth = ndi.distance_transform_edt(brain > 0.5).astype(np.float32)
-    return Template(gm=np.clip(gm, 0, 1), wm=np.clip(wm, 0, 1), brain=np.clip(brain, 0, 1), centre=centre, depth=depth)
+    return Template(
+        gm=np.clip(gm, 0, 1),
+        wm=np.clip(wm, 0, 1),
+        brain=np.clip(brain, 0, 1),
+        centre=centre,
+        depth=depth,
+        supratentorial=_supratentorial(gm.shape, gm_image.affine),
+    )
 
 
 @dataclass

@@ -25,7 +25,7 @@ from scripts.conventions import BRATS2020_LABELS, LABEL_SUFFIX, MODALITIES
 from scripts.io import write_nifti
 from scripts.synthetic import anatomy, distractors, intensity, tumour
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 CASE_PREFIX = "SynthGlioma_"
 # BraTS grid orientation: voxel axes run right->left, anterior->posterior, inferior->superior (LPS).
 BRATS_AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
@@ -75,20 +75,23 @@ def generate_case(index: int, seed: int = 0, options: Options = Options()) -> di
     return case
 
 
-def case_name(index: int) -> str:
-    return f"{CASE_PREFIX}{int(index):04d}"
+def case_name(index: int, prefix: str = CASE_PREFIX) -> str:
+    return f"{prefix}{int(index):04d}"
 
 
-def case_files(out_dir: str, index: int) -> dict[str, str]:
+def case_files(out_dir: str, index: int, prefix: str = CASE_PREFIX) -> dict[str, str]:
     """BraTS 2020 layout: ``out_dir/<name>/<name>_<modality|seg>.nii.gz``."""
-    name = case_name(index)
+    name = case_name(index, prefix)
     return {k: os.path.join(out_dir, name, f"{name}_{k}.nii.gz") for k in (*MODALITIES, LABEL_SUFFIX)}
 
 
-def write_case(out_dir: str, index: int, seed: int = 0, options: Options = Options()) -> dict[str, str]:
-    """Generate case ``index`` and write its five files (each to a temporary name, then renamed)."""
+def write_case(
+    out_dir: str, index: int, seed: int = 0, options: Options = Options(), prefix: str = CASE_PREFIX
+) -> dict[str, str]:
+    """Generate case ``index`` and write its five files (each to a temporary name, then renamed); ``prefix`` names
+    the case (``<prefix><index:04d>``) and does not change its content."""
 
-    files = case_files(out_dir, index)
+    files = case_files(out_dir, index, prefix)
     if all(os.path.isfile(p) for p in files.values()):
         return files
     case = generate_case(index, seed, options)
@@ -100,13 +103,19 @@ def write_case(out_dir: str, index: int, seed: int = 0, options: Options = Optio
 
 
 def write_dataset(
-    out_dir: str, num_cases: int, seed: int = 0, options: Options = Options(), workers: int = 1, first: int = 1
+    out_dir: str,
+    num_cases: int,
+    seed: int = 0,
+    options: Options = Options(),
+    workers: int = 1,
+    first: int = 1,
+    prefix: str = CASE_PREFIX,
 ) -> list[dict[str, str]]:
     """Write cases ``first .. first + num_cases - 1`` (existing complete cases are kept), with a progress bar."""
     from tqdm.auto import tqdm
 
     indices = range(int(first), int(first) + int(num_cases))
-    args = [(out_dir, i, seed, options) for i in indices]
+    args = [(out_dir, i, seed, options, prefix) for i in indices]
     if workers <= 1:
         return [write_case(*a) for a in tqdm(args, desc="synthetic gliomas")]
     with ProcessPoolExecutor(workers) as pool:
@@ -123,6 +132,11 @@ def main(argv=None) -> None:
     parser.add_argument("--num_cases", type=int, default=120)
     parser.add_argument("--first", type=int, default=1, help="index of the first case")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--case_prefix",
+        default=CASE_PREFIX,
+        help="case names <prefix><index>: another prefix lets cases of another seed share a datalist",
+    )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--no_deform", action="store_true", help="ablation: no deformation, rotation or flip")
     parser.add_argument("--fixed_contrast", action="store_true", help="ablation: fixed tissue intensities")
@@ -131,7 +145,7 @@ def main(argv=None) -> None:
     if importlib.util.find_spec("nilearn") is None:  # before anything is written
         raise SystemExit(f"error: {anatomy.NILEARN_MISSING}")
     options = Options(deform=not a.no_deform, random_contrast=not a.fixed_contrast, distractors=not a.no_distractors)
-    write_dataset(a.output_dir, a.num_cases, a.seed, options, a.workers, a.first)
+    write_dataset(a.output_dir, a.num_cases, a.seed, options, a.workers, a.first, a.case_prefix)
 
 
 if __name__ == "__main__":

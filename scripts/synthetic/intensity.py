@@ -5,10 +5,17 @@ Tissue classes: CSF, grey matter (GM), white matter (WM), necrosis, non-enhancin
 oedema, and the distractors (vessel/choroid plexus, white-matter hyperintensity, resection cavity). Mean
 intensities are drawn per case and per sequence (arbitrary units in [0, 1]) so that:
 
-- T1: WM > GM > CSF; necrosis, NET and oedema darker than GM;
-- T1ce: as T1, and enhancing tumour and vessels brighter than WM;
-- T2: CSF > GM > WM; oedema, NET and necrosis brighter than GM; vessels dark (flow void);
-- FLAIR: CSF darkest; oedema, NET and white-matter hyperintensities brighter than GM; cavity dark.
+- T1: WM > GM > CSF; oedema mildly darker than GM, necrosis darker than oedema, NET between them;
+- T1ce: as T1, and enhancing tumour and vessels brighter than WM (oedema and necrosis do not enhance);
+- T2: CSF > GM > WM; oedema, NET and necrosis brighter than GM, necrosis (fluid) brighter than oedema and the
+  cellular NET darker than oedema; vessels dark (flow void);
+- FLAIR: CSF darkest; oedema the brightest tissue, above NET, white-matter hyperintensities and GM; necrosis
+  between CSF and oedema, below oedema by at least half the oedema-GM gap; cavity dark.
+
+The orderings between oedema, necrosis and NET are the ones radiology describes for glioblastoma (vasogenic oedema
+T2/FLAIR bright around the enhancing rim, a necrotic centre dark on T1 and T1ce and bright on T2); they make the
+core and the oedema separable on at least one sequence, as the annotation protocol of BraTS requires
+(docs/synthetic.md cites the sources).
 
 Artefacts, each drawn per sequence: texture (smooth multiplicative noise), partial-volume blur (Gaussian sigma
 ``U(0.2, 1.0)`` mm), thick slices with probability 0.4 (``U(2, 6)`` mm along one axis, resampled back to 1 mm),
@@ -37,9 +44,9 @@ def _t1(rng, enhanced: bool) -> dict[str, float]:
     csf = _u(rng, 0.05, 0.3)
     gm = csf + _u(rng, 0.12, 0.35)
     wm = gm + _u(rng, 0.06, 0.3)
-    c = {"csf": csf, "gm": gm, "wm": wm, "necrosis": _u(rng, 0.7 * csf, 0.5 * (csf + gm))}
-    c["net"] = _u(rng, csf, gm)
-    c["oedema"] = _u(rng, csf + 0.3 * (gm - csf), gm)
+    c = {"csf": csf, "gm": gm, "wm": wm, "oedema": _u(rng, csf + 0.5 * (gm - csf), gm)}
+    c["necrosis"] = _u(rng, 0.7 * csf, csf + 0.4 * (gm - csf))
+    c["net"] = _u(rng, c["necrosis"], c["oedema"])
     c["wmh"] = _u(rng, gm, wm)
     c["cavity"] = csf * _u(rng, 0.9, 1.1)
     if enhanced:
@@ -58,7 +65,7 @@ def _t2(rng) -> dict[str, float]:
     oedema = gm + _u(rng, 0.2, 0.9) * (csf - gm)
     return {
         "csf": csf, "gm": gm, "wm": wm, "oedema": oedema,
-        "necrosis": _u(rng, oedema, csf), "net": _u(rng, gm + 0.3 * (csf - gm), csf),
+        "necrosis": _u(rng, oedema, csf), "net": _u(rng, gm + 0.2 * (oedema - gm), oedema),
         "enhancing": _u(rng, gm, oedema), "vessel": _u(rng, 0.02, wm), "wmh": _u(rng, gm, oedema),
         "cavity": csf * _u(rng, 0.9, 1.1),
     }  # fmt: skip
@@ -68,11 +75,11 @@ def _flair(rng) -> dict[str, float]:
     csf = _u(rng, 0.02, 0.15)
     wm = csf + _u(rng, 0.12, 0.35)
     gm = wm + _u(rng, 0.03, 0.2)
-    oedema = gm + _u(rng, 0.1, 0.5)
+    oedema = gm + _u(rng, 0.15, 0.5)
     return {
         "csf": csf, "gm": gm, "wm": wm, "oedema": oedema,
-        "necrosis": _u(rng, csf, oedema), "net": _u(rng, gm + 0.05, oedema + 0.1),
-        "enhancing": _u(rng, gm, oedema), "vessel": _u(rng, csf, gm), "wmh": _u(rng, gm + 0.05, oedema + 0.1),
+        "necrosis": _u(rng, csf, gm + 0.5 * (oedema - gm)), "net": _u(rng, gm + 0.05, oedema),
+        "enhancing": _u(rng, gm, oedema), "vessel": _u(rng, csf, gm), "wmh": _u(rng, gm + 0.05, oedema),
         "cavity": csf * _u(rng, 0.8, 1.5),
     }  # fmt: skip
 
@@ -115,7 +122,7 @@ def render_sequence(rng: np.random.Generator, fractions: dict, contrast: dict[st
     with smooth texture."""
     image = sum(fractions[k] * contrast[k] for k in ("csf", "gm", "wm"))
     for k in ("oedema", "wmh"):
-        strength = rng.uniform(0.6, 1.0) * fractions[k]
+        strength = rng.uniform(0.75, 1.0) * fractions[k]
         image = image * (1.0 - strength) + strength * contrast[k]
     tumour = fractions["necrosis"] + fractions["net"] + fractions["enhancing"]
     image = image + sum(fractions[k] * contrast[k] for k in ("necrosis", "net", "enhancing", "vessel", "cavity"))

@@ -3,13 +3,16 @@ mass effect.
 
 Distributions (per case; ``U`` uniform, ``logU`` log-uniform):
 
-- whole tumour (core + oedema) volume ``logU(3, 250)`` mL; core ``U(0.15, 0.75)`` of it;
-- location: a parenchymal voxel of either hemisphere, deep (more than 25 mm under the brain surface) or cortical
-  (8-25 mm) with probability 1/2 each, at least 0.6 core radii inside the brain;
+- tumour core (necrosis, non-enhancing and enhancing tumour) ``logU(2, 90)`` mL; peritumoral oedema
+  ``logU(20, 150)`` mL with probability 0.85 (larger than the core in most cases, as in glioblastoma), otherwise
+  ``logU(2, 20)`` mL (little oedema, as in many lower-grade gliomas); whole tumour = core + oedema;
+- location: a supratentorial parenchymal voxel (not the cerebellum or brainstem) of either hemisphere, deep (more
+  than 25 mm under the brain surface) or cortical (8-25 mm) with probability 1/2 each, at least 0.6 core radii
+  inside the brain;
 - shape: an ellipsoid (axis ratios ``U(0.7, 1.3)``, random orientation) whose surface is displaced by smooth noise
   (``U(0.1, 0.4)`` of the radius, wavelength about half the radius): irregular, lobulated;
-- kind: necrotic core with an enhancing rim of varying thickness (50 %), the same with a patchy rim (15 %),
-  solid enhancing without necrosis (10 %), non-enhancing low-grade-like core (25 %);
+- kind: necrotic core with an enhancing rim of varying thickness (55 %), the same with a patchy rim (20 %),
+  solid enhancing without necrosis (10 %), non-enhancing low-grade-like core (15 %);
 - oedema: voxels whose distance from the core, stretched where white matter is dense (up to 2.5x farther along
   white matter) and perturbed by smooth noise, is below a threshold set to reach the drawn whole-tumour volume
   (at most 35 mm); it does not enter the ventricles;
@@ -30,7 +33,11 @@ from scripts.synthetic.anatomy import Template, Warp
 from scripts.synthetic.fields import box_around, box_coords, random_rotation, smooth_noise
 
 KINDS = ("rim", "patchy", "solid", "nonenhancing")
-KIND_PROBABILITIES = (0.5, 0.15, 0.1, 0.25)
+KIND_PROBABILITIES = (0.55, 0.2, 0.1, 0.15)
+CORE_ML = (2.0, 90.0)  # log-uniform
+OEDEMA_ML = (20.0, 150.0)  # log-uniform, with probability OEDEMA_LARGE
+SMALL_OEDEMA_ML = (2.0, 20.0)  # log-uniform, otherwise
+OEDEMA_LARGE = 0.85
 
 
 @dataclass
@@ -60,19 +67,24 @@ def _pick_centre(rng: np.random.Generator, template: Template, core_radius: floa
     """A template voxel for the tumour centre: parenchyma, deep or cortical, far enough inside the brain."""
     deep = rng.random() < 0.5
     depth = template.depth
-    ok = (template.gm + template.wm > 0.6) & (depth > max(8.0, 0.6 * core_radius))
+    parenchyma = (template.gm + template.wm > 0.6) & template.supratentorial
+    ok = parenchyma & (depth > max(8.0, 0.6 * core_radius))
     ok &= (depth > 25.0) if deep else (depth <= 25.0)
     if not ok.any():  # a core too large for the cortex: any parenchymal voxel deep enough
-        ok = (template.gm + template.wm > 0.6) & (depth > 0.6 * core_radius)
+        ok = parenchyma & (depth > 0.6 * core_radius)
     candidates = np.flatnonzero(ok[::2, ::2, ::2])
     index = np.unravel_index(rng.choice(candidates), ok[::2, ::2, ::2].shape)
     return np.array(index, dtype=float) * 2.0
 
 
+def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
 def sample_tumour(rng: np.random.Generator, template: Template, warp: Warp, box: tuple[slice, ...]) -> TumourSpec:
     """Draw a tumour for a case whose anatomy is ``template`` seen through ``warp``, on the target ``box``."""
-    wt_ml = float(np.exp(rng.uniform(np.log(3.0), np.log(250.0))))
-    core_ml = wt_ml * rng.uniform(0.15, 0.75)
+    core_ml = _log_uniform(rng, *CORE_ML)
+    wt_ml = core_ml + _log_uniform(rng, *(OEDEMA_ML if rng.random() < OEDEMA_LARGE else SMALL_OEDEMA_ML))
     kind = str(rng.choice(KINDS, p=KIND_PROBABILITIES))
     spec = TumourSpec(
         centre=np.zeros(3),
