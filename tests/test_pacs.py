@@ -13,6 +13,7 @@ The two shared real cases, pushed as studies, go through the clinician loop: one
 the other, held out, is not segmented worse afterwards.
 """
 
+import contextlib
 import gzip
 import json
 import os
@@ -108,24 +109,34 @@ def studies(pacs, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def server(venv_dir, pacs, studies, tmp_path_factory):  # noqa: F811
-    """MONAI Label on DICOMweb (its cache in a temporary folder) serving a copy of the bundle with the shipped
-    weights (a training writes its run folder and may replace the served weights there, never in the repository)."""
-    cache = tmp_path_factory.mktemp("dicomweb-cache")
-    bundle = tmp_path_factory.mktemp("bundle")
+@contextlib.contextmanager
+def _dicomweb_server(venv_dir, pacs, tmp_path_factory, name, weights=("model.pt",), short=True, conf=()):
+    """MONAI Label on the PACS's DICOMweb (its cache in a temporary folder) serving a copy of the bundle with the
+    shipped ``weights`` (a training writes its run folder and may replace the served weights there, never in the
+    repository), the fine-tuning recipe shortened when ``short``; yields (url, info, cache folder, bundle)."""
+    cache = tmp_path_factory.mktemp(f"dicomweb-cache-{name}")
+    bundle = tmp_path_factory.mktemp(f"bundle-{name}")
     for part in ("configs", "scripts"):
         shutil.copytree(ROOT / part, bundle / part, ignore=shutil.ignore_patterns("__pycache__"))
     (bundle / "models").mkdir()
-    shutil.copyfile(ROOT / "models" / "model.pt", bundle / "models" / "model.pt")
-    short_finetune(bundle)
+    for weight in weights:
+        shutil.copyfile(ROOT / "models" / weight, bundle / "models" / weight)
+    if short:
+        short_finetune(bundle)
     os.environ["MONAI_LABEL_DICOMWEB_CACHE_PATH"] = str(cache)
-    conf = [("bundle_path", str(bundle)), ("models", "resunet_brats"), ("preload", "false")]
+    settings = [("bundle_path", str(bundle)), ("models", "resunet_brats"), ("preload", "false"), *conf]
     try:
-        with serving(venv_dir, f"{pacs.url}/dicom-web", conf, cache / "server.log") as (url, info):
-            yield {"url": url, "info": info, "log": cache / "server.log", "tmp": cache, "bundle": bundle}
+        with serving(venv_dir, f"{pacs.url}/dicom-web", settings, cache / "server.log") as (url, info):
+            yield url, info, cache, bundle
     finally:
         os.environ.pop("MONAI_LABEL_DICOMWEB_CACHE_PATH", None)
+
+
+@pytest.fixture(scope="module")
+def server(venv_dir, pacs, studies, tmp_path_factory):  # noqa: F811
+    """MONAI Label on DICOMweb serving a copy of the bundle with the shipped weights."""
+    with _dicomweb_server(venv_dir, pacs, tmp_path_factory, "good") as (url, info, cache, bundle):
+        yield {"url": url, "info": info, "log": cache / "server.log", "tmp": cache, "bundle": bundle}
 
 
 def _orthanc_series(pacs):
@@ -315,21 +326,9 @@ def test_unreachable_orthanc_is_one_clear_error_and_the_server_recovers(pacs, st
 def server_missing(venv_dir, pacs, studies, tmp_path_factory):  # noqa: F811
     """A second MONAI Label server on the same PACS, started with ``--conf allow_missing_modalities true``, serving
     a copy of the bundle with the shipped weights and imputer."""
-    cache = tmp_path_factory.mktemp("dicomweb-cache-missing")
-    bundle = tmp_path_factory.mktemp("bundle_missing")
-    for part in ("configs", "scripts"):
-        shutil.copytree(ROOT / part, bundle / part, ignore=shutil.ignore_patterns("__pycache__"))
-    (bundle / "models").mkdir()
-    for name in ("model.pt", "imputer.pt"):
-        shutil.copyfile(ROOT / "models" / name, bundle / "models" / name)
-    os.environ["MONAI_LABEL_DICOMWEB_CACHE_PATH"] = str(cache)
-    conf = [("bundle_path", str(bundle)), ("models", "resunet_brats"), ("preload", "false")]
-    conf.append(("allow_missing_modalities", "true"))
-    try:
-        with serving(venv_dir, f"{pacs.url}/dicom-web", conf, cache / "server.log") as (url, info):
-            yield {"url": url, "info": info, "log": cache / "server.log"}
-    finally:
-        os.environ.pop("MONAI_LABEL_DICOMWEB_CACHE_PATH", None)
+    weights, conf = ("model.pt", "imputer.pt"), [("allow_missing_modalities", "true")]
+    with _dicomweb_server(venv_dir, pacs, tmp_path_factory, "missing", weights, False, conf) as (url, info, cache, _):
+        yield {"url": url, "info": info, "log": cache / "server.log"}
 
 
 def test_a_study_without_flair_is_segmented_when_allowed(pacs, studies, server_missing, tmp_path):
@@ -369,20 +368,8 @@ def real_studies(venv_dir, pacs, tmp_path_factory):  # noqa: F811
         load.push_series_dirs(pacs.url, [series[m] for m in MODALITIES])
         flair = str(_series_uid(series["flair"]).SeriesInstanceUID)
         cases[name] = {"study": study, "flair": flair, "reference": nib.load(folder / f"{name}_seg.nii.gz")}
-    cache = tmp_path_factory.mktemp("dicomweb-cache-real")
-    bundle = tmp_path_factory.mktemp("bundle_real_pacs")
-    for part in ("configs", "scripts"):
-        shutil.copytree(ROOT / part, bundle / part, ignore=shutil.ignore_patterns("__pycache__"))
-    (bundle / "models").mkdir()
-    shutil.copyfile(ROOT / "models" / "model.pt", bundle / "models" / "model.pt")
-    short_finetune(bundle)
-    os.environ["MONAI_LABEL_DICOMWEB_CACHE_PATH"] = str(cache)
-    conf = [("bundle_path", str(bundle)), ("models", "resunet_brats"), ("preload", "false")]
-    try:
-        with serving(venv_dir, f"{pacs.url}/dicom-web", conf, cache / "server.log") as (url, info):
-            yield {"url": url, "bundle": bundle, "tmp": root, "cases": cases}
-    finally:
-        os.environ.pop("MONAI_LABEL_DICOMWEB_CACHE_PATH", None)
+    with _dicomweb_server(venv_dir, pacs, tmp_path_factory, "real") as (url, _, _, bundle):
+        yield {"url": url, "bundle": bundle, "tmp": root, "cases": cases}
 
 
 def _on_study_grid(srv, study, label):
