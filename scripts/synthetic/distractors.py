@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from scripts.synthetic.fields import box_around, box_coords, smooth_noise
+from scripts.synthetic.fields import box_around, box_coords, log_uniform, smooth_noise
 
 DISTRACTORS = ("vessel", "wmh", "cavity")
 
@@ -75,7 +75,7 @@ def _punctate(rng: np.random.Generator, maps: dict, mask: np.ndarray) -> np.ndar
 
 
 def _cavity(rng: np.random.Generator, maps: dict, depth: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    volume = np.exp(rng.uniform(np.log(2.0), np.log(40.0))) * 1000.0
+    volume = log_uniform(rng, 2.0, 40.0) * 1000.0
     radius = (3 * volume / (4 * np.pi)) ** (1 / 3)
     centre = _random_voxels(rng, (maps["gm"] + maps["wm"] > 0.6) & (depth > radius), 1)
     if len(centre) == 0:

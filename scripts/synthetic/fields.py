@@ -26,6 +26,11 @@ def smooth_noise(rng: np.random.Generator, shape: Sequence[int], scale: float) -
     return (field - field.mean()) / (field.std() + 1e-6)
 
 
+def log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    """A draw of ``logU(low, high)``: uniform in the logarithm, for volumes spread over orders of magnitude."""
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
 def random_rotation(rng: np.random.Generator, max_angle: float) -> np.ndarray:
     """A 3x3 rotation matrix with three Euler angles uniform in ``[-max_angle, max_angle]`` (radians)."""
     a, b, c = rng.uniform(-max_angle, max_angle, size=3)

@@ -30,7 +30,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from scripts.synthetic.anatomy import Template, Warp
-from scripts.synthetic.fields import box_around, box_coords, random_rotation, smooth_noise
+from scripts.synthetic.fields import box_around, box_coords, log_uniform, random_rotation, smooth_noise
 
 KINDS = ("rim", "patchy", "solid", "nonenhancing")
 KIND_PROBABILITIES = (0.55, 0.2, 0.1, 0.15)
@@ -77,14 +77,10 @@ def _pick_centre(rng: np.random.Generator, template: Template, core_radius: floa
     return np.array(index, dtype=float) * 2.0
 
 
-def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
-    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
-
-
 def sample_tumour(rng: np.random.Generator, template: Template, warp: Warp, box: tuple[slice, ...]) -> TumourSpec:
     """Draw a tumour for a case whose anatomy is ``template`` seen through ``warp``, on the target ``box``."""
-    core_ml = _log_uniform(rng, *CORE_ML)
-    wt_ml = core_ml + _log_uniform(rng, *(OEDEMA_ML if rng.random() < OEDEMA_LARGE else SMALL_OEDEMA_ML))
+    core_ml = log_uniform(rng, *CORE_ML)
+    wt_ml = core_ml + log_uniform(rng, *(OEDEMA_ML if rng.random() < OEDEMA_LARGE else SMALL_OEDEMA_ML))
     kind = str(rng.choice(KINDS, p=KIND_PROBABILITIES))
     spec = TumourSpec(
         centre=np.zeros(3),
