@@ -394,11 +394,10 @@ def test_a_corrected_pacs_study_is_learned_and_the_held_out_study_is_not_made_wo
     srv = real_studies
     ordered = sorted(srv["cases"].values(), key=lambda c: c["study"])
     a, b = ordered
-    before = region_dice(
-        _predict(srv, b["study"], tmp_path / "b_before.nii.gz"), _on_study_grid(srv, b["study"], b["reference"])
-    )
+    references = {c["study"]: _on_study_grid(srv, c["study"], c["reference"]) for c in ordered}
+    before = region_dice(_predict(srv, b["study"], tmp_path / "b_before.nii.gz"), references[b["study"]])
     for case in ordered:
-        label = _on_study_grid(srv, case["study"], case["reference"])
+        label = references[case["study"]]
         path = tmp_path / f"label_{case['study']}.nii.gz"
         nib.save(nib.Nifti1Image(np.asarray(label.dataobj).astype(np.uint8), label.affine), path)
         body, headers = multipart({"params": "{}"}, {"label": (path.name, path.read_bytes())})
@@ -416,9 +415,7 @@ def test_a_corrected_pacs_study_is_learned_and_the_held_out_study_is_not_made_wo
         torch.load(p, map_location="cpu", weights_only=True) for p in (candidate, ROOT / "models" / "model.pt")
     )
     assert state.keys() == start.keys() and any(not torch.equal(state[k], start[k]) for k in state)  # fine-tuned
-    after = region_dice(
-        _predict(srv, b["study"], tmp_path / "b_after.nii.gz"), _on_study_grid(srv, b["study"], b["reference"])
-    )
+    after = region_dice(_predict(srv, b["study"], tmp_path / "b_after.nii.gz"), references[b["study"]])
     if result["decision"] == "replaced":
         assert result["new"][key] >= result["served_before"][key] and md5(weights) == md5(candidate), result
     else:
