@@ -76,7 +76,7 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split()) or type(e).__name__
 
 
-def _exit_or_raise(fn, exit_on_error: bool):
+def exit_or_raise(fn, exit_on_error: bool):
     """``fn()``; with ``exit_on_error`` (the configs) a data error becomes ``SystemExit("error: <one line>")``,
     so ``python -m monai.bundle run`` prints that line and exits with code 1 instead of a traceback."""
     try:
@@ -667,7 +667,7 @@ def prepare_datalist(
     ``exit_on_error`` (the configs): a data error exits with one line ``error: ...`` instead of raising. The
     ``exclude`` folders inside ``dataset_dir`` (the run's output folders) are never searched for cases.
     """
-    return _exit_or_raise(
+    return exit_or_raise(
         lambda: _prepare_datalist(Path(dataset_dir), fold, num_folds, seed, layout, incomplete, exclude),
         exit_on_error,
     )
@@ -745,10 +745,10 @@ def find_inference_cases(
             return find_inference_cases(source, datalist_key, layout, incomplete, False, exclude)
         except (DatasetError, FileNotFoundError, NotADirectoryError, KeyError, ValueError) as e:
             return CaseList(error=_one_line(e))
-    cases = _exit_or_raise(
+    cases = exit_or_raise(
         lambda: _find_inference_cases(Path(source), datalist_key, layout, incomplete, exclude), exit_on_error
     )
-    _exit_or_raise(lambda: check_unique_case_ids(cases, f"the cases of {source}"), exit_on_error)
+    exit_or_raise(lambda: check_unique_case_ids(cases, f"the cases of {source}"), exit_on_error)
     return cases
 
 

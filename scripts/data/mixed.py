@@ -4,7 +4,7 @@ Training on the new cases only would forget the old ones; training on all old ca
 datalist holds every training case of the new dataset and as many (seeded draw) of the base dataset's training
 cases, and validates on the held-out fold of both, so the selection sees whether the old cases got worse::
 
-    python -m scripts.synthetic.datalist --base data/synthetic_mni --base_folds 48 \\
+    python -m scripts.data.mixed --base data/synthetic_mni --base_folds 48 \\
         --new data/synthetic_v11 --new_folds 17 --output runs/v11/datalist.json
 
 The case ids of the two datasets must differ (``scripts.synthetic.generator --case_prefix``). Paths are absolute,
@@ -17,19 +17,20 @@ import argparse
 import random
 from pathlib import Path
 
-from scripts.data.layouts import check_unique_case_ids, prepare_datalist
+from scripts.data.layouts import check_unique_case_ids, exit_or_raise, prepare_datalist
 from scripts.io import write_json
 
 
 def mixed_datalist(base: str, base_folds: int, new: str, new_folds: int, seed: int = 0) -> dict[str, list[dict]]:
     """``{"training": new training + an equal seeded draw of base training, "validation": base fold 0 + new
-    fold 0}`` (fewer base cases when the base has fewer)."""
+    fold 0}`` (fewer base cases when the base has fewer). A data error (no cases, a case id in both datasets)
+    exits with one line ``error: ...``."""
     old = prepare_datalist(Path(base).resolve(), 0, base_folds, seed=0, exit_on_error=True)
     fresh = prepare_datalist(Path(new).resolve(), 0, new_folds, seed=0, exit_on_error=True)
     n = min(len(fresh["training"]), len(old["training"]))
     training = fresh["training"] + random.Random(seed).sample(old["training"], n)
     validation = old["validation"] + fresh["validation"]
-    check_unique_case_ids(training + validation, f"the cases of {base} and {new}")
+    exit_or_raise(lambda: check_unique_case_ids(training + validation, f"the cases of {base} and {new}"), True)
     return {"training": training, "validation": validation}
 
 
