@@ -279,6 +279,8 @@ class ReportWorkflow(CaseWorkflow):
         logger.info("%s: TTA (%s), Grad-CAM, volumes, figures", case_id, tta_in_words(self.tta_axes))
         with torch.no_grad():
             tta = tta_uncertainty(x, self.inference_network, FlipTTAInferer(self.inferer, self.tta_axes))
+        if hasattr(self.inference_network, "release"):
+            self.inference_network.release()  # ONNX Runtime's arena, before Grad-CAM's peak
         self._stage(case_id, timings, "segmentation and uncertainty (TTA)", start)
         scores = review_scores(tta)  # from the passes as they are, like benchmarks/review_flag.py
         outside = ~brain_mask(torch.as_tensor(image)).to(tta.logits.device)

@@ -57,8 +57,9 @@ def test_onnxruntime_network_is_exported_at_the_first_call_so_loaded_weights_cou
         torch.testing.assert_close(ort_net(x), trained(x), rtol=1e-4, atol=1e-4)
 
 
-def test_onnxruntime_missing_gives_a_clear_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+@pytest.mark.parametrize("package", ["onnxruntime", "onnx"])
+def test_onnxruntime_missing_gives_a_clear_error(package, monkeypatch):
+    monkeypatch.setitem(sys.modules, package, None)
     with pytest.raises(ImportError, match="inference_backend torch"):
         OnnxRuntimeNetwork(tiny_resunet())
 
@@ -160,3 +161,16 @@ def test_a_damaged_onnx_cache_entry_is_a_warning_and_exported_again(tmp_path, mo
         out = OnnxRuntimeNetwork(net, cache_dir=str(tmp_path))(x)
     torch.testing.assert_close(out, net(x), rtol=1e-4, atol=1e-4)
     assert "unreadable" in caplog.text and len(exports) == 1
+
+
+@pytest.mark.parametrize("cache", ["default", None])
+def test_a_released_session_is_built_again_without_exporting_again(cache, monkeypatch):
+    exports, net = _exports(monkeypatch), tiny_resunet()
+    ort_net = OnnxRuntimeNetwork(net, cache_dir=cache)
+    with torch.no_grad():
+        for shape in ((16, 16, 16), (32, 16, 16), (16, 16, 16)):  # the arena grows, then is freed
+            x = torch.rand(1, 4, *shape)
+            torch.testing.assert_close(ort_net(x), net(x), rtol=1e-4, atol=1e-4)
+            ort_net.release()
+            assert ort_net._session is None
+    assert len(exports) == 1
