@@ -111,6 +111,15 @@ def positive_int(value: Any, name: str) -> int:
     return value
 
 
+def prefetch_workers(num_workers: Any, num_cases: int) -> int:
+    """The ``DataLoader`` workers of an inference pass over ``num_cases`` cases: ``num_workers``, but none for a
+    single case, which has no network time to hide its loading behind (a worker's start and the transfer of the
+    preprocessed case cost 0.7-1.2 s of a 13 s command, docs/benchmarks.md "End to end")."""
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise fail(f"--num_workers {num_workers!r}: give a whole number of at least 0")
+    return num_workers if num_cases > 1 else 0
+
+
 VALUE_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "brats_labels": label_triple,
     "overlap": overlap_fraction,

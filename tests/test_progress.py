@@ -114,3 +114,21 @@ def test_skip_teardown_returns_outside_the_command_line_and_with_tracking_or_fin
     monkeypatch.setattr(options.os, "_exit", exits.append)
     options.skip_teardown([bundle, "run", "--config_file", inference])
     assert exits == [0]
+
+
+def test_a_single_case_is_loaded_in_the_main_process_and_a_batch_by_the_workers(tmp_path, arrays):
+    from scripts.casework import parse_configs
+    from scripts.options import prefetch_workers
+    from tests._inputs import write_case
+
+    for n in (1, 2):
+        write_case(tmp_path / f"n{n}", "case_a", arrays)
+        if n == 2:
+            write_case(tmp_path / f"n{n}", "case_b", arrays)
+        overrides = {"bundle_root": str(ROOT), "dataset_dir": str(tmp_path / f"n{n}"), "num_workers": 2}
+        loader = parse_configs([str(ROOT / "configs" / "inference.json")], overrides).get_parsed_content("dataloader")
+        assert loader.loader.num_workers == (0 if n == 1 else 2)
+    assert prefetch_workers(0, 5) == 0
+    for bad in (-1, 1.5, "2", True):
+        with pytest.raises(SystemExit, match="--num_workers"):
+            prefetch_workers(bad, 5)
