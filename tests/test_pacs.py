@@ -327,7 +327,8 @@ def server_missing(venv_dir, pacs, studies, tmp_path_factory):  # noqa: F811
     """A second MONAI Label server on the same PACS, started with ``--conf allow_missing_modalities true``, serving
     a copy of the bundle with the shipped weights and imputer."""
     weights, conf = ("model.pt", "imputer.pt"), [("allow_missing_modalities", "true")]
-    with _dicomweb_server(venv_dir, pacs, tmp_path_factory, "missing", weights, False, conf) as (url, info, cache, _):
+    started = _dicomweb_server(venv_dir, pacs, tmp_path_factory, "missing", weights=weights, short=False, conf=conf)
+    with started as (url, info, cache, _):
         yield {"url": url, "info": info, "log": cache / "server.log"}
 
 
